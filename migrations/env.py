@@ -1,0 +1,64 @@
+"""Alembic environment: async, batch mode for SQLite, only dvmirror's own control tables.
+
+dvmirror calls it with a live connection (cfg.attributes["connection"]); the `alembic` command
+line uses DVMIRROR_STORE_URL or sqlalchemy.url and opens its own async engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import async_engine_from_config
+
+from sync.store.schema import metadata as target_metadata
+
+config = context.config
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    # Mirror tables are made at run time from Dataverse metadata: not the migrations' business.
+    if type_ == "table":
+        return name in target_metadata.tables
+    return True
+
+
+def do_run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        include_name=include_name,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations() -> None:
+    section = config.get_section(config.config_ini_section, {})
+    url = os.environ.get("DVMIRROR_STORE_URL") or section.get("sqlalchemy.url")
+    if not url:
+        raise SystemExit("set DVMIRROR_STORE_URL (or sqlalchemy.url) to run alembic directly")
+    section["sqlalchemy.url"] = url
+    engine = async_engine_from_config(section, prefix="sqlalchemy.", poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+    await engine.dispose()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is None:
+        asyncio.run(run_async_migrations())
+    else:
+        do_run_migrations(connection)
+
+
+if context.is_offline_mode():
+    raise SystemExit("dvmirror migrations run online only")
+run_migrations_online()

@@ -1,0 +1,136 @@
+"""Control tables, as SQLAlchemy Core metadata. Alembic migrations in migrations/ create them.
+
+The mirror tables themselves are dynamic (one per environment and Dataverse table) and are not
+part of this metadata; `_dv_deletions` is, because its shape is fixed and documented.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+# One row per configured environment, with what WhoAmI told us about the application user.
+environments = Table(
+    "dv_environments",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("tenant", String(63), nullable=False),
+    Column("tenant_id", String(255), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("organization_id", String(36)),
+    Column("application_user_id", String(36)),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Per mirrored table: where its sync stands. Written in the same transaction as each page.
+sync_state = Table(
+    "dv_sync_state",
+    metadata,
+    Column("environment", String(63), primary_key=True),
+    Column("table_name", String(128), primary_key=True),
+    # new | backfill | delta | watermark | resync | parked
+    Column("phase", String(16), nullable=False, server_default="new"),
+    Column("next_link", Text),
+    Column("delta_link", Text),
+    Column("watermark", String(40)),
+    Column("signpost", String(40)),
+    Column("resync_started_at", DateTime(timezone=True)),
+    Column("schema_hash", String(64)),
+    Column("row_count", BigInteger, nullable=False, server_default="0"),
+    Column("rows_upserted", BigInteger, nullable=False, server_default="0"),
+    Column("rows_deleted", BigInteger, nullable=False, server_default="0"),
+    Column("pages", BigInteger, nullable=False, server_default="0"),
+    Column("total_estimate", BigInteger),
+    Column("last_success", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("last_error_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("parked_until", DateTime(timezone=True)),
+    Column("last_reconcile", DateTime(timezone=True)),
+    Column("state_version", Integer, nullable=False, server_default="1"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# The mirror's column catalogue: what each mirror column came from, and when it went away.
+mirror_columns = Table(
+    "dv_mirror_columns",
+    metadata,
+    Column("environment", String(63), primary_key=True),
+    Column("table_name", String(128), primary_key=True),
+    Column("column_name", String(255), primary_key=True),
+    Column("attribute_type", String(64), nullable=False),
+    Column("sql_type", String(32), nullable=False),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    Column("removed_at", DateTime(timezone=True)),
+    Column("type_changed_at", DateTime(timezone=True)),
+)
+
+# One row per command or daemon cycle per table.
+run_history = Table(
+    "dv_run_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(63), nullable=False),
+    Column("table_name", String(128), nullable=False),
+    Column("command", String(16), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False, server_default="running"),
+    Column("rows_upserted", BigInteger, nullable=False, server_default="0"),
+    Column("rows_deleted", BigInteger, nullable=False, server_default="0"),
+    Column("pages", Integer, nullable=False, server_default="0"),
+    Column("requests", Integer, nullable=False, server_default="0"),
+    Column("throttled", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    Index(None, "environment", "table_name", "started_at"),
+)
+
+# Work leases, so that several daemon instances sharing one database split the work.
+leases = Table(
+    "dv_leases",
+    metadata,
+    Column("resource", String(255), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Power Platform request entitlement: requests used per tenant in the current 24 h window.
+request_budget = Table(
+    "dv_request_budget",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("used", BigInteger, nullable=False, server_default="0"),
+)
+
+# Every deletion the mirror applied, for downstream jobs.
+# Contract: environment, table, id, observed_at.
+deletions = Table(
+    "_dv_deletions",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(63), nullable=False),
+    Column("table", String(128), nullable=False),
+    Column("id", String(36), nullable=False),
+    Column("observed_at", DateTime(timezone=True), nullable=False),
+    Index(None, "environment", "table", "observed_at"),
+)
