@@ -8,10 +8,7 @@ Nothing here reads `os.environ` at import time: the environment is passed in.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,269 +17,46 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from sync.config_values import (
+    DOMAIN,
+    GUID,
+    SAFE_NAME,
+    TABLE_NAME,
+    FrozenModel,
+    check_url,
+    parse_interval,
+    validation_context,
+)
+from sync.credentials import AppRegistration, Certificate, SecretRef
 from sync.errors import ConfigError
 
-SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
-GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-DOMAIN = re.compile(
-    r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]{2,63}$"
-)
-INTERVAL_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-INTERVAL_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+__all__ = [
+    "AppRegistration",
+    "Certificate",
+    "Config",
+    "Daemon",
+    "Environment",
+    "SecretRef",
+    "Settings",
+    "Store",
+    "TableOptions",
+    "Tenant",
+    "load_config",
+    "parse_interval",
+]
+
 ENV_PREFIX = "DVMIRROR_"
 OVERRIDABLE_SECTIONS = ("app", "store", "daemon", "tenants")
 
 
-def parse_interval(text: str) -> float:
-    """Parse "90s", "5m", "1h30m" or a bare number of seconds into seconds."""
-    value = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        seconds = float(value)
-    else:
-        pos, seconds = 0, 0.0
-        for match in INTERVAL_PART.finditer(value):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * INTERVAL_UNITS[match.group(2)]
-            pos = match.end()
-        if pos != len(value) or not value:
-            raise ValueError(f"{text!r} is not an interval; write it like 30s, 5m, 1h30m or 1d")
-    if seconds <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
-    return seconds
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_url(url: str, *, allow_insecure: bool, what: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"{what} {url!r} is not an absolute https URL")
-    if parts.username or parts.password:
-        raise ValueError(f"{what} must not carry credentials in the URL")
-    if parts.scheme == "http" and not (allow_insecure and is_loopback_host(parts.hostname)):
-        hint = (
-            "plain http is only allowed for a loopback address with app.allow_insecure = true"
-            if not is_loopback_host(parts.hostname)
-            else "set app.allow_insecure = true to allow plain http to a loopback simulator"
-        )
-        raise ValueError(f"{what} {url!r} must use https ({hint})")
-    return url.rstrip("/")
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
-
-
-def _context(info: ValidationInfo) -> dict[str, Any]:
-    return info.context if isinstance(info.context, dict) else {}
-
-
-class SecretRef(_Frozen):
-    """Where a secret comes from. Exactly one of env, file or credential."""
-
-    env: str | None = Field(default=None, description="environment variable holding the secret")
-    file: Path | None = Field(default=None, description="file holding the secret")
-    credential: str | None = Field(
-        default=None, description="systemd LoadCredential= name, read from $CREDENTIALS_DIRECTORY"
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        given = [k for k in ("env", "file", "credential") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                'give exactly one of env = "VAR", file = "path" or credential = "name"'
-            )
-        return self
-
-
-def _resolve_secret(ref: SecretRef, info: ValidationInfo) -> SecretStr:
-    ctx = _context(info)
-    environ: Mapping[str, str] = ctx.get("environ", {})
-    base: Path = ctx.get("base_dir", Path.cwd())
-    warnings: list[str] = ctx.setdefault("warnings", [])
-    if ref.env is not None:
-        value = environ.get(ref.env)
-        if not value:
-            raise ValueError(
-                f"environment variable {ref.env} is not set; export it, or point "
-                'client_secret at a file with { file = "…" }'
-            )
-        return SecretStr(value.strip())
-    if ref.credential is not None:
-        cred_dir = environ.get("CREDENTIALS_DIRECTORY")
-        if not cred_dir:
-            raise ValueError(
-                f"credential {ref.credential!r} needs $CREDENTIALS_DIRECTORY (systemd "
-                'LoadCredential=); outside systemd use { file = "…" } or { env = "…" }'
-            )
-        path = Path(cred_dir) / ref.credential
-    else:
-        assert ref.file is not None
-        path = ref.file if ref.file.is_absolute() else base / ref.file
-    try:
-        mode = path.stat().st_mode
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read secret file {path}: {exc.strerror or exc}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warnings.append(
-            f"secret file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
-            f"run: chmod 600 {path}"
-        )
-    if not value:
-        raise ValueError(f"secret file {path} is empty")
-    return SecretStr(value)
-
-
-class Certificate(_Frozen):
-    """A PEM certificate and its private key, checked to belong together."""
-
-    cert: Path
-    key: Path
-    key_password: SecretRef | None = None
-    send_x5c: bool = Field(
-        default=False, description="send the chain (x5c) for subject-name/issuer authentication"
-    )
-    # Filled in by validation; never part of the file.
-    thumbprint_sha1: str = ""
-    thumbprint_sha256: str = ""
-    certificate_pem: str = Field(default="", repr=False)
-    private_key_pem: SecretStr = SecretStr("")
-
-    @model_validator(mode="after")
-    def _load(self, info: ValidationInfo) -> Certificate:
-        if self.thumbprint_sha1:
-            return self
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-
-        base: Path = _context(info).get("base_dir", Path.cwd())
-        cert_path = self.cert if self.cert.is_absolute() else base / self.cert
-        key_path = self.key if self.key.is_absolute() else base / self.key
-        password = _resolve_secret(self.key_password, info) if self.key_password else None
-        try:
-            cert_bytes = cert_path.read_bytes()
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read certificate {cert_path}: {exc.strerror or exc}"
-            ) from None
-        try:
-            key_bytes = key_path.read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read private key {key_path}: {exc.strerror or exc}") from None
-        try:
-            certificate = x509.load_pem_x509_certificate(cert_bytes)
-        except ValueError:
-            raise ValueError(f"{cert_path} is not a PEM certificate") from None
-        try:
-            key = serialization.load_pem_private_key(
-                key_bytes,
-                password=password.get_secret_value().encode() if password else None,
-            )
-        except (ValueError, TypeError):
-            raise ValueError(
-                f"{key_path} is not a readable PEM private key (wrong key_password?)"
-            ) from None
-        cert_pub = certificate.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        key_pub = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        if cert_pub != key_pub:
-            raise ValueError(f"private key {key_path} does not belong to certificate {cert_path}")
-        unencrypted = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        object.__setattr__(self, "cert", cert_path)
-        object.__setattr__(self, "key", key_path)
-        object.__setattr__(self, "thumbprint_sha1", certificate.fingerprint(hashes.SHA1()).hex())  # noqa: S303 - x5t is SHA-1 by spec
-        object.__setattr__(
-            self, "thumbprint_sha256", certificate.fingerprint(hashes.SHA256()).hex()
-        )
-        object.__setattr__(self, "certificate_pem", cert_bytes.decode())
-        object.__setattr__(self, "private_key_pem", SecretStr(unencrypted))
-        return self
-
-
-class AppRegistration(_Frozen):
-    """The Entra ID app registration dvmirror authenticates as."""
-
-    client_id: str
-    client_secret: SecretStr | None = None
-    certificate: Certificate | None = None
-    authority_host: str = "https://login.microsoftonline.com"
-    ca_bundle: Path | None = None
-    allow_insecure: bool = False
-
-    @field_validator("client_id")
-    @classmethod
-    def _client_id(cls, value: str) -> str:
-        if not GUID.match(value):
-            raise ValueError(f"{value!r} is not an Application (client) ID; it looks like a GUID")
-        return value.lower()
-
-    @field_validator("client_secret", mode="before")
-    @classmethod
-    def _secret(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str):
-            raise ValueError(
-                'do not write the secret into the file; use { env = "VAR" }, '
-                '{ file = "path" } or { credential = "name" }'
-            )
-        if isinstance(value, dict):
-            return _resolve_secret(SecretRef.model_validate(value), info)
-        return value
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _ca_bundle(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        base: Path = _context(info).get("base_dir", Path.cwd())
-        path = value if value.is_absolute() else base / value
-        try:
-            text = path.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read CA bundle {path}: {exc}") from None
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            raise ValueError(f"{path} holds no PEM certificate")
-        return path
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> AppRegistration:
-        if (self.client_secret is None) == (self.certificate is None):
-            raise ValueError("give exactly one of client_secret or certificate")
-        check_url(self.authority_host, allow_insecure=self.allow_insecure, what="authority_host")
-        object.__setattr__(self, "authority_host", self.authority_host.rstrip("/"))
-        return self
-
-
-class TableOptions(_Frozen):
+class TableOptions(FrozenModel):
     columns: tuple[str, ...] | None = None
     deletes: Literal["hard", "soft"] = "hard"
     impersonate: str | None = None
@@ -306,7 +80,7 @@ class TableOptions(_Frozen):
 Interval = Annotated[float, Field(gt=0)]
 
 
-class Environment(_Frozen):
+class Environment(FrozenModel):
     """One Dataverse environment (organization) of a tenant."""
 
     name: str
@@ -357,7 +131,7 @@ class Environment(_Frozen):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> Environment:
-        allow_insecure = bool(_context(info).get("allow_insecure", False))
+        allow_insecure = bool(validation_context(info).get("allow_insecure", False))
         url = check_url(self.url, allow_insecure=allow_insecure, what="environment url")
         parts = urlsplit(url)
         if parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -384,7 +158,7 @@ class Environment(_Frozen):
 DEFAULT_TABLE_OPTIONS = TableOptions()
 
 
-class Tenant(_Frozen):
+class Tenant(FrozenModel):
     """A customer tenant: one Entra directory, one or more Dataverse environments."""
 
     name: str
@@ -415,7 +189,7 @@ class Tenant(_Frozen):
         return value
 
 
-class Store(_Frozen):
+class Store(FrozenModel):
     url: str | None = None
 
     @field_validator("url")
@@ -430,7 +204,7 @@ class Store(_Frozen):
         return value
 
 
-class Daemon(_Frozen):
+class Daemon(FrozenModel):
     data_dir: Path | None = None
     metrics_listen: str = "127.0.0.1:9464"
     shutdown_grace: float = 30.0
@@ -451,7 +225,7 @@ class Daemon(_Frozen):
         return value
 
 
-class Settings(_Frozen):
+class Settings(FrozenModel):
     """The whole configuration file."""
 
     app: AppRegistration | None = None
