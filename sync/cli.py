@@ -37,7 +37,7 @@ class State:
         self.log_level = log_level
         self.debug = debug
 
-    def load(self) -> Any:
+    def load(self, *, resolve_secrets: bool = True) -> Any:
         """Load the configuration (and configure logging from it)."""
         from sync.config import load_config
         from sync.logs import configure_logging
@@ -53,11 +53,11 @@ class State:
                     "no configuration: pass --config PATH or set DVMIRROR_CONFIG "
                     "(config/dvmirror.example.toml is a documented starting point)"
                 )
-        config = load_config(path)
+        config = load_config(path, resolve_secrets=resolve_secrets)
         secrets = [
             app.client_secret.get_secret_value()
             for app in {id(config.app_for(t)): config.app_for(t) for t in config.tenants}.values()
-            if app.client_secret is not None
+            if app.client_secret is not None and app.client_secret.get_secret_value()
         ]
         configure_logging(self.log_level or config.settings.daemon.log_level, secrets=secrets)
         for warning in config.warnings:
@@ -168,7 +168,7 @@ def config_check(state: State) -> None:
 @click.pass_obj
 def migrate(state: State) -> None:
     """Create or upgrade the control database to the latest schema."""
-    config = state.load()
+    config = state.load(resolve_secrets=False)
 
     async def _run() -> str | None:
         from sync.store.migrate import current_revision
@@ -207,6 +207,22 @@ def simulate(scenario: Path, state_dir: Path | None) -> None:
     from sync.simulator.main import run
 
     sys.exit(run(scenario, state_dir))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+@click.pass_obj
+def status(state: State, as_json: bool) -> None:
+    """Show every table: phase, rows, last success, lag, errors, throttling, budgets.
+
+    Reads the control database; works while the daemon runs.
+    """
+    config = state.load(resolve_secrets=False)
+    from rich.console import Console
+
+    from sync.status import run_status
+
+    sys.exit(run_async(state, lambda: run_status(config, as_json=as_json, console=Console())))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -349,8 +349,17 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
     return Path.home() / ".local" / "share" / "dvmirror"
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
-    """Load and validate the configuration file, or raise one clear ConfigError."""
+def load_config(
+    path: Path | str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    resolve_secrets: bool = True,
+) -> Config:
+    """Load and validate the configuration file, or raise one clear ConfigError.
+
+    With resolve_secrets=False, secret references are checked for shape only and not read;
+    for commands that never authenticate (status, migrate).
+    """
     environ = dict(os.environ if environ is None else environ)
     path = Path(path)
     try:
@@ -374,6 +383,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         "base_dir": path.resolve().parent,
         "allow_insecure": allow_insecure,
         "warnings": [],
+        "resolve_secrets": resolve_secrets,
     }
     try:
         settings = Settings.model_validate(data, context=context)

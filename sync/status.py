@@ -1,0 +1,301 @@
+"""`dvmirror status [--json]`: where every configured table stands, read from the control tables.
+
+It only reads (SQLite in WAL mode lets it run beside the daemon's writer), so it is safe while
+the daemon runs. The report is built by a pure function from the rows, the configuration and
+`now`; `--json` prints it as one document with stable keys, otherwise it is rendered as tables.
+Configured tables without a state row yet show phase "new"; state rows for environments or
+tables no longer in the configuration are listed too, marked `"configured": false`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from rich.console import Console, JustifyMethod
+from rich.table import Table
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync.config import Config
+from sync.logs import mask_text
+from sync.store.open import open_store, redact_url
+from sync.store.schema import environments, request_budget, run_history, sync_state
+
+RECENT_WINDOW = dt.timedelta(hours=24)
+BUDGET_WINDOW = dt.timedelta(hours=24)
+PHASE_STYLES = {
+    "new": "dim",
+    "backfill": "cyan",
+    "resync": "cyan",
+    "delta": "green",
+    "watermark": "green",
+    "parked": "bold red",
+}
+Row = Mapping[str, Any]
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; the store always writes UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    utc = as_utc(value)
+    return utc.isoformat() if utc else None
+
+
+async def read_control_rows(engine: AsyncEngine, *, since: dt.datetime) -> dict[str, list[Row]]:
+    """Everything the report needs, in one read-only connection."""
+    recent = (
+        select(
+            run_history.c.environment,
+            run_history.c.table_name,
+            func.coalesce(func.sum(run_history.c.throttled), 0).label("throttled"),
+            func.coalesce(func.sum(run_history.c.requests), 0).label("requests"),
+        )
+        .where(run_history.c.started_at >= since)
+        .group_by(run_history.c.environment, run_history.c.table_name)
+    )
+    latest_ids = select(func.max(run_history.c.id)).group_by(
+        run_history.c.environment, run_history.c.table_name
+    )
+    latest = select(
+        run_history.c.environment,
+        run_history.c.table_name,
+        run_history.c.status,
+        run_history.c.started_at,
+        run_history.c.finished_at,
+    ).where(run_history.c.id.in_(latest_ids))
+    async with engine.connect() as conn:
+        return {
+            "state": [dict(r._mapping) for r in await conn.execute(select(sync_state))],
+            "recent": [dict(r._mapping) for r in await conn.execute(recent)],
+            "latest": [dict(r._mapping) for r in await conn.execute(latest)],
+            "budgets": [dict(r._mapping) for r in await conn.execute(select(request_budget))],
+            "environments": [dict(r._mapping) for r in await conn.execute(select(environments))],
+        }
+
+
+def _table_entry(
+    table: str,
+    state: Row | None,
+    recent: Row | None,
+    latest: Row | None,
+    *,
+    configured: bool,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    state = state or {}
+    last_success = as_utc(state.get("last_success"))
+    last_error = state.get("last_error")
+    return {
+        "table": table,
+        "configured": configured,
+        "phase": state.get("phase") or "new",
+        "rows": int(state.get("row_count") or 0),
+        "last_success": _iso(last_success),
+        "lag_seconds": round((now - last_success).total_seconds(), 3) if last_success else None,
+        "last_error": mask_text(last_error) if last_error else None,
+        "last_error_at": _iso(state.get("last_error_at")),
+        "attempts": int(state.get("attempts") or 0),
+        "parked_until": _iso(state.get("parked_until")),
+        "throttled_recent": int(recent["throttled"]) if recent else 0,
+        "requests_recent": int(recent["requests"]) if recent else 0,
+        "last_run": (
+            {
+                "status": latest["status"],
+                "started_at": _iso(latest["started_at"]),
+                "finished_at": _iso(latest["finished_at"]),
+            }
+            if latest
+            else None
+        ),
+    }
+
+
+def _by_table(rows: Iterable[Row]) -> dict[str, dict[str, Row]]:
+    out: dict[str, dict[str, Row]] = {}
+    for row in rows:
+        out.setdefault(row["environment"], {})[row["table_name"]] = row
+    return out
+
+
+def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime) -> dict[str, Any]:
+    """The status document: configured environments first (in file order), then leftovers."""
+    states, recent, latest = (_by_table(rows[k]) for k in ("state", "recent", "latest"))
+    known_envs = {row["name"]: row for row in rows["environments"]}
+    report_envs: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def tables_of(name: str, configured_tables: list[str]) -> list[dict[str, Any]]:
+        env_states = states.get(name, {})
+        extra = sorted(set(env_states) - set(configured_tables))
+        return [
+            _table_entry(
+                table,
+                env_states.get(table),
+                recent.get(name, {}).get(table),
+                latest.get(name, {}).get(table),
+                configured=configured,
+                now=now,
+            )
+            for table, configured in [(t, True) for t in configured_tables]
+            + [(t, False) for t in extra]
+        ]
+
+    for tenant, env in config.environments():
+        seen.add(env.name)
+        # With tables = "all" the table list is discovered at run time: show what has state.
+        listed = [] if env.tables == "all" else list(env.tables)
+        entries = tables_of(env.name, listed)
+        if env.tables == "all":
+            for entry in entries:
+                entry["configured"] = True
+        report_envs.append(
+            {
+                "name": env.name,
+                "tenant": tenant.name,
+                "url": env.url,
+                "configured": True,
+                "tables": entries,
+            }
+        )
+    for name in sorted((set(states) | set(known_envs)) - seen):
+        known = known_envs.get(name, {})
+        report_envs.append(
+            {
+                "name": name,
+                "tenant": known.get("tenant"),
+                "url": known.get("url"),
+                "configured": False,
+                "tables": tables_of(name, []),
+            }
+        )
+    return {
+        "generated_at": now.isoformat(),
+        "store": redact_url(config.store_url),
+        "recent_window_seconds": int(RECENT_WINDOW.total_seconds()),
+        "environments": report_envs,
+        "budgets": _budgets(config, rows["budgets"], now),
+    }
+
+
+def _budgets(config: Config, rows: Iterable[Row], now: dt.datetime) -> list[dict[str, Any]]:
+    """Daily request entitlement per tenant: every configured tenant, plus any stored row."""
+    stored = {row["tenant"]: row for row in rows}
+    limits = {tenant.name: tenant.daily_request_budget for tenant in config.tenants}
+    out = []
+    for name in [t.name for t in config.tenants] + sorted(set(stored) - set(limits)):
+        row = stored.get(name)
+        window_start = as_utc(row["window_start"]) if row else None
+        expired = window_start is None or now - window_start >= BUDGET_WINDOW
+        used = 0 if expired or row is None else int(row["used"])
+        limit = limits.get(name)
+        out.append(
+            {
+                "tenant": name,
+                "limit": limit,
+                "used": used,
+                "remaining": None if limit is None else max(0, limit - used),
+                "window_start": None if expired else _iso(window_start),
+                "window_ends": None
+                if expired or not window_start
+                else _iso(window_start + BUDGET_WINDOW),
+            }
+        )
+    return out
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    whole = int(max(0.0, seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def _short_time(iso: str | None) -> str:
+    return "—" if iso is None else iso[:19].replace("T", " ") + "Z"
+
+
+def render(report: Mapping[str, Any], console: Console) -> None:
+    """Print the report as rich tables: one row per table, then the request budgets."""
+    tables = Table(title=f"dvmirror status — {report['store']}", title_justify="left")
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("Environment", "left"),
+        ("Table", "left"),
+        ("Phase", "left"),
+        ("Rows", "right"),
+        ("Last success", "left"),
+        ("Lag", "right"),
+        ("Attempts", "right"),
+        ("429s (24h)", "right"),
+        ("Parked until", "left"),
+        ("Last error", "left"),
+    ]
+    for header, justify in columns:
+        tables.add_column(header, justify=justify)
+    for env in report["environments"]:
+        env_label = env["name"] if env["configured"] else f"{env['name']} (not configured)"
+        if not env["tables"]:
+            tables.add_row(env_label, "[dim]no tables yet[/dim]", *[""] * 8)
+        for entry in env["tables"]:
+            phase = entry["phase"]
+            style = PHASE_STYLES.get(phase, "")
+            error = entry["last_error"] or ""
+            tables.add_row(
+                env_label,
+                entry["table"] if entry["configured"] else f"{entry['table']} (not configured)",
+                f"[{style}]{phase}[/{style}]" if style else phase,
+                f"{entry['rows']:,}",
+                _short_time(entry["last_success"]),
+                _duration(entry["lag_seconds"]),
+                str(entry["attempts"]),
+                str(entry["throttled_recent"]),
+                _short_time(entry["parked_until"]) if entry["parked_until"] else "",
+                (error[:77] + "…") if len(error) > 80 else error,
+            )
+    console.print(tables)
+    budgets = [b for b in report["budgets"] if b["limit"] is not None or b["used"]]
+    if budgets:
+        table = Table(title="Daily request budgets", title_justify="left")
+        for header in ("Tenant", "Used", "Limit", "Remaining", "Window ends"):
+            table.add_column(header)
+        for budget in budgets:
+            table.add_row(
+                budget["tenant"],
+                f"{budget['used']:,}",
+                "—" if budget["limit"] is None else f"{budget['limit']:,}",
+                "—" if budget["remaining"] is None else f"{budget['remaining']:,}",
+                _short_time(budget["window_ends"]) if budget["window_ends"] else "",
+            )
+        console.print(table)
+
+
+async def run_status(
+    config: Config, *, as_json: bool, console: Console, now: dt.datetime | None = None
+) -> int:
+    """Read the control tables and print the status report. Returns the exit code (0)."""
+    now = now or dt.datetime.now(dt.UTC)
+    engine = await open_store(config)
+    try:
+        rows = await read_control_rows(engine, since=now - RECENT_WINDOW)
+    finally:
+        await engine.dispose()
+    report = build_report(config, rows, now)
+    if as_json:
+        console.out(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode(), highlight=False)
+    else:
+        render(report, console)
+    return 0
