@@ -1,0 +1,1 @@
+"""The built-in Dataverse + Entra simulator: documented behaviour for tests, demo and benchmarks."""

@@ -1,0 +1,238 @@
+"""The simulator's admin API: plain HTTP on loopback, no auth, JSON via orjson.
+
+Tests, the demo and benchmarks use it to change the simulated world while a client runs
+(churn rows, add a column, expire delta tokens, make pages hostile, change fault rates or
+limits) and to read what happened (`GET /stats`: per application user and environment,
+requests, 429s by code, Retry-After violations, peak concurrency, rows served and the
+throughput ceiling the limits allow; `GET …/rows`: the table's current rows as JSON lines,
+streamed, never built in memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from sync.simulator.dataverse_http import EnvironmentRuntime
+from sync.simulator.entra import Entra
+from sync.simulator.protection import Limits
+
+ROWS_PER_WRITE = 500
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AdminServer:
+    """Routes over the running environments and the authority."""
+
+    def __init__(self, runtimes: Mapping[str, EnvironmentRuntime], entra: Entra) -> None:
+        self._runtimes = runtimes
+        self._entra = entra
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors])
+        table = "/environments/{env}/tables/{table}"
+        app.router.add_get("/", self._summary)
+        app.router.add_get("/stats", self._stats)
+        app.router.add_post("/stats/reset", self._reset)
+        app.router.add_post("/faults", self._faults)
+        app.router.add_post("/environments/{env}/limits", self._limits)
+        app.router.add_get(f"{table}/rows", self._rows)
+        app.router.add_post(f"{table}/churn", self._churn)
+        app.router.add_post(f"{table}/columns", self._columns)
+        app.router.add_post(f"{table}/expire-delta-tokens", self._expire)
+        app.router.add_post(f"{table}/hostile", self._hostile)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except AdminError as exc:
+            return _json({"error": str(exc)}, exc.status)
+        except ValidationError as exc:
+            return _json({"error": exc.errors(include_url=False)[0]["msg"]}, 400)
+        except (KeyError, ValueError, TypeError) as exc:
+            return _json({"error": f"{type(exc).__name__}: {exc}"}, 400)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _env(self, request: web.Request) -> EnvironmentRuntime:
+        name = request.match_info["env"]
+        runtime = self._runtimes.get(name)
+        if runtime is None:
+            raise AdminError(404, f"no environment {name!r} (known: {', '.join(self._runtimes)})")
+        return runtime
+
+    def _table(self, request: web.Request) -> tuple[EnvironmentRuntime, str]:
+        runtime = self._env(request)
+        table = request.match_info["table"]
+        if table not in {t.name for t in runtime.spec.tables}:
+            raise AdminError(404, f"environment {runtime.name!r} has no table {table!r}")
+        return runtime, table
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        if not raw:
+            return {}
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise AdminError(400, "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise AdminError(400, "the body must be a JSON object")
+        return data
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _summary(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "environments": [
+                    {
+                        "name": r.name,
+                        "tenant": r.tenant.name,
+                        "url": r.url,
+                        "tables": {t.name: r.model.row_count(t.name) for t in r.spec.tables},
+                    }
+                    for r in self._runtimes.values()
+                ]
+            }
+        )
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        users: list[dict[str, Any]] = []
+        environments: list[dict[str, Any]] = []
+        for runtime in self._runtimes.values():
+            limits = runtime.protection.limits
+            ceiling = limits.ceiling_rows_per_second()
+            for client_id, stats in runtime.protection.users().items():
+                entry = stats.as_dict()
+                page = round(stats.rows_served / stats.admitted) if stats.admitted else 0
+                entry.update(
+                    environment=runtime.name,
+                    tenant=runtime.tenant.name,
+                    client_id=client_id,
+                    user_id=runtime.user_id(client_id),
+                    ceiling_rows_per_second=round(ceiling, 1),
+                    observed_page=page,
+                    ceiling_rows_per_second_observed_page=(
+                        round(limits.ceiling_rows_per_second(page), 1) if page else None
+                    ),
+                )
+                users.append(entry)
+            environments.append(
+                {
+                    "environment": runtime.name,
+                    "tenant": runtime.tenant.name,
+                    "limits": limits.model_dump(),
+                    "ceiling_rows_per_second": round(ceiling, 1),
+                    "rejections": dict(runtime.rejections),
+                    "faults": dict(runtime.faults.counts),
+                }
+            )
+        # Power Platform request entitlements are per tenant; report-only, since start or reset.
+        tenants: dict[str, int] = {}
+        for entry in users:
+            tenants[entry["tenant"]] = tenants.get(entry["tenant"], 0) + entry["requests"]
+        return _json(
+            {
+                "users": users,
+                "environments": environments,
+                "tenants": {name: {"requests": count} for name, count in tenants.items()},
+                "entra": self._entra.stats.as_dict(),
+            }
+        )
+
+    async def _rows(self, request: web.Request) -> web.StreamResponse:
+        runtime, table = self._table(request)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        batch: list[bytes] = []
+        for row in runtime.model.dump_rows(table):
+            batch.append(orjson.dumps(row) + b"\n")
+            if len(batch) >= ROWS_PER_WRITE:
+                await response.write(b"".join(batch))
+                batch.clear()
+        if batch:
+            await response.write(b"".join(batch))
+        await response.write_eof()
+        return response
+
+    # -- changes ---------------------------------------------------------------------------
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        """Forget counters AND the protection windows, so a benchmark starts clean."""
+        for runtime in self._runtimes.values():
+            runtime.protection.reset()
+            runtime.faults.reset_counts()
+            runtime.rejections.clear()
+        self._entra.stats.tokens_issued.clear()
+        self._entra.stats.errors.clear()
+        return _json({"reset": True})
+
+    async def _faults(self, request: web.Request) -> web.Response:
+        """``{"environment": name?, <rate>: p, ...}`` or ``{"entra": {<rate>: p}}``."""
+        body = await self._body(request)
+        result: dict[str, Any] = {}
+        entra_changes = body.pop("entra", None)
+        if entra_changes is not None:
+            result["entra"] = self._entra.faults.update(dict(entra_changes)).model_dump()
+        name = body.pop("environment", None)
+        if body:
+            targets = list(self._runtimes.values())
+            if name is not None:
+                if name not in self._runtimes:
+                    raise AdminError(404, f"no environment {name!r}")
+                targets = [self._runtimes[name]]
+            for runtime in targets:
+                result[runtime.name] = runtime.faults.update(body).model_dump()
+        return _json(result)
+
+    async def _limits(self, request: web.Request) -> web.Response:
+        runtime = self._env(request)
+        body = await self._body(request)
+        limits = Limits.model_validate({**runtime.protection.limits.model_dump(), **body})
+        runtime.protection.set_limits(limits)
+        return _json(limits.model_dump())
+
+    async def _churn(self, request: web.Request) -> web.Response:
+        runtime, table = self._table(request)
+        body = await self._body(request)
+        result = runtime.model.churn(
+            table,
+            creates=int(body.get("creates", 0)),
+            updates=int(body.get("updates", 0)),
+            deletes=int(body.get("deletes", 0)),
+            seed=int(body.get("seed", 0)),
+        )
+        return _json(result)
+
+    async def _columns(self, request: web.Request) -> web.Response:
+        runtime, table = self._table(request)
+        return _json(runtime.model.add_column(table, await self._body(request)))
+
+    async def _expire(self, request: web.Request) -> web.Response:
+        runtime, table = self._table(request)
+        runtime.model.expire_change_tracking(table)
+        return _json({"expired": table})
+
+    async def _hostile(self, request: web.Request) -> web.Response:
+        runtime, table = self._table(request)
+        kind = (await self._body(request)).get("kind")
+        runtime.model.set_hostile(table, kind)
+        return _json({"table": table, "hostile": kind})

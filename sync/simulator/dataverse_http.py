@@ -1,0 +1,298 @@
+"""The HTTPS face of one simulated Dataverse environment.
+
+Everything between the socket and SIM-B's pure `DataverseModel` lives here, in the order a
+real environment applies it: the bearer token (absent → 401 with the bearer challenge;
+expired, forged or minted for another environment → 401), the application user (none → 403
+``0x80072560``), impersonation headers (403 ``0x8004A110`` unless the app user may act on
+behalf of others), per-table privilege denial (403 ``0x80040220``), service protection
+(429), injected faults, and finally the model. The modelled execution time
+(``base_ms + per_row_ms × rows``) is spent as a real delay, so concurrency limits bite.
+Every response carries ``x-ms-service-request-id``, ``REQ_ID`` and the ``ARRAffinity``
+cookie; every authenticated one also the rate-limit headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from sync.simulator.faults import FaultInjector
+from sync.simulator.protection import ServiceProtection, Throttle
+from sync.simulator.scenario import EnvironmentSpec, TenantSpec
+from sync.simulator.templates import TEMPLATES
+from sync.simulator.tokens import AccessClaims, InvalidToken, TokenAuthority
+from sync.simulator.webapi import ApiRequest, ApiResponse, DataverseModel
+
+JSON_TYPE = "application/json; odata.metadata=minimal"
+ID_NAMESPACE = uuid.UUID("0b8f5c1e-6d4a-4f3b-9a27-5e1c2d3f4a5b")
+IMPERSONATION_HEADERS = ("CallerObjectId", "MSCRMCallerID")
+IMPERSONATION_DENIED = "User does not have the privilege to act on behalf another user."
+
+
+def stable_id(*parts: str) -> str:
+    """A GUID that is the same in every run for the same names."""
+    return str(uuid.uuid5(ID_NAMESPACE, ":".join(parts)))
+
+
+@dataclass
+class EnvironmentRuntime:
+    """One running environment: its spec, URL, model and protection state."""
+
+    tenant: TenantSpec
+    spec: EnvironmentSpec
+    url: str
+    authority_host: str
+    model: DataverseModel
+    protection: ServiceProtection
+    faults: FaultInjector
+    rejections: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def organization_id(self) -> str:
+        return stable_id("organization", self.spec.name)
+
+    @property
+    def business_unit_id(self) -> str:
+        return stable_id("businessunit", self.spec.name)
+
+    def user_id(self, client_id: str) -> str:
+        """The systemuserid of the app's application user here."""
+        return stable_id("systemuser", self.spec.name, client_id)
+
+    def affinity(self, server: int) -> str:
+        return hashlib.sha256(f"{self.spec.name}:{server}".encode()).hexdigest()
+
+    def server_for(self, cookie: str | None) -> int | None:
+        if not cookie:
+            return None
+        for server in range(self.protection.limits.servers):
+            if self.affinity(server) == cookie:
+                return server
+        return None
+
+
+def _raw_tail(request: web.Request) -> str:
+    """The still percent-encoded path after ``/api/data/v9.x/`` (the model decodes it)."""
+    raw = request.rel_url.raw_path
+    prefix = f"/api/data/{request.match_info['version']}"
+    return raw[len(prefix) :].lstrip("/") if raw.startswith(prefix) else raw
+
+
+@dataclass(frozen=True)
+class _Caller:
+    """An authenticated, authorised request's identity and target."""
+
+    app_id: str
+    user_id: str
+    server: int
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+class EnvironmentServer:
+    """The aiohttp application serving one environment's Web API."""
+
+    def __init__(self, runtime: EnvironmentRuntime, tokens: TokenAuthority) -> None:
+        self._env = runtime
+        self._tokens = tokens
+
+    def application(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", r"/api/data/{version:v9\.[0-2]}{tail:(/.*)?}", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = str(uuid.uuid4())
+        headers: dict[str, str] = {"x-ms-service-request-id": request_id, "REQ_ID": request_id}
+        claims = self._authenticate(request, headers)
+        if isinstance(claims, web.Response):
+            return claims
+        caller = self._authorize(request, claims.app_id, headers)
+        if isinstance(caller, web.Response):
+            return caller
+        return await self._serve(request, caller, headers)
+
+    def _authenticate(
+        self, request: web.Request, headers: dict[str, str]
+    ) -> AccessClaims | web.Response:
+        """The token's claims, or the 401 a real environment would send."""
+        env = self._env
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            env.rejections["401_no_token"] += 1
+            return self._unauthorized(headers)
+        try:
+            claims = self._tokens.verify(token.strip(), audience=env.url)
+        except InvalidToken as exc:
+            env.rejections["401_invalid_token"] += 1
+            return self._unauthorized(headers, exc.reason)
+        if claims.tenant_id != env.tenant.tenant_id:
+            env.rejections["401_invalid_token"] += 1
+            return self._unauthorized(headers, "the access token belongs to another tenant")
+        if env.faults.token_expired_early(claims.token_id):
+            env.rejections["401_expired_early"] += 1
+            return self._unauthorized(headers, "the access token has expired")
+        return claims
+
+    def _authorize(
+        self, request: web.Request, app_id: str, headers: dict[str, str]
+    ) -> _Caller | web.Response:
+        """Who the request runs as here, or the 403 that says why it may not."""
+        env = self._env
+        if app_id not in env.spec.application_users:
+            env.rejections["403_not_member"] += 1
+            body = _error_body("0x80072560", "The user is not a member of the organization.")
+            return self._json(403, headers, body)
+        server = env.protection.choose_server(env.server_for(request.cookies.get("ARRAffinity")))
+        headers.update(env.protection.rate_headers(app_id, server))
+        user_id = env.user_id(app_id)
+        impersonating = any(request.headers.get(h) for h in IMPERSONATION_HEADERS)
+        if impersonating and app_id not in env.spec.impersonation_allowed:
+            env.rejections["403_impersonation"] += 1
+            body = _error_body("0x8004A110", IMPERSONATION_DENIED)
+            return self._json(403, headers, body, server)
+        tail = request.match_info["tail"].lstrip("/")
+        denied = self._denied_table(tail)
+        if denied is not None:
+            env.rejections["403_privilege"] += 1
+            body = _error_body("0x80040220", self._privilege_message(denied, user_id))
+            return self._json(403, headers, body, server)
+        return _Caller(app_id=app_id, user_id=user_id, server=server)
+
+    async def _serve(
+        self, request: web.Request, caller: _Caller, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """Service protection, faults, then the model; the modelled time is really spent."""
+        env = self._env
+        app_id, server, user_id = caller.app_id, caller.server, caller.user_id
+        admission = env.protection.admit(app_id, server)
+        if isinstance(admission, Throttle):
+            headers.update(env.protection.rate_headers(app_id, server))
+            headers["Retry-After"] = str(admission.retry_after)
+            return self._json(429, headers, orjson.dumps(admission.body()), server)
+        rows, execution, status = 0, 0.0, 500
+        try:
+            decision = env.faults.decide()
+            if decision.delay:
+                await asyncio.sleep(decision.delay)
+            failure = decision.error_response()
+            if failure is not None:
+                status, extra, body = failure
+                headers.update(extra)
+                return self._raw(status, headers, body, server)
+            api_response = env.model.handle(self._api_request(request, user_id))
+            rows = api_response.rows_served
+            execution = env.protection.limits.execution_time(rows)
+            await asyncio.sleep(execution)
+            status = api_response.status
+            headers.update(env.protection.rate_headers(app_id, server))
+            return await self._send(request, api_response, headers, server, decision.kind)
+        finally:
+            env.protection.finish(admission, rows=rows, execution_seconds=execution, status=status)
+
+    def _api_request(self, request: web.Request, user_id: str) -> ApiRequest:
+        env = self._env
+        joined: CIMultiDict[str] = CIMultiDict()
+        for name in request.headers:
+            if name not in joined:
+                joined[name] = ", ".join(request.headers.getall(name))
+        return ApiRequest(
+            method=request.method,
+            path=_raw_tail(request),
+            raw_query=request.rel_url.raw_query_string,
+            headers=joined,
+            base_url=f"{env.url}/api/data/{request.match_info['version']}",
+            user_id=user_id,
+            business_unit_id=env.business_unit_id,
+            organization_id=env.organization_id,
+        )
+
+    def _denied_table(self, tail: str) -> str | None:
+        segment = tail.split("/", 1)[0].split("(", 1)[0]
+        if not segment:
+            return None
+        table = self._env.model.table_for_entity_set(segment)
+        if table is None:
+            return None
+        spec = next((t for t in self._env.spec.tables if t.name == table), None)
+        return table if spec is not None and spec.denied else None
+
+    def _privilege_message(self, table: str, user_id: str) -> str:
+        template = TEMPLATES.get(table)
+        schema = template.schema_name if template else table
+        otc = template.object_type_code if template else 10000
+        privilege_id = stable_id("privilege", "read", table)
+        return (
+            f"Principal user (Id={user_id}, type=8, roleCount=1, privilegeCount=0, "
+            f"accessMode=4, MetadataCachePrivilegesCount=0, businessUnitId="
+            f"{self._env.business_unit_id}), is missing prvRead{schema} privilege "
+            f"(Id={privilege_id}) on OTC={otc} for entity '{table}'. context.Caller={user_id}"
+        )
+
+    def _unauthorized(self, headers: Mapping[str, str], reason: str | None = None) -> web.Response:
+        env = self._env
+        authorize = f"{env.authority_host}/{env.tenant.tenant_id}/oauth2/authorize"
+        challenge = f"Bearer authorization_uri={authorize}, resource_id={env.url}/"
+        response = web.Response(status=401, headers={**headers, "WWW-Authenticate": challenge})
+        if reason:
+            response.headers["x-ms-diagnostics"] = reason  # never the token itself
+        return response
+
+    def _json(
+        self, status: int, headers: Mapping[str, str], body: bytes, server: int | None = None
+    ) -> web.Response:
+        return self._raw(
+            status, {**headers, "Content-Type": JSON_TYPE, "OData-Version": "4.0"}, body, server
+        )
+
+    def _raw(
+        self, status: int, headers: Mapping[str, str], body: bytes, server: int | None
+    ) -> web.Response:
+        response = web.Response(status=status, body=body, headers=headers)
+        self._cookie(response, server)
+        return response
+
+    def _cookie(self, response: web.StreamResponse, server: int | None) -> None:
+        if server is not None:
+            response.set_cookie(
+                "ARRAffinity", self._env.affinity(server), path="/", secure=True, httponly=True
+            )
+
+    async def _send(
+        self,
+        request: web.Request,
+        api: ApiResponse,
+        headers: Mapping[str, str],
+        server: int,
+        fault: str | None,
+    ) -> web.StreamResponse:
+        merged: dict[str, Any] = {**api.headers, **headers}
+        body = api.body
+        if fault == "truncated_json" and len(body) > 2:
+            body = body[: max(1, len(body) * 3 // 5)]
+        if fault != "reset_mid_body" or len(body) < 2:
+            return self._raw(api.status, merged, body, server)
+        # Promise the whole body, send part of it, then drop the connection.
+        response = web.StreamResponse(status=api.status, headers=merged)
+        response.content_length = len(body)
+        self._cookie(response, server)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.abort()
+        return response  # aiohttp's write_eof meets the closed transport and gives up quietly
