@@ -1,0 +1,215 @@
+"""Pipeline benchmark: prints figures, measured in one run (ratios, not absolute times).
+
+1. Local pipeline (no network, no throttling): page bytes → decode (exact decimals) → typed
+   tuples → one transaction per page through the real writer (SQLAlchemy async + aiosqlite),
+   divided by a plain `sqlite3` `executemany` upsert of the same tuples into a table of the
+   same shape, one transaction per page too. Aim: ≥ 0.7.
+2. Peak RSS of a child process backfilling a large table from the simulator over HTTPS
+   (`resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`). Aim: < 250 MB, bounded by page size.
+   Runs only when `rss_rows` > 0 and the simulator can be started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy.sql.expression import Executable
+
+from sync.cursor import TableState
+from sync.engine import stamp
+from sync.page import decode_page
+from sync.rowshape import RowShaper
+from sync.store.engine import create_engine
+from sync.store.migrate import upgrade
+from sync.store.mirror import ensure_mirror
+from sync.store.state import checkpoint_statements, ensure
+from sync.store.writer import (
+    PageCounts,
+    PageWrite,
+    TableStatements,
+    commit_page,
+    create_table_sql,
+)
+from sync.typemap import TableSchema, build_schema
+
+PAGE = 5000
+ENVIRONMENT = "bench"
+FORMATTED = "@OData.Community.Display.V1.FormattedValue"
+LOOKUP = "@Microsoft.Dynamics.CRM.lookuplogicalname"
+
+
+def bench_schema() -> TableSchema:
+    """An account-like table: text, memo, integers, money, double, choices, lookups, dates."""
+
+    def attr(name: str, kind: str, type_name: str = "") -> dict[str, Any]:
+        return {
+            "LogicalName": name,
+            "AttributeType": kind,
+            "AttributeTypeName": {"Value": type_name or f"{kind}Type"},
+            "IsValidForRead": True,
+            "IsValidODataAttribute": True,
+            "AttributeOf": None,
+        }
+
+    attributes = [
+        attr("accountid", "Uniqueidentifier"),
+        attr("name", "String"),
+        attr("accountnumber", "String"),
+        attr("telephone1", "String"),
+        attr("description", "Memo"),
+        attr("numberofemployees", "Integer"),
+        attr("revenue", "Money"),
+        attr("address1_latitude", "Double"),
+        attr("donotemail", "Boolean"),
+        attr("industrycode", "Picklist"),
+        attr("statecode", "State"),
+        attr("parentaccountid", "Lookup"),
+        attr("ownerid", "Owner"),
+        attr("createdon", "DateTime"),
+        attr("modifiedon", "DateTime"),
+    ]
+    entity = {
+        "LogicalName": "account",
+        "EntitySetName": "accounts",
+        "PrimaryIdAttribute": "accountid",
+        "ChangeTrackingEnabled": True,
+    }
+    return build_schema(entity, attributes, table="account")
+
+
+def bench_pages(rows: int, seed: int = 7) -> list[bytes]:
+    """Page bodies as the Web API would send them (annotations included)."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not secrets
+    pages: list[bytes] = []
+    for start in range(0, rows, PAGE):
+        value = []
+        for i in range(start, min(rows, start + PAGE)):
+            value.append(
+                {
+                    "@odata.etag": f'W/"{100000 + i}"',
+                    "accountid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "name": f"Contoso Traders {i}",
+                    "accountnumber": f"AC-{i:08d}",
+                    "telephone1": f"+1-555-{i % 10000:04d}",
+                    "description": "Quarterly review.\nfollow-up pricing renewal",
+                    "numberofemployees": i % 5000,
+                    "revenue": round(rng.uniform(1e4, 1e8), 2) if i % 10 else None,
+                    "address1_latitude": round(rng.uniform(-90, 90), 5),
+                    "donotemail": bool(i % 2),
+                    "industrycode": 3,
+                    "industrycode" + FORMATTED: "Consulting",
+                    "statecode": 0,
+                    "statecode" + FORMATTED: "Active",
+                    "_parentaccountid_value": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "_parentaccountid_value" + LOOKUP: "account",
+                    "_ownerid_value": "00000001-0000-4000-8000-000000000001",
+                    "_ownerid_value" + LOOKUP: "systemuser",
+                    "createdon": "2024-03-01T10:00:00Z",
+                    "modifiedon": "2024-03-02T11:30:00Z",
+                }
+            )
+        pages.append(orjson.dumps({"@odata.context": "bench", "value": value}))
+    return pages
+
+
+async def _pipeline(db: Path, schema: TableSchema, pages: Sequence[bytes]) -> float:
+    engine = create_engine(f"sqlite+aiosqlite:///{db}")
+    try:
+        await upgrade(engine)
+        now = datetime.now(UTC)
+        layout = await ensure_mirror(engine, ENVIRONMENT, schema, soft=False, now=now)
+        await ensure(engine, ENVIRONMENT, schema.table, now=now)
+        shaper = RowShaper(schema)
+        state = TableState("backfill", resync_started_at=now)
+        started = time.perf_counter()
+        # As the engine does: decode off the loop, the next page while this one commits.
+        upcoming = asyncio.ensure_future(asyncio.to_thread(decode_page, pages[0], shaper))
+        for number in range(len(pages)):
+            page = await upcoming
+            if number + 1 < len(pages):
+                upcoming = asyncio.ensure_future(
+                    asyncio.to_thread(decode_page, pages[number + 1], shaper)
+                )
+            synced = stamp(datetime.now(UTC))
+            state = TableState("backfill", next_link=f"page-{number}", resync_started_at=now)
+
+            def checkpoint(counts: PageCounts, state: TableState = state) -> list[Executable]:
+                return checkpoint_statements(
+                    ENVIRONMENT, schema.table, state, now=now, upserted=counts.upserted
+                )
+
+            await commit_page(
+                engine,
+                layout.statements,
+                PageWrite(rows=page.tuples, synced_at=synced),
+                observed_at=synced,
+                checkpoint=checkpoint,
+            )
+        return time.perf_counter() - started
+    finally:
+        await engine.dispose()
+
+
+def _plain(
+    db: Path, schema: TableSchema, batches: Sequence[list[tuple[Any, ...]]], sql: str
+) -> float:
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        layout = [(c.name, c.sql_type) for c in schema.columns]
+        conn.execute(create_table_sql("plain", schema.primary_key, layout))
+        started = time.perf_counter()
+        for rows in batches:
+            conn.execute("BEGIN")
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def measure_local(rows: int, workdir: Path) -> tuple[float, float]:
+    """(pipeline rows/s, plain sqlite3 rows/s) for `rows` rows."""
+    schema = bench_schema()
+    pages = bench_pages(rows)
+    shaper = RowShaper(schema)
+    batches = [decode_page(body, shaper).tuples for body in pages]
+    upsert = TableStatements.build(
+        "x", "x", schema.primary_key, [c.name for c in schema.columns], soft=False
+    ).upsert(stamp(datetime.now(UTC)))
+    upsert = upsert.replace('"x__x"', '"plain"', 1)
+    plain = _plain(workdir / "plain.db", schema, batches, upsert)
+    del batches
+    pipeline = asyncio.run(_pipeline(workdir / "pipeline.db", schema, pages))
+    return rows / pipeline, rows / plain
+
+
+def run_pipeline_bench(rows: int = 200_000, *, console: Any, rss_rows: int = 0) -> int:
+    """Print the pipeline/plain ratio (and peak RSS of a simulator backfill when asked)."""
+    with tempfile.TemporaryDirectory(prefix="dvmirror-bench-") as tmp:
+        pipeline, plain = measure_local(rows, Path(tmp))
+    ratio = pipeline / plain
+    console.print(f"rows: {rows:,}  page size: {PAGE:,}")
+    console.print(f"pipeline (decode → typed upsert → commit): {pipeline:,.0f} rows/s")
+    console.print(f"plain sqlite3 executemany upsert:          {plain:,.0f} rows/s")
+    console.print(f"ratio: {ratio:.2f} (aim ≥ 0.70)")
+    if rss_rows > 0:
+        from sync.bench_rss import measure_backfill_rss
+
+        peak_mb = measure_backfill_rss(rss_rows, console=console)
+        if peak_mb is not None:
+            console.print(
+                f"peak RSS backfilling {rss_rows:,} rows: {peak_mb:.0f} MB (aim < 250 MB)"
+            )
+    return 0

@@ -1,0 +1,1 @@
+"""Implementations of CLI commands that need more than a few lines (wired in sync/cli.py)."""

@@ -1,0 +1,211 @@
+"""`dvmirror backfill [--env E] [--table T]`: every selected table to the end of its full load.
+
+Rerunning resumes from each table's last committed page. Tables of one environment run one
+after the other (the governor paces that environment's application user); environments run
+concurrently. A failing table is parked with its error while the others go on.
+Exit code: 0 ok, 1 a table failed, 3 authentication/authorization failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync.auth import TokenProviders
+from sync.config import Config, Environment, Tenant
+from sync.dataverse.exact import ExactClient
+from sync.dataverse.metadata import estimate_total, list_tables
+from sync.engine import JobResult, PageProgress, TableJob, Until, run_job
+from sync.errors import AuthError, ConfigError, DvmirrorError
+from sync.governor import Governor
+from sync.store import state
+from sync.store.open import open_store
+
+
+class RateColumn(ProgressColumn):
+    """rows/s of a task (rich's own speed column formats bytes)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
+
+
+def make_progress(console: Any) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:>10,.0f} rows"),
+        RateColumn(),
+        TextColumn("{task.fields[pages]} pages"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@dataclass(frozen=True)
+class Selection:
+    tenant: Tenant
+    environment: Environment
+    tables: tuple[str, ...] | None  # None: "all", listed from metadata at run time
+
+
+def select(config: Config, env: str | None, table: str | None) -> list[Selection]:
+    """The environments and tables a command covers; unknown names are usage errors."""
+    chosen: list[Selection] = []
+    for tenant, environment in config.environments():
+        if env is not None and environment.name != env:
+            continue
+        tables = None if environment.tables == "all" else tuple(environment.tables)
+        if table is not None:
+            if tables is not None and table not in tables:
+                raise ConfigError(
+                    f"table {table!r} is not configured in environment {environment.name}"
+                )
+            tables = (table,)
+        chosen.append(Selection(tenant, environment, tables))
+    if not chosen:
+        known = ", ".join(e.name for _, e in config.environments())
+        raise ConfigError(f"no environment named {env!r} (known: {known})")
+    return chosen
+
+
+def exit_code(results: Iterable[JobResult]) -> int:
+    results = list(results)
+    if any(r.auth_failed for r in results):
+        return 3
+    return 0 if all(r.ok for r in results) else 1
+
+
+async def _environment(
+    config: Config,
+    providers: TokenProviders,
+    store: AsyncEngine,
+    chosen: Selection,
+    *,
+    until: Until,
+    command: str,
+    reconcile_every: timedelta | None,
+    progress: Progress,
+) -> list[JobResult]:
+    tenant, environment = chosen.tenant, chosen.environment
+    app = config.app_for(tenant)
+    governor = Governor(environment.name, cap=environment.max_concurrency or 52)
+    client = ExactClient(
+        tenant, environment, providers.for_tenant(tenant), governor, ca_bundle=app.ca_bundle
+    )
+    results: list[JobResult] = []
+    async with client:
+        try:
+            tables = chosen.tables or tuple(await list_tables(client, environment.url))
+        except DvmirrorError as exc:
+            return [
+                JobResult(environment.name, "*", False, exc.message, isinstance(exc, AuthError))
+            ]
+        for table in tables:
+            task = progress.add_task(f"{environment.name}/{table}", total=None, pages=0)
+            job = TableJob(
+                store=store,
+                client=client,
+                environment=environment,
+                table=table,
+                command=command,
+                reconcile_every=reconcile_every,
+                on_page=_advance(progress, task),
+            )
+            if until == "backfill":
+                await _set_total(job, client, progress, task)
+            result = await run_job(job, until=until)
+            progress.update(task, total=progress.tasks[task].completed)
+            if not result.ok:
+                progress.update(task, description=f"{environment.name}/{table} [red]parked")
+            results.append(result)
+    return results
+
+
+async def _set_total(job: TableJob, client: ExactClient, progress: Progress, task: TaskID) -> None:
+    stored = await state.load(job.store, job.environment.name, job.table)
+    if stored is not None and stored.cursor.phase not in ("new", "backfill", "resync"):
+        return
+    try:
+        total = await estimate_total(client, job.environment.url, job.table)
+    except DvmirrorError:
+        total = None
+    if total:
+        progress.update(task, total=total)
+
+
+def _advance(progress: Progress, task: TaskID) -> Callable[[PageProgress], None]:
+    def on_page(page: PageProgress) -> None:
+        pages = progress.tasks[task].fields.get("pages", 0) + 1
+        progress.update(task, advance=page.rows, pages=pages)
+
+    return on_page
+
+
+async def run_tables(
+    config: Config,
+    *,
+    env: str | None,
+    table: str | None,
+    console: Any,
+    until: Until,
+    command: str,
+    reconcile_every: timedelta | None,
+) -> int:
+    """Run the selected tables to `until` with progress bars; return the exit code."""
+    chosen = select(config, env, table)
+    store = await open_store(config)
+    providers = TokenProviders(config)
+    try:
+        with make_progress(console) as progress:
+            batches = await asyncio.gather(
+                *(
+                    _environment(
+                        config,
+                        providers,
+                        store,
+                        c,
+                        until=until,
+                        command=command,
+                        reconcile_every=reconcile_every,
+                        progress=progress,
+                    )
+                    for c in chosen
+                )
+            )
+    finally:
+        await store.dispose()
+    results = [r for batch in batches for r in batch]
+    for result in results:
+        if not result.ok:
+            console.print(f"[red]{result.environment}/{result.table}: {result.error}")
+    return exit_code(results)
+
+
+async def run_backfill(config: Config, *, env: str | None, table: str | None, console: Any) -> int:
+    """`dvmirror backfill`: full load of each selected table; rerunning resumes."""
+    return await run_tables(
+        config,
+        env=env,
+        table=table,
+        console=console,
+        until="backfill",
+        command="backfill",
+        reconcile_every=None,
+    )

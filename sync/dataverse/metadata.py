@@ -1,0 +1,116 @@
+"""Discovery: read EntityDefinitions and Attributes for the configured tables only.
+
+Never the whole organisation's metadata in one response: one `EntityDefinitions(LogicalName=…)`
+and one `…/Attributes` request per table, each with `$select`, plus one cast request for the
+DateTime attributes (to tell date-only columns apart). `tables = "all"` lists EntityDefinitions
+with a `$select` of a few properties only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from sync.dataverse.odata import api_url
+from sync.errors import HostileResponseError, TableError, TransientError
+from sync.typemap import SAFE_COLUMN as TABLE_NAME
+from sync.typemap import TableSchema, build_schema
+
+ENTITY_SELECT = "LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnabled"
+ATTRIBUTE_SELECT = (
+    "LogicalName,AttributeType,AttributeTypeName,IsValidForRead,IsValidODataAttribute,"
+    "AttributeOf,IsPrimaryId"
+)
+DATETIME_CAST = "Microsoft.Dynamics.CRM.DateTimeAttributeMetadata"
+
+
+class JsonSource(Protocol):
+    """What discovery needs from the Web API client (DataverseClient.get fits)."""
+
+    async def get(
+        self, url: str, *, table: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> Any: ...
+
+
+def _entity_path(table: str) -> str:
+    if not TABLE_NAME.fullmatch(table):
+        raise TableError(f"{table!r} is not a table logical name", table=table)
+    return f"EntityDefinitions(LogicalName='{table}')"
+
+
+def _values(document: Any, table: str | None, what: str) -> list[Mapping[str, Any]]:
+    items = document.get("value") if isinstance(document, Mapping) else None
+    if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+        raise HostileResponseError(
+            f"{what}: the metadata answer has no list of objects", table=table
+        )
+    return items
+
+
+async def discover_table(
+    client: JsonSource, environment_url: str, table: str, *, columns: Sequence[str] | None = None
+) -> TableSchema:
+    """The mirror schema of one table, from three small metadata requests."""
+    path = _entity_path(table)
+    entity = await client.get(
+        api_url(environment_url, f"{path}?$select={ENTITY_SELECT}"), table=table
+    )
+    attributes = _values(
+        await client.get(
+            api_url(environment_url, f"{path}/Attributes?$select={ATTRIBUTE_SELECT}"), table=table
+        ),
+        table,
+        "Attributes",
+    )
+    cast = _values(
+        await client.get(
+            api_url(
+                environment_url,
+                f"{path}/Attributes/{DATETIME_CAST}?$select=LogicalName,Format,DateTimeBehavior",
+            ),
+            table=table,
+        ),
+        table,
+        "DateTime attributes",
+    )
+    date_info = {str(item.get("LogicalName")): item for item in cast}
+    merged = [
+        {
+            **item,
+            **{
+                k: v
+                for k, v in date_info.get(str(item.get("LogicalName")), {}).items()
+                if k in ("Format", "DateTimeBehavior")
+            },
+        }
+        for item in attributes
+    ]
+    return build_schema(entity, merged, table=table, only=columns)
+
+
+async def list_tables(client: JsonSource, environment_url: str) -> list[str]:
+    """Logical names of every table (for `tables = "all"`), selecting only the names."""
+    items = _values(
+        await client.get(api_url(environment_url, "EntityDefinitions?$select=LogicalName")),
+        None,
+        "tables",
+    )
+    names = sorted(str(i.get("LogicalName")) for i in items)
+    return [n for n in names if TABLE_NAME.fullmatch(n)]
+
+
+async def estimate_total(client: JsonSource, environment_url: str, table: str) -> int | None:
+    """Row count from RetrieveTotalRecordCount (a snapshot of the last 24 h); None if unknown."""
+    _entity_path(table)
+    try:
+        document = await client.get(
+            api_url(environment_url, f"RetrieveTotalRecordCount(EntityNames=['{table}'])"),
+            table=table,
+        )
+    except (TableError, TransientError):
+        return None
+    counts = document.get("EntityRecordCountCollection") if isinstance(document, Mapping) else None
+    values = counts.get("Values") if isinstance(counts, Mapping) else None
+    if isinstance(values, list) and values and type(values[0]) is int and values[0] >= 0:
+        return int(values[0])
+    return None

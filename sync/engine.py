@@ -1,0 +1,312 @@
+"""One table job: discovery → cursor → client → writer, one page per step.
+
+`TableJob.prepare()` discovers the table, adapts the mirror (drift) and loads the checkpoint;
+`TableJob.step()` fetches and commits exactly ONE page (rows + deletions + checkpoint in one
+transaction) and says whether the current cycle has more pages. A scheduler can interleave the
+steps of many tables; `run_job()` is the simple loop the commands use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import Executable
+
+from sync import cursor as cur
+from sync.config import Environment
+from sync.dataverse.metadata import JsonSource, discover_table
+from sync.errors import AuthError, DeltaTokenExpired, DvmirrorError
+from sync.logs import get_logger
+from sync.page import DecodedPage
+from sync.rowshape import RowShaper
+from sync.store import state
+from sync.store.mirror import MirrorLayout, ensure_mirror, type_change_note
+from sync.store.writer import PageCounts, PageWrite, commit_page
+from sync.typemap import TableSchema
+
+log = get_logger("dvmirror.engine")
+Until = Literal["cycle", "backfill"]
+
+
+class PageClient(JsonSource, Protocol):
+    """What a table job needs from the Web API client (sync.dataverse.exact.ExactClient)."""
+
+    async def fetch_page(
+        self,
+        url: str,
+        shaper: RowShaper,
+        *,
+        track_changes: bool,
+        impersonate: str | None = None,
+        page_size: int | None = None,
+    ) -> DecodedPage: ...
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def stamp(moment: datetime) -> str:
+    """Fixed-width UTC text: sorts like time, compared with `_dv_synced_at` in SQL."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class PageProgress:
+    """Reported after every committed page (progress bars, metrics)."""
+
+    environment: str
+    table: str
+    phase: str
+    rows: int
+    deleted: int
+    total_estimate: int | None
+    cycle_done: bool
+
+
+@dataclass(frozen=True)
+class JobResult:
+    environment: str
+    table: str
+    ok: bool
+    error: str | None = None
+    auth_failed: bool = False
+    pages: int = 0
+    rows_upserted: int = 0
+    rows_deleted: int = 0
+
+
+class TableJob:
+    """The sync of one table of one environment, advanced one page at a time."""
+
+    def __init__(
+        self,
+        *,
+        store: AsyncEngine,
+        client: PageClient,
+        environment: Environment,
+        table: str,
+        command: str = "sync",
+        reconcile_every: timedelta | None = cur.DEFAULT_RECONCILE_EVERY,
+        clock: Callable[[], datetime] = utcnow,
+        on_page: Callable[[PageProgress], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.environment = environment
+        self.table = table
+        self.command = command
+        self.options = environment.options_for(table)
+        self.reconcile_every = reconcile_every
+        self.clock = clock
+        self.on_page = on_page
+        self.schema: TableSchema | None = None
+        self.layout: MirrorLayout | None = None
+        self.cursor = cur.TableState()
+        self.run_id: int | None = None
+        self.total_estimate: int | None = None
+        self.pages = self.upserted = self.deleted = 0
+        self.reconcile = False
+        self._attempts = 0
+        self._shapers: tuple[RowShaper, RowShaper] | None = None
+        self._prefetch: tuple[cur.Request, asyncio.Future[DecodedPage]] | None = None
+
+    @property
+    def needs_backfill(self) -> bool:
+        return self.cursor.phase in ("new", "backfill", "resync")
+
+    async def prepare(self) -> None:
+        """Discover the table, adapt the mirror to its schema, load the checkpoint."""
+        now = self.clock()
+        env = self.environment
+        stored = await state.ensure(self.store, env.name, self.table, now=now)
+        self.run_id = await state.start_run(self.store, env.name, self.table, self.command, now=now)
+        self._attempts, self.total_estimate = stored.attempts, stored.total_estimate
+        schema = await discover_table(
+            self.client, env.url, self.table, columns=self.options.columns
+        )
+        layout = await ensure_mirror(
+            self.store, env.name, schema, soft=self.options.deletes == "soft", now=now
+        )
+        cursor = stored.cursor
+        if layout.drift.create and cursor.phase != "new":
+            log.warning("mirror_table_missing", environment=env.name, table=self.table)
+            cursor = cur.TableState()
+        widened = layout.drift.added or layout.drift.revived or layout.drift.retyped
+        if widened and cursor.delta_link is not None:  # keep the token, widen the $select
+            cursor = replace(cursor, delta_link=cur.with_select(cursor.delta_link, schema.select))
+        if cursor != stored.cursor:
+            await state.save_cursor(self.store, env.name, self.table, cursor, now=now)
+        note = type_change_note(layout.drift)
+        if note is not None:
+            await state.record_note(self.store, env.name, self.table, note, now=now)
+        if stored.schema_hash != schema.schema_hash:
+            await state.set_schema_hash(
+                self.store, env.name, self.table, schema.schema_hash, now=now
+            )
+        self.schema, self.layout, self.cursor = schema, layout, cursor
+        keys_schema = replace(schema, columns=schema.columns[:1])
+        self._shapers = (RowShaper(schema), RowShaper(keys_schema))
+        if not schema.change_tracking and self.reconcile_every is not None:
+            self.reconcile = cur.reconcile_due(cursor, now=now, every=self.reconcile_every)
+
+    async def step(self) -> bool:
+        """Fetch and commit one page. True while the current cycle has more pages."""
+        assert self.schema is not None
+        assert self.layout is not None
+        assert self._shapers is not None
+        schema, env = self.schema, self.environment
+        now = self.clock()
+        request, planned = cur.plan(self.cursor, schema, base_url=env.url, now=now)
+        try:
+            page = await self._page(request)
+        except DeltaTokenExpired:
+            log.warning("delta_token_expired", environment=env.name, table=self.table)
+            self.cursor = cur.expired(self.cursor, now=now)
+            await state.save_cursor(self.store, env.name, self.table, self.cursor, now=now)
+            return True
+        step = cur.advance(
+            planned, request, page, schema, origin=env.origin, now=now, reconcile=self.reconcile
+        )
+        synced = stamp(cur.synced_at(planned, now))
+        write = PageWrite(
+            rows=page.tuples if request.kind != "keys" else (),
+            deleted_ids=step.deleted_ids,
+            keys_seen=step.keys_seen,
+            sweep_before=stamp(step.sweep_before) if step.sweep_before else None,
+            synced_at=synced,
+            count_rows=step.cycle_done or step.full_pass_done,
+        )
+
+        def checkpoint(counts: PageCounts) -> list[Executable]:
+            return state.checkpoint_statements(
+                env.name,
+                self.table,
+                step.state,
+                now=now,
+                upserted=counts.upserted,
+                deleted=counts.deleted,
+                row_count=counts.row_count,
+                run_id=self.run_id,
+            )
+
+        if not step.cycle_done:  # fetch the next page while this one commits
+            upcoming, _ = cur.plan(step.state, schema, base_url=env.url, now=now)
+            self._prefetch = (upcoming, asyncio.ensure_future(self._fetch(upcoming)))
+        try:
+            counts = await commit_page(
+                self.store, self.layout.statements, write, observed_at=synced, checkpoint=checkpoint
+            )
+        except BaseException:
+            await self.cancel_prefetch()
+            raise
+        self.cursor = step.state
+        self.pages += 1
+        self.upserted += counts.upserted
+        self.deleted += counts.deleted
+        if step.full_pass_done or (step.cycle_done and not schema.change_tracking):
+            self.reconcile = False
+        if self.on_page is not None:
+            self.on_page(
+                PageProgress(
+                    env.name,
+                    self.table,
+                    planned.phase,
+                    counts.upserted,
+                    counts.deleted,
+                    self.total_estimate,
+                    step.cycle_done,
+                )
+            )
+        return not step.cycle_done
+
+    async def _fetch(self, request: cur.Request) -> DecodedPage:
+        assert self._shapers is not None
+        shaper = self._shapers[1] if request.kind == "keys" else self._shapers[0]
+        return await self.client.fetch_page(
+            request.url,
+            shaper,
+            track_changes=request.track_changes,
+            impersonate=self.options.impersonate,
+            page_size=self.environment.page_size,
+        )
+
+    async def _page(self, request: cur.Request) -> DecodedPage:
+        prefetched = self._prefetch
+        if prefetched is not None and prefetched[0] == request:
+            self._prefetch = None
+            return await prefetched[1]
+        await self.cancel_prefetch()
+        return await self._fetch(request)
+
+    async def cancel_prefetch(self) -> None:
+        """Drop a page fetched ahead (the job stops, its plan changed or its commit failed)."""
+        prefetched, self._prefetch = self._prefetch, None
+        if prefetched is not None:
+            future = prefetched[1]
+            future.cancel()
+            await asyncio.wait([future])  # our own cancellation still propagates
+            if not future.cancelled():
+                future.exception()  # retrieved: a failed fetch ahead is not worth a warning
+
+    async def finish(self, error: DvmirrorError | None = None) -> JobResult:
+        """Record the outcome: success clears the park, an error parks the table."""
+        await self.cancel_prefetch()
+        now = self.clock()
+        env = self.environment.name
+        message = None if error is None else error.message
+        try:
+            if error is None:
+                await state.record_success(self.store, env, self.table, now=now)
+            else:
+                await state.record_error(
+                    self.store, env, self.table, message or "", now=now, attempts=self._attempts
+                )
+            if self.run_id is not None:
+                await state.finish_run(
+                    self.store,
+                    self.run_id,
+                    status="ok" if error is None else "failed",
+                    now=now,
+                    error=message,
+                )
+        except DvmirrorError as exc:  # the store itself failed: report, do not mask the cause
+            log.exception("run_record_failed", environment=env, table=self.table, error=exc.message)
+        if error is not None:
+            log.error("table_parked", environment=env, table=self.table, error=message)
+        return JobResult(
+            env,
+            self.table,
+            error is None,
+            message,
+            isinstance(error, AuthError),
+            self.pages,
+            self.upserted,
+            self.deleted,
+        )
+
+
+async def run_table_step(job: TableJob) -> bool:
+    """Advance `job` by one page (preparing it first if needed); True while more remains."""
+    if job.schema is None:
+        await job.prepare()
+    return await job.step()
+
+
+async def run_job(job: TableJob, *, until: Until = "cycle") -> JobResult:
+    """Run one table to the end of its cycle (or of its backfill); park it on failure."""
+    try:
+        await job.prepare()
+        if until == "backfill" and not job.needs_backfill:
+            return await job.finish()
+        while await job.step():
+            if until == "backfill" and not job.needs_backfill:
+                break
+    except DvmirrorError as exc:  # parks this table (StoreError, AuthError too); others go on
+        return await job.finish(exc)
+    return await job.finish()

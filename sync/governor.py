@@ -1,0 +1,241 @@
+"""The request governor's async shell: one per application user per environment.
+
+Every request of that user goes through `async with governor.slot() as slot:` and reports its
+response with `slot.observe(status, headers, error_code)`. The arithmetic lives in
+`sync.governor_core` (pure, clock injected); this module only waits, wakes waiters, and keeps
+the optional per-tenant daily budget (`TenantBudget`) persisted through a `BudgetStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sync.governor_core import GovernorCore
+from sync.governor_signals import DailyBudget, observation_from
+from sync.logs import get_logger
+
+log = get_logger("dvmirror.governor")
+
+# Flush the daily counter to the store after this many requests or seconds.
+FLUSH_EVERY_REQUESTS = 50
+FLUSH_EVERY_SECONDS = 10.0
+
+
+class BudgetStore(Protocol):
+    """Where a tenant's daily request counter survives restarts."""
+
+    async def load(self, tenant: str) -> tuple[datetime, int] | None: ...
+
+    async def save(self, tenant: str, window_start: datetime, used: int) -> None: ...
+
+
+@dataclass
+class InMemoryBudgetStore:
+    """A `BudgetStore` for tests and for runs without a control database."""
+
+    rows: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+
+    async def load(self, tenant: str) -> tuple[datetime, int] | None:
+        return self.rows.get(tenant)
+
+    async def save(self, tenant: str, window_start: datetime, used: int) -> None:
+        self.rows[tenant] = (window_start, used)
+
+
+class TenantBudget:
+    """The daily request entitlement of one tenant, shared by its environments' governors."""
+
+    def __init__(
+        self,
+        tenant: str,
+        limit: int,
+        store: BudgetStore | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tenant = tenant
+        self.core = DailyBudget(limit=limit)
+        self._store = store or InMemoryBudgetStore()
+        self._wall = wall_clock
+        self._loaded = False
+        self._unsaved = 0
+        self._saved_at = -math.inf
+        self._lock = asyncio.Lock()
+        self.exhausted_until: float | None = None
+
+    async def wait_until(self) -> float | None:
+        """None if a request may be spent now; else the wall-clock time the window renews."""
+        await self._load()
+        until = self.core.wait_until(self._wall())
+        if until is not None and self.exhausted_until != until:
+            log.warning(
+                "daily_request_budget_spent",
+                tenant=self.tenant,
+                used=self.core.used,
+                limit=self.core.limit,
+                renews_at=datetime.fromtimestamp(until, UTC).isoformat(),
+            )
+        self.exhausted_until = until
+        return until
+
+    def spend(self) -> None:
+        self.core.spend(self._wall())
+        self._unsaved += 1
+
+    async def maybe_flush(self) -> None:
+        now = self._wall()
+        if self._unsaved >= FLUSH_EVERY_REQUESTS or (
+            self._unsaved and now - self._saved_at >= FLUSH_EVERY_SECONDS
+        ):
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if self.core.window_start is None:
+                return
+            start = datetime.fromtimestamp(self.core.window_start, UTC)
+            await self._store.save(self.tenant, start, self.core.used)
+            self._unsaved = 0
+            self._saved_at = self._wall()
+
+    async def _load(self) -> None:
+        if self._loaded:
+            return
+        async with self._lock:
+            if not self._loaded:
+                row = await self._store.load(self.tenant)
+                if row is not None:
+                    self.core.window_start = row[0].timestamp()
+                    self.core.used = row[1]
+                self._loaded = True
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "daily_limit": self.core.limit,
+            "daily_used": self.core.used,
+            "daily_exhausted_until": (
+                datetime.fromtimestamp(self.exhausted_until, UTC).isoformat()
+                if self.exhausted_until
+                else None
+            ),
+        }
+
+
+class Slot:
+    """One granted request; report its response with `observe` before leaving the block."""
+
+    def __init__(self, governor: Governor, sent_at: float) -> None:
+        self._governor = governor
+        self.sent_at = sent_at
+        self.observed = False
+
+    def observe(self, status: int, headers: Mapping[str, str], error_code: object = None) -> None:
+        self.observed = True
+        self._governor.observe(status, headers, error_code=error_code, sent_at=self.sent_at)
+
+
+class Governor:
+    """Shared by all workers of one application user in one environment."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        cap: int = 52,
+        initial_concurrency: int | None = None,
+        window_hint: float = 300.0,
+        daily: TenantBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.core = GovernorCore(
+            cap=cap, initial_concurrency=initial_concurrency, window_hint=window_hint
+        )
+        self.daily = daily
+        self._clock = clock
+        self._changed = asyncio.Event()
+        self.waited_on_retry_after = 0.0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """Wait until a request may leave, then hold a concurrency slot for its duration."""
+        sent_at = await self._acquire()
+        slot = Slot(self, sent_at)
+        try:
+            yield slot
+        finally:
+            self.core.on_release(self._clock(), sent_at)
+            self._notify()
+            if self.daily is not None:
+                await asyncio.shield(self.daily.maybe_flush())
+
+    async def _acquire(self) -> float:
+        while True:
+            if self.daily is not None:
+                renew = await self.daily.wait_until()
+                if renew is not None:
+                    await self._sleep_until_changed(max(0.1, renew - time.time()))
+                    continue
+            now = self._clock()
+            wake = self.core.decide(now)
+            if wake is None:
+                if self.daily is not None:
+                    self.daily.spend()
+                return self.core.on_send(now)
+            paused = now < self.core.paused_until
+            delay = None if wake == math.inf else max(0.0, wake - now)
+            started = self._clock()
+            await self._sleep_until_changed(delay)
+            if paused:
+                self.waited_on_retry_after += self._clock() - started
+
+    async def _sleep_until_changed(self, delay: float | None) -> None:
+        event = self._changed
+        try:
+            async with asyncio.timeout(delay):
+                await event.wait()
+        except TimeoutError:
+            pass
+
+    def _notify(self) -> None:
+        # Wake every waiter; each re-asks the core (cheap) and most go back to sleep.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def observe(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        error_code: object = None,
+        sent_at: float | None = None,
+    ) -> None:
+        """Feed one response to the core (status, rate headers, throttle code)."""
+        observation = observation_from(status, headers, error_code=error_code)
+        now = self._clock()
+        self.core.observe(observation, now, sent_at)
+        if observation.throttled:
+            log.info(
+                "user_throttled",
+                governor=self.name,
+                code=observation.throttle_code,
+                retry_after=observation.retry_after,
+                concurrency=math.floor(self.core.limit),
+            )
+        self._notify()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Current concurrency, pause, throttle counts and waits, for status and metrics."""
+        data = self.core.snapshot(self._clock())
+        data["name"] = self.name
+        data["waited_on_retry_after"] = round(self.waited_on_retry_after, 3)
+        if self.daily is not None:
+            data.update(self.daily.snapshot())
+        return data

@@ -1,0 +1,253 @@
+"""Dataverse attribute metadata → mirror column specs; a page's row JSON → typed tuples.
+
+Pure: no I/O. Two jobs:
+
+* `build_schema()` turns EntityDefinitions + Attributes metadata into a `TableSchema`: the mirror
+  columns (Web API names, `_x_value__type` for lookups, `<col>__label` for choices), the `$select`
+  list and a hash that changes when the schema does. Every identifier is checked against
+  `SAFE_COLUMN`; an unsafe one raises `HostileResponseError` (the table is parked).
+* the value rules per mirror type (`ALLOWED`, `FORMATS`), used by `sync.rowshape` to turn a
+  page's rows into typed tuples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sync.errors import HostileResponseError
+
+SqlType = Literal[
+    "text", "integer", "bigint", "numeric", "float", "boolean", "timestamp", "date", "uuid"
+]
+
+SAFE_COLUMN = re.compile(r"[a-z][a-z0-9_]{0,127}")
+SAFE_ENTITY_SET = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
+# A property key of a row: a name, an annotation on a name, or an instance annotation.
+SAFE_ROW_KEY = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]{0,127})?(?:@[A-Za-z][A-Za-z0-9_.]{0,127})?")
+UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+TIMESTAMP_PATTERN = "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.][0-9]{1,7})?Z"
+DATE_PATTERN = "[0-9]{4}-[0-9]{2}-[0-9]{2}"
+ETAG_PATTERN = 'W/"[0-9]{1,19}"'
+UUID_TEXT = re.compile(UUID_PATTERN)
+
+FORMATTED = "@OData.Community.Display.V1.FormattedValue"
+LOOKUP_TYPE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
+ANNOTATIONS_PREFER = (
+    'odata.include-annotations="OData.Community.Display.V1.FormattedValue,'
+    'Microsoft.Dynamics.CRM.lookuplogicalname"'
+)
+
+# Reserved mirror columns, appended to every row tuple in this order.
+VERSION_COLUMN = "_dv_version"
+SYNCED_COLUMN = "_dv_synced_at"
+DELETED_COLUMN = "_dv_deleted_at"
+RESERVED_COLUMNS = (VERSION_COLUMN, SYNCED_COLUMN, DELETED_COLUMN)
+
+_SIMPLE_TYPES: dict[str, SqlType] = {
+    "String": "text",
+    "Memo": "text",
+    "Integer": "integer",
+    "BigInt": "bigint",
+    "Decimal": "numeric",
+    "Money": "numeric",
+    "Double": "float",
+    "Boolean": "boolean",
+    "DateTime": "timestamp",
+    "Uniqueidentifier": "uuid",
+}
+_CHOICE_TYPES = {"Picklist", "State", "Status"}
+_LOOKUP_TYPES = {"Lookup", "Customer", "Owner"}
+# Python types a decoded JSON value may have, per mirror type (None is always allowed).
+ALLOWED: dict[SqlType, frozenset[type]] = {
+    "text": frozenset({str}),
+    "uuid": frozenset({str}),
+    "integer": frozenset({int}),
+    "bigint": frozenset({int}),
+    "numeric": frozenset({str}),  # exact text, see sync.rowshape
+    "float": frozenset({int, float}),
+    "boolean": frozenset({bool}),
+    "timestamp": frozenset({str}),
+    "date": frozenset({str}),
+}
+# Text formats per mirror type (regular expressions, matched in full).
+FORMATS: dict[SqlType, str] = {
+    "uuid": UUID_PATTERN,
+    "timestamp": TIMESTAMP_PATTERN,
+    "date": DATE_PATTERN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorColumn:
+    """One column of a mirror table and where its value comes from in the row JSON."""
+
+    name: str
+    source_key: str
+    sql_type: SqlType
+    attribute: str
+    attribute_type: str
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """What discovery knows about one table; the mirror and the requests are built from it."""
+
+    table: str
+    entity_set: str
+    primary_key: str
+    change_tracking: bool
+    columns: tuple[MirrorColumn, ...]  # primary key first
+    skipped: tuple[str, ...] = ()
+    numeric_keys: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        keys = tuple(c.source_key for c in self.columns if c.sql_type == "numeric")
+        object.__setattr__(self, "numeric_keys", keys)
+
+    @property
+    def select(self) -> tuple[str, ...]:
+        """The `$select` names: each attribute once, lookups by their Web API name."""
+        names: list[str] = []
+        for column in self.columns:
+            if "@" not in column.source_key and column.source_key not in names:
+                names.append(column.source_key)
+        return tuple(names)
+
+    @property
+    def has_modifiedon(self) -> bool:
+        return any(c.name == "modifiedon" and c.sql_type == "timestamp" for c in self.columns)
+
+    @property
+    def schema_hash(self) -> str:
+        text = "|".join(f"{c.name}:{c.sql_type}:{c.source_key}" for c in self.columns)
+        return hashlib.sha256(
+            f"{self.entity_set}|{self.change_tracking}|{text}".encode()
+        ).hexdigest()
+
+
+def _text(item: Mapping[str, Any], key: str, *, table: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not value:
+        raise HostileResponseError(
+            f"table {table}: metadata property {key} is missing or not text", table=table
+        )
+    return value
+
+
+def safe_column(name: str, *, table: str) -> str:
+    """Return `name` if it is a safe SQL identifier, else refuse the table."""
+    if not isinstance(name, str) or not SAFE_COLUMN.fullmatch(name):
+        raise HostileResponseError(
+            f"table {table}: attribute name {str(name)[:80]!r} is not a safe identifier; "
+            "the table is parked until the metadata is fixed",
+            table=table,
+        )
+    return name
+
+
+def _type_name(item: Mapping[str, Any]) -> str:
+    value = item.get("AttributeTypeName")
+    if isinstance(value, Mapping) and isinstance(value.get("Value"), str):
+        return str(value["Value"])
+    return ""
+
+
+def _is_date_only(item: Mapping[str, Any]) -> bool:
+    behavior = item.get("DateTimeBehavior")
+    if isinstance(behavior, Mapping):
+        behavior = behavior.get("Value")
+    return behavior == "DateOnly" or item.get("Format") == "DateOnly"
+
+
+def attribute_columns(  # noqa: PLR0911 - one return per family of attribute types
+    item: Mapping[str, Any], *, table: str
+) -> list[MirrorColumn] | None:
+    """The mirror columns one attribute becomes, or None when it is not mirrored (reference 5.3)."""
+    name = _text(item, "LogicalName", table=table)
+    kind = _text(item, "AttributeType", table=table)
+    type_name = _type_name(item)
+    if item.get("AttributeOf") or item.get("IsValidODataAttribute") is False:
+        return None
+    if item.get("IsValidForRead") is False:
+        return None
+    name = safe_column(name, table=table)
+    if kind == "Virtual" and type_name == "MultiSelectPicklistType":
+        return [
+            MirrorColumn(name, name, "text", name, "MultiSelectPicklist"),
+            MirrorColumn(f"{name}__label", name + FORMATTED, "text", name, "MultiSelectPicklist"),
+        ]
+    if kind in _CHOICE_TYPES:
+        return [
+            MirrorColumn(name, name, "integer", name, kind),
+            MirrorColumn(f"{name}__label", name + FORMATTED, "text", name, kind),
+        ]
+    if kind in _LOOKUP_TYPES:
+        web = f"_{name}_value"
+        return [
+            MirrorColumn(web, web, "uuid", name, kind),
+            MirrorColumn(f"{web}__type", web + LOOKUP_TYPE, "text", name, kind),
+        ]
+    sql_type = _SIMPLE_TYPES.get(kind)
+    if sql_type is None:  # Virtual, PartyList, CalendarRules, ManagedProperty, EntityName, unknown
+        return None
+    if sql_type == "timestamp" and _is_date_only(item):
+        sql_type = "date"
+    return [MirrorColumn(name, name, sql_type, name, kind)]
+
+
+def build_schema(
+    entity: Mapping[str, Any],
+    attributes: Iterable[Mapping[str, Any]],
+    *,
+    table: str,
+    only: Sequence[str] | None = None,
+) -> TableSchema:
+    """Build the mirror schema of one table from its metadata; `only` limits the attributes."""
+    if not isinstance(entity, Mapping):
+        raise HostileResponseError(
+            f"table {table}: EntityDefinitions answer is not an object", table=table
+        )
+    entity_set = _text(entity, "EntitySetName", table=table)
+    if not SAFE_ENTITY_SET.fullmatch(entity_set):
+        raise HostileResponseError(
+            f"table {table}: entity set name {entity_set[:80]!r} is not safe", table=table
+        )
+    primary = safe_column(_text(entity, "PrimaryIdAttribute", table=table), table=table)
+    change_tracking = entity.get("ChangeTrackingEnabled") is True
+    wanted = None if only is None else {*only, primary, "modifiedon"}
+    key_column: MirrorColumn | None = None
+    columns: list[MirrorColumn] = []
+    skipped: list[str] = []
+    for item in attributes:
+        if not isinstance(item, Mapping):
+            raise HostileResponseError(f"table {table}: an attribute is not an object", table=table)
+        mapped = attribute_columns(item, table=table)
+        name = str(item.get("LogicalName"))
+        if mapped is None or (wanted is not None and name not in wanted):
+            skipped.append(name)
+            continue
+        if name == primary:
+            key_column = MirrorColumn(
+                primary, primary, "uuid", primary, str(item.get("AttributeType"))
+            )
+            continue
+        columns.extend(mapped)
+    if key_column is None:
+        raise HostileResponseError(
+            f"table {table}: primary key {primary} is not among the readable attributes",
+            table=table,
+        )
+    all_columns = (key_column, *sorted(columns, key=lambda c: c.name))
+    names = [c.name for c in all_columns]
+    duplicates = sorted(
+        {n for n in names if names.count(n) > 1} | (set(names) & set(RESERVED_COLUMNS))
+    )
+    if duplicates:
+        raise HostileResponseError(
+            f"table {table}: column names collide: {', '.join(duplicates)}", table=table
+        )
+    return TableSchema(table, entity_set, primary, change_tracking, all_columns, tuple(skipped))

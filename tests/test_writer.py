@@ -1,0 +1,180 @@
+"""The store: typed mirror tables, schema drift, and one transaction per page (real SQLite files)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from sync.bench_pipeline import run_pipeline_bench
+from sync.cursor import TableState
+from sync.errors import HostileResponseError
+from sync.store import state
+from sync.store.engine import create_engine
+from sync.store.migrate import upgrade
+from sync.store.mirror import ensure_mirror, type_change_note
+from sync.store.writer import PageCounts, PageWrite, commit_page, quote_ident
+from sync.typemap import TableSchema, build_schema
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+K1, K2, K3 = (f"0000000{i}-0000-4000-8000-000000000000" for i in (1, 2, 3))
+T0, T1, T2 = (
+    "2026-01-02T03:04:05.000000Z",
+    "2026-01-02T03:05:00.000000Z",
+    "2026-01-02T03:06:00.000000Z",
+)
+
+
+def schema(**types: str) -> TableSchema:
+    attrs = [{"LogicalName": "accountid", "AttributeType": "Uniqueidentifier"}]
+    attrs += [{"LogicalName": n, "AttributeType": t} for n, t in types.items()]
+    entity = {
+        "EntitySetName": "accounts",
+        "PrimaryIdAttribute": "accountid",
+        "ChangeTrackingEnabled": True,
+    }
+    return build_schema(entity, attrs, table="account")
+
+
+@pytest.fixture(name="engine")
+async def _engine(tmp_path: Path) -> Any:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'mirror.db'}")
+    await upgrade(engine)
+    await state.ensure(engine, "env", "account", now=NOW)
+    yield engine
+    await engine.dispose()
+
+
+def rows(engine: Any) -> list[tuple[Any, ...]]:
+    path = engine.url.database
+    with sqlite3.connect(path) as conn:
+        return conn.execute('SELECT * FROM "env__account" ORDER BY accountid').fetchall()
+
+
+def checkpoint(cursor: TableState) -> Any:
+    def build(counts: PageCounts) -> list[Any]:
+        return state.checkpoint_statements(
+            "env",
+            "account",
+            cursor,
+            now=NOW,
+            upserted=counts.upserted,
+            deleted=counts.deleted,
+            row_count=counts.row_count,
+        )
+
+    return build
+
+
+async def commit(engine: Any, layout: Any, cursor: TableState, **page: Any) -> PageCounts:
+    write = PageWrite(**page)
+    return await commit_page(
+        engine, layout.statements, write, observed_at=write.synced_at, checkpoint=checkpoint(cursor)
+    )
+
+
+async def test_page_upserts_and_checkpoint_commit_together(engine: Any) -> None:
+    """Rows and the checkpoint land in one transaction; a rerun of the page is idempotent."""
+    layout = await ensure_mirror(
+        engine, "env", schema(name="String", revenue="Money"), soft=False, now=NOW
+    )
+    page = [(K1, "a", "1.10", 'W/"5"'), (K2, "b", None, 'W/"6"')]
+    cursor = TableState("backfill", next_link="https://x/next", resync_started_at=NOW)
+    await commit(engine, layout, cursor, rows=page, synced_at=T0)
+    await commit(engine, layout, cursor, rows=page, synced_at=T0)
+    assert rows(engine) == [(K1, "a", "1.10", 5, T0, None), (K2, "b", None, 6, T0, None)]
+    stored = await state.load(engine, "env", "account")
+    assert stored is not None
+    assert (stored.cursor.next_link, stored.pages, stored.rows_upserted) == ("https://x/next", 2, 4)
+
+
+async def test_refused_value_rolls_back_the_whole_page(engine: Any) -> None:
+    """A value the store refuses writes nothing from the page, checkpoint included."""
+    layout = await ensure_mirror(engine, "env", schema(employees="Integer"), soft=False, now=NOW)
+    bad = [(K1, 5, 'W/"1"'), (K2, "many", 'W/"2"')]
+    with pytest.raises(HostileResponseError, match="refused a value"):
+        await commit(
+            engine, layout, TableState("backfill", next_link="https://x/n"), rows=bad, synced_at=T0
+        )
+    assert rows(engine) == []
+    stored = await state.load(engine, "env", "account")
+    assert stored is not None
+    assert (stored.cursor.phase, stored.pages) == ("new", 0)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+async def test_deletes_and_sweep_are_logged(engine: Any, soft: bool) -> None:
+    """Tombstones and rows not re-seen since a pass began are removed (or soft-deleted) and logged."""
+    layout = await ensure_mirror(engine, "env", schema(name="String"), soft=soft, now=NOW)
+    cursor = TableState("delta", delta_link="https://x/d")
+    await commit(
+        engine,
+        layout,
+        cursor,
+        synced_at=T0,
+        rows=[(K1, "a", None), (K2, "b", None), (K3, "c", None)],
+    )
+    counts = await commit(engine, layout, cursor, deleted_ids=[K1], synced_at=T1)
+    assert counts.deleted == 1
+    await commit(engine, layout, cursor, rows=[(K2, "b2", None)], synced_at=T2)
+    counts = await commit(engine, layout, cursor, sweep_before=T2, synced_at=T2, count_rows=True)
+    assert (counts.deleted, counts.row_count) == (1, 1)  # K3 was not seen since T2
+    left = {r[0]: r[-1] for r in rows(engine)}
+    assert left == ({K1: T1, K2: None, K3: T2} if soft else {K2: None})
+    with sqlite3.connect(engine.url.database) as conn:
+        logged = sorted(r[0] for r in conn.execute('SELECT id FROM "_dv_deletions"'))
+    assert logged == [K1, K3]
+    if soft:  # a soft-deleted row that comes back is revived
+        await commit(engine, layout, cursor, rows=[(K1, "back", None)], synced_at=T2)
+        assert {r[0]: r[-1] for r in rows(engine)}[K1] is None
+
+
+async def test_drift_adds_keeps_and_renames_columns(engine: Any) -> None:
+    """New columns are added, removed ones kept (NULL from then on), retyped ones kept as __old_."""
+    first = await ensure_mirror(
+        engine, "env", schema(name="String", score="Integer", gone="String"), soft=False, now=NOW
+    )
+    await commit(engine, first, TableState(), rows=[(K1, "gone", "a", 7, None)], synced_at=T0)
+    second = await ensure_mirror(
+        engine, "env", schema(name="String", score="Decimal", extra="Memo"), soft=False, now=NOW
+    )
+    drift = second.drift
+    assert ([c.name for c in drift.added], drift.removed) == (["extra"], ("gone",))
+    assert [(t.column.name, t.old_type, t.kept_as) for t in drift.retyped] == [
+        ("score", "integer", "score__old_integer")
+    ]
+    assert "score integer→numeric" in (type_change_note(drift) or "")
+    await commit(engine, second, TableState(), rows=[(K2, None, "b", "1.5", None)], synced_at=T1)
+    with sqlite3.connect(engine.url.database) as conn:
+        conn.row_factory = sqlite3.Row
+        got = {r["accountid"]: dict(r) for r in conn.execute('SELECT * FROM "env__account"')}
+        catalogue = {
+            r["column_name"]: (r["sql_type"], r["removed_at"] is not None)
+            for r in conn.execute("SELECT * FROM dv_mirror_columns")
+        }
+    assert got[K1]["score__old_integer"] == 7  # old values kept
+    assert (got[K1]["gone"], got[K2]["gone"]) == ("gone", None)
+    assert (got[K2]["score"], got[K2]["extra"]) == ("1.5", None)
+    assert catalogue["score"] == ("numeric", False)
+    assert catalogue["score__old_integer"] == ("integer", True)
+    assert catalogue["gone"] == ("text", True)
+
+
+def test_identifiers_are_refused_unless_safe() -> None:
+    """Only safe identifiers reach SQL, always quoted."""
+    assert quote_ident("_x_value__type") == '"_x_value__type"'
+    for bad in ('a"b', "Name", "x; drop", "", "a b"):
+        with pytest.raises(HostileResponseError):
+            quote_ident(bad)
+
+
+def test_pipeline_bench_prints_the_ratio() -> None:
+    """The benchmark runs on a small number of rows and prints the pipeline/plain ratio."""
+    out = StringIO()
+    assert run_pipeline_bench(2_000, console=Console(file=out, width=120)) == 0
+    assert "ratio:" in out.getvalue()
