@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,8 +30,7 @@ from sync.config import Config, Environment, Tenant, load_config
 from sync.dataverse.client import DataverseClient, ssl_context
 from sync.dataverse.odata import api_url, collection_url, request_headers
 from sync.governor import Governor
-
-READY_TIMEOUT = 60.0
+from sync.simulator.process import start_simulator, stop_simulator
 
 
 @dataclass(frozen=True)
@@ -71,41 +68,6 @@ async def run_bench(
             await stop_simulator(process)
     console.print(render(results))
     return 0 if results[0].violations == 0 else 1
-
-
-async def start_simulator(
-    scenario: Path, state_dir: Path
-) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sync.simulator.main",
-        "--scenario",
-        str(scenario),
-        "--state-dir",
-        str(state_dir),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    try:
-        line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
-    except TimeoutError:
-        line = b""
-    if not line:
-        await stop_simulator(process)
-        raise RuntimeError(f"the simulator did not start for scenario {scenario}")
-    return process, json.loads(line)
-
-
-async def stop_simulator(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 15)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 async def bench(ready: dict[str, Any], *, duration: float, workers: int) -> list[RunFigures]:

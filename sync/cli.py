@@ -225,6 +225,152 @@ def status(state: State, as_json: bool) -> None:
     sys.exit(run_async(state, lambda: run_status(config, as_json=as_json, console=Console())))
 
 
+@cli.command()
+@click.pass_obj
+def check(state: State) -> None:
+    """Call WhoAmI in every environment and say what to fix (exit 3 on auth failures)."""
+    config = state.load()
+    from rich.console import Console
+
+    from sync.commands.check import run_check
+
+    sys.exit(run_async(state, lambda: run_check(config, console=Console())))
+
+
+@cli.command("consent-url")
+@click.option("--tenant", "tenant_name", required=True, help="The tenant's name in the config.")
+@click.pass_obj
+def consent_url(state: State, tenant_name: str) -> None:
+    """Print the admin-consent URL a customer's administrator opens to consent the app."""
+    config = state.load(resolve_secrets=False)
+    from sync.auth import consent_url as build
+
+    click.echo(build(config, tenant_name))
+
+
+@cli.command()
+@click.option("--env", "env_name", help="Only this environment (its name in the config).")
+@click.option("--table", "table_name", help="Only this table (logical name).")
+@click.pass_obj
+def backfill(state: State, env_name: str | None, table_name: str | None) -> None:
+    """Load tables completely, with progress; rerunning resumes where it stopped."""
+    config = state.load()
+    from rich.console import Console
+
+    from sync.commands.backfill import run_backfill
+
+    sys.exit(
+        run_async(
+            state,
+            lambda: run_backfill(
+                config, env=env_name, table=table_name, console=Console(stderr=True)
+            ),
+        )
+    )
+
+
+@cli.command("sync")
+@click.option("--once", is_flag=True, help="Run one incremental cycle for every table, then exit.")
+@click.pass_obj
+def sync_command(state: State, once: bool) -> None:
+    """Run one incremental cycle for every configured table (`dvmirror run` keeps syncing)."""
+    if not once:
+        raise click.UsageError("use `dvmirror sync --once` for one cycle, or `dvmirror run`")
+    config = state.load()
+    from rich.console import Console
+
+    from sync.commands.sync_once import run_sync_once
+
+    sys.exit(run_async(state, lambda: run_sync_once(config, console=Console(stderr=True))))
+
+
+@cli.command()
+@click.option(
+    "--scenario",
+    type=click.Path(path_type=Path),
+    help="Simulator scenario for the throttling benchmark (e.g. throttled).",
+)
+@click.option("--duration", type=float, default=45.0, show_default=True, help="Seconds per client.")
+@click.option("--workers", type=int, default=8, show_default=True, help="Governed workers.")
+@click.option("--pipeline", is_flag=True, help="Benchmark the local parse → upsert → commit path.")
+@click.option("--rows", type=int, default=200_000, show_default=True, help="Rows for --pipeline.")
+@click.option(
+    "--rss-rows",
+    type=int,
+    default=0,
+    help="Also backfill a table of this many rows from the simulator and report peak RSS.",
+)
+@click.pass_obj
+def bench(
+    state: State,
+    scenario: Path | None,
+    duration: float,
+    workers: int,
+    pipeline: bool,
+    rows: int,
+    rss_rows: int,
+) -> None:
+    """Print benchmark figures (ratios measured side by side in one run)."""
+    from rich.console import Console
+
+    console = Console()
+    if pipeline:
+        from sync.bench_pipeline import run_pipeline_bench
+
+        sys.exit(run_pipeline_bench(rows, console=console, rss_rows=rss_rows))
+    if scenario is None:
+        raise click.UsageError("give --scenario FILE (e.g. throttled) or --pipeline")
+    from sync.bench import run_bench
+
+    sys.exit(
+        run_async(
+            state,
+            lambda: run_bench(scenario, console=console, duration=duration, workers=workers),
+        )
+    )
+
+
+@cli.command()
+@click.pass_obj
+def run(state: State) -> None:
+    """Run the daemon: keep every configured table in sync until SIGTERM.
+
+    SIGHUP reloads the configuration. With systemd (Type=notify) it reports READY, STATUS
+    and WATCHDOG. /metrics and /healthz listen on daemon.metrics_listen.
+    """
+    config = state.load()
+    from sync.daemon import run_daemon
+
+    sys.exit(run_async(state, lambda: run_daemon(config)))
+
+
+@cli.command()
+@click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds of churn.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("dvmirror-demo"),
+    show_default=True,
+    help="Where the simulator's files and the mirror database go (replaced on each run).",
+)
+@click.pass_obj
+def demo(state: State, duration: float, directory: Path) -> None:
+    """Run the daemon against the built-in simulator with churn, then show the result."""
+    from rich.console import Console
+
+    from sync.demo import run_demo
+    from sync.logs import configure_logging
+
+    # The live table is the demo's output; keep the daemon's log to warnings and errors.
+    configure_logging(state.log_level or "error")
+    sys.exit(
+        run_async(
+            state, lambda: run_demo(Console(), directory=directory.resolve(), duration=duration)
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     # Windows consoles and pipes may not be UTF-8; our output is.

@@ -254,6 +254,12 @@ class TableJob:
             if not future.cancelled():
                 future.exception()  # retrieved: a failed fetch ahead is not worth a warning
 
+    async def interrupt(self) -> None:
+        """Stop between pages (shutdown): the last checkpoint stands, the run is marked so."""
+        await self.cancel_prefetch()
+        if self.run_id is not None:
+            await state.finish_run(self.store, self.run_id, status="interrupted", now=self.clock())
+
     async def finish(self, error: DvmirrorError | None = None) -> JobResult:
         """Record the outcome: success clears the park, an error parks the table."""
         await self.cancel_prefetch()

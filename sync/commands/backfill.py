@@ -26,15 +26,14 @@ from rich.progress import (
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.auth import TokenProviders
 from sync.config import Config, Environment, Tenant
 from sync.dataverse.exact import ExactClient
 from sync.dataverse.metadata import estimate_total, list_tables
 from sync.engine import JobResult, PageProgress, TableJob, Until, run_job
 from sync.errors import AuthError, ConfigError, DvmirrorError
-from sync.governor import Governor
 from sync.store import state
 from sync.store.open import open_store
+from sync.wiring import Wiring
 
 
 class RateColumn(ProgressColumn):
@@ -93,8 +92,7 @@ def exit_code(results: Iterable[JobResult]) -> int:
 
 
 async def _environment(
-    config: Config,
-    providers: TokenProviders,
+    wiring: Wiring,
     store: AsyncEngine,
     chosen: Selection,
     *,
@@ -104,11 +102,7 @@ async def _environment(
     progress: Progress,
 ) -> list[JobResult]:
     tenant, environment = chosen.tenant, chosen.environment
-    app = config.app_for(tenant)
-    governor = Governor(environment.name, cap=environment.max_concurrency or 52)
-    client = ExactClient(
-        tenant, environment, providers.for_tenant(tenant), governor, ca_bundle=app.ca_bundle
-    )
+    client = wiring.client(tenant, environment, wiring.governor(tenant, environment))
     results: list[JobResult] = []
     async with client:
         try:
@@ -171,14 +165,13 @@ async def run_tables(
     """Run the selected tables to `until` with progress bars; return the exit code."""
     chosen = select(config, env, table)
     store = await open_store(config)
-    providers = TokenProviders(config)
+    wiring = Wiring(config, store)
     try:
         with make_progress(console) as progress:
             batches = await asyncio.gather(
                 *(
                     _environment(
-                        config,
-                        providers,
+                        wiring,
                         store,
                         c,
                         until=until,
@@ -190,6 +183,7 @@ async def run_tables(
                 )
             )
     finally:
+        await wiring.close()
         await store.dispose()
     results = [r for batch in batches for r in batch]
     for result in results:

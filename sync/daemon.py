@@ -1,0 +1,167 @@
+"""`dvmirror run`: wiring, signals, systemd notify, health and metrics around the scheduler.
+
+Lifecycle: migrate → metrics/health server → scheduler (every environment authenticates) →
+READY=1 → a tick loop (WATCHDOG=1, STATUS=, /healthz heartbeat, governor metrics) until
+SIGTERM/SIGINT → STOPPING=1 → in-flight pages commit within the shutdown grace → exit 0.
+SIGHUP reloads the configuration file; an invalid new file is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync import notify
+from sync.config import Config, load_config
+from sync.engine import PageProgress
+from sync.errors import ConfigError
+from sync.httpserver import HealthCheck, HttpServer, start_http_server
+from sync.logs import get_logger
+from sync.metrics import Metrics
+from sync.scheduler import Scheduler, sleep_or_stop
+from sync.store.open import open_store
+from sync.store.state import statuses
+from sync.wiring import Wiring
+
+log = get_logger("dvmirror.daemon")
+
+TICK_SECONDS = 1.0
+READY_TIMEOUT = 60.0  # READY=1 after the first tokens, or after this long in any case
+
+
+class Daemon:
+    """One running dvmirror service. Signal handlers call `request_stop` / `request_reload`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        on_page: Callable[[PageProgress], None] | None = None,
+        serve_http: bool = True,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.on_page = on_page
+        self.serve_http = serve_http
+        self.handle_signals = handle_signals
+        self.health = HealthCheck(TICK_SECONDS)
+        self.http: HttpServer | None = None
+        self.scheduler: Scheduler | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._wake = asyncio.Event()  # cuts the tick's sleep short on stop or reload
+        self.stop_reason: str | None = None
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self._stop.is_set():
+            log.info("shutdown_requested", reason=reason)
+            self.stop_reason = reason
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    async def run(self) -> int:
+        store = await open_store(self.config)
+        wiring = Wiring(self.config, store)
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        try:
+            await self._seed_metrics(store)
+            if self.serve_http:
+                self.http = await start_http_server(
+                    self.config.settings.daemon.metrics_listen, self.metrics.registry, self.health
+                )
+                log.info("http_listening", url=self.http.url)
+            self.scheduler = Scheduler(wiring, metrics=self.metrics, on_page=self.on_page)
+            self.scheduler.start(self.config)
+            await self._announce_ready()
+            await self._tick_until_stopped()
+        finally:
+            notify.stopping("draining in-flight pages")
+            self.health.stopping()
+            if self.scheduler is not None:
+                await self.scheduler.stop(self.config.settings.daemon.shutdown_grace)
+            await wiring.close()
+            if self.http is not None:
+                await self.http.stop()
+            await store.dispose()
+            if self.handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            log.info("stopped", reason=self.stop_reason)
+        return 0
+
+    async def _seed_metrics(self, store: AsyncEngine) -> None:
+        for row in await statuses(store):
+            if row.last_success is not None:
+                self.metrics.last_success(row.environment, row.table, row.last_success.timestamp())
+
+    async def _announce_ready(self) -> None:
+        assert self.scheduler is not None
+        waiting = asyncio.create_task(self.scheduler.wait_first_attempts(READY_TIMEOUT))
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiting, stop):
+            task.cancel()
+        line = self._status_line()
+        notify.ready(line)
+        log.info("ready", status=line)
+
+    async def _tick_until_stopped(self) -> None:
+        interval = min(TICK_SECONDS, notify.watchdog_interval() or TICK_SECONDS)
+        while not self._stop.is_set():
+            self.health.tick()
+            notify.watchdog()
+            assert self.scheduler is not None
+            for name, item in self.scheduler.groups.items():
+                self.metrics.governor_snapshot(name, item.group.governor.snapshot())
+            notify.status(self._status_line())
+            if self._reload.is_set():
+                self._reload.clear()
+                await self._apply_reload()
+            await sleep_or_stop(self._wake, interval)
+            self._wake.clear()
+
+    async def _apply_reload(self) -> None:
+        notify.reloading()
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("reload_rejected", error=exc.message)
+            notify.ready(self._status_line())
+            return
+        for warning in config.warnings:
+            log.warning("config_warning", warning=warning)
+        if config.store_url != self.config.store_url:
+            log.warning("reload_store_change_ignored", hint="restart to change store.url")
+        assert self.scheduler is not None
+        changes = await self.scheduler.reload(config)
+        self.config = config
+        log.info("reloaded", **changes)
+        notify.ready(self._status_line())
+
+    def _status_line(self) -> str:
+        assert self.scheduler is not None
+        groups = self.scheduler.groups.values()
+        ready = sum(1 for g in groups if g.group.status.authenticated)
+        busy = sum(len(g.group.status.busy_tables) for g in groups)
+        parked = [g.group.name for g in groups if g.group.status.last_error]
+        line = f"{ready}/{len(self.scheduler.groups)} environments ready, {busy} tables syncing"
+        if parked:
+            line += f", parked: {', '.join(sorted(parked))}"
+        return line
+
+
+async def run_daemon(config: Config) -> int:
+    return await Daemon(config).run()

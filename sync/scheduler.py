@@ -1,0 +1,343 @@
+"""The daemon's scheduler: one supervised worker group per environment, one loop per table.
+
+Fairness comes from the shape: every table has its own loop and at most one page in flight,
+and all loops of an environment share that application user's governor. A long backfill of
+one table therefore interleaves page by page with the incremental cycles of the others, and
+no environment ever waits for another one. A failing table or environment is parked with its
+error and retried with backoff; nothing it raises reaches its neighbours.
+
+Stopping is cooperative: `stop()` lets every in-flight page commit (each page and its
+checkpoint are one transaction) and the loops end between pages; whatever is still running
+when the grace period ends is cancelled, which rolls back at most one uncommitted page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sync.config import Config, Environment, Tenant
+from sync.dataverse.exact import ExactClient
+from sync.dataverse.metadata import list_tables
+from sync.engine import PageProgress, TableJob
+from sync.errors import AuthError, DvmirrorError
+from sync.governor import Governor
+from sync.logs import get_logger
+from sync.metrics import Metrics
+from sync.schedule import Timing, backoff_delay, first_delay, next_delay
+from sync.store import state
+from sync.store.environments import record_environment
+from sync.wiring import Wiring
+
+log = get_logger("dvmirror.scheduler")
+
+
+@dataclass
+class GroupStatus:
+    """What the daemon reports about one environment (status line, readiness)."""
+
+    authenticated: bool = False
+    first_attempt_done: asyncio.Event = field(default_factory=asyncio.Event)
+    last_error: str | None = None
+    busy_tables: set[str] = field(default_factory=set)
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep, but wake as soon as `stop` is set. True when stopping."""
+    if stop.is_set():
+        return True
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await stop.wait()
+    return stop.is_set()
+
+
+class EnvironmentGroup:
+    """Everything one environment's application user does, supervised as one unit."""
+
+    def __init__(
+        self,
+        tenant: Tenant,
+        environment: Environment,
+        wiring: Wiring,
+        *,
+        global_slots: asyncio.Semaphore,
+        metrics: Metrics | None,
+        rng: random.Random,
+        on_page: Callable[[PageProgress], None] | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.environment = environment
+        self.wiring = wiring
+        self.global_slots = global_slots
+        self.metrics = metrics
+        self.rng = rng
+        self.on_page = on_page
+        self.stopping = asyncio.Event()
+        self.status = GroupStatus()
+        self.governor: Governor = wiring.governor(tenant, environment)
+        self.timing = Timing(interval=environment.interval)
+
+    @property
+    def name(self) -> str:
+        return self.environment.name
+
+    async def run(self) -> None:
+        """Authenticate (with backoff while it fails), then keep every table in sync."""
+        client = self.wiring.client(self.tenant, self.environment, self.governor)
+        async with client:
+            if not await self._authenticate(client):
+                return
+            tables = await self._tables(client)
+            if tables is None:
+                return
+            async with asyncio.TaskGroup() as group:
+                for table in tables:
+                    group.create_task(self._table_loop(client, table), name=f"{self.name}/{table}")
+
+    async def _authenticate(self, client: ExactClient) -> bool:
+        """WhoAmI until it works; an auth failure parks the whole environment. False if stopped."""
+        attempts = 0
+        while not self.stopping.is_set():
+            try:
+                who = await client.whoami()
+            except DvmirrorError as exc:
+                attempts += 1
+                self.status.last_error = exc.message
+                await self._park_all(exc)
+                if isinstance(exc, AuthError) and self.metrics is not None:
+                    self.metrics.token_failure(self.tenant.name, exc)
+                delay = backoff_delay(self.timing, attempts, self.rng)
+                log.error(
+                    "environment_parked",
+                    environment=self.name,
+                    tenant=self.tenant.name,
+                    error=exc.message,
+                    fix=getattr(exc, "fix", None),
+                    retry_in=round(delay, 1),
+                )
+                self.status.first_attempt_done.set()
+                if await sleep_or_stop(self.stopping, delay):
+                    return False
+                continue
+            self.status.authenticated, self.status.last_error = True, None
+            self.status.first_attempt_done.set()
+            await record_environment(
+                self.wiring.store,
+                self.tenant,
+                self.environment,
+                organization_id=who.get("OrganizationId"),
+                application_user_id=who.get("UserId"),
+            )
+            log.info("environment_ready", environment=self.name, user=who.get("UserId"))
+            return True
+        return False
+
+    async def _tables(self, client: ExactClient) -> tuple[str, ...] | None:
+        if self.environment.tables != "all":
+            return tuple(self.environment.tables)
+        attempts = 0
+        while not self.stopping.is_set():
+            try:
+                return tuple(await list_tables(client, self.environment.url))
+            except DvmirrorError as exc:
+                attempts += 1
+                log.error("table_list_failed", environment=self.name, error=exc.message)
+                if await sleep_or_stop(
+                    self.stopping, backoff_delay(self.timing, attempts, self.rng)
+                ):
+                    break
+        return None
+
+    async def _park_all(self, error: DvmirrorError) -> None:
+        if self.environment.tables == "all":
+            return
+        now = datetime.now(UTC)
+        for table in self.environment.tables:
+            with contextlib.suppress(DvmirrorError):
+                await state.ensure(self.wiring.store, self.name, table, now=now)
+                await state.record_error(
+                    self.wiring.store, self.name, table, error.message, now=now, attempts=0
+                )
+            if self.metrics is not None:
+                self.metrics.table_parked(self.name, table, True)
+
+    async def _table_loop(self, client: ExactClient, table: str) -> None:
+        """One table forever: a cycle (one page at a time), then wait for the next one."""
+        attempts = 0
+        if await sleep_or_stop(self.stopping, first_delay(self.rng)):
+            return
+        while not self.stopping.is_set():
+            job = TableJob(
+                store=self.wiring.store,
+                client=client,
+                environment=self.environment,
+                table=table,
+                command="run",
+                on_page=self._page_done,
+            )
+            error = await self._cycle(job)
+            if error is None and self.stopping.is_set():
+                # Interrupted between pages: the checkpoint is committed; resume next start.
+                await asyncio.shield(job.interrupt())
+                return
+            result = await job.finish(error)
+            if self.metrics is not None:
+                self.metrics.table_run_finished(self.name, table, ok=result.ok)
+                self.metrics.table_parked(self.name, table, not result.ok)
+            if result.ok:
+                attempts = 0
+                delay = next_delay(self.timing, self.rng)
+            else:
+                attempts += 1
+                delay = backoff_delay(self.timing, attempts, self.rng)
+                log.warning("table_retry_scheduled", table=table, retry_in=round(delay, 1))
+            if await sleep_or_stop(self.stopping, delay):
+                return
+
+    async def _cycle(self, job: TableJob) -> DvmirrorError | None:
+        """Prepare and run pages until the cycle ends or the group is told to stop."""
+        self.status.busy_tables.add(job.table)
+        try:
+            async with self.global_slots:
+                await job.prepare()
+            while not self.stopping.is_set():
+                async with self.global_slots:
+                    more = await job.step()
+                if not more:
+                    break
+        except DvmirrorError as exc:
+            return exc
+        finally:
+            self.status.busy_tables.discard(job.table)
+        return None
+
+    def _page_done(self, page: PageProgress) -> None:
+        if self.metrics is not None:
+            self.metrics.page_committed(
+                page.environment, page.table, upserted=page.rows, deleted=page.deleted
+            )
+        if self.on_page is not None:
+            self.on_page(page)
+
+
+@dataclass
+class RunningGroup:
+    group: EnvironmentGroup
+    task: asyncio.Task[None]
+
+
+class Scheduler:
+    """Starts, reloads and drains the environment groups of one configuration."""
+
+    def __init__(
+        self,
+        wiring: Wiring,
+        *,
+        metrics: Metrics | None = None,
+        seed: int | None = None,
+        on_page: Callable[[PageProgress], None] | None = None,
+    ) -> None:
+        self.wiring = wiring
+        self.metrics = metrics
+        self.rng = random.Random(seed)
+        self.on_page = on_page
+        self.global_slots = asyncio.Semaphore(wiring.config.settings.daemon.max_concurrency)
+        self.groups: dict[str, RunningGroup] = {}
+
+    def start(self, config: Config) -> None:
+        for tenant, environment in config.environments():
+            self._start_group(tenant, environment)
+
+    def _start_group(self, tenant: Tenant, environment: Environment) -> None:
+        group = EnvironmentGroup(
+            tenant,
+            environment,
+            self.wiring,
+            global_slots=self.global_slots,
+            metrics=self.metrics,
+            rng=random.Random(self.rng.random()),
+            on_page=self.on_page,
+        )
+        task = asyncio.create_task(self._supervise(group), name=f"env:{environment.name}")
+        self.groups[environment.name] = RunningGroup(group, task)
+
+    async def _supervise(self, group: EnvironmentGroup) -> None:
+        """Keep one group alive: an unexpected crash is logged and the group restarted."""
+        attempts = 0
+        while not group.stopping.is_set():
+            try:
+                await group.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in one group must not take the daemon down
+                attempts += 1
+                log.exception("environment_group_crashed", environment=group.name, error=str(exc))
+                delay = backoff_delay(group.timing, attempts, self.rng)
+                if await sleep_or_stop(group.stopping, delay):
+                    return
+            else:
+                return
+
+    async def wait_first_attempts(self, limit: float) -> None:
+        """Until every group has tried to authenticate once (READY=1 waits for this)."""
+        waits = [g.group.status.first_attempt_done.wait() for g in self.groups.values()]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await asyncio.gather(*waits)
+
+    async def reload(self, config: Config) -> dict[str, list[str]]:
+        """Apply a new configuration: start, stop or restart the groups that changed."""
+        self.wiring.config = config
+        wanted = {env.name: (tenant, env) for tenant, env in config.environments()}
+        changes: dict[str, list[str]] = {"added": [], "removed": [], "restarted": []}
+        for name in list(self.groups):
+            running = self.groups[name].group
+            if name not in wanted:
+                await self._stop_groups([name], grace=30.0)
+                changes["removed"].append(name)
+            elif wanted[name] != (running.tenant, running.environment):
+                await self._stop_groups([name], grace=30.0)
+                self._start_group(*wanted[name])
+                changes["restarted"].append(name)
+        for name, (tenant, environment) in wanted.items():
+            if name not in self.groups:
+                self._start_group(tenant, environment)
+                changes["added"].append(name)
+        return changes
+
+    async def stop(self, grace: float) -> None:
+        """Let in-flight pages commit for up to `grace` seconds, then cancel the rest."""
+        await self._stop_groups(list(self.groups), grace=grace)
+
+    async def _stop_groups(self, names: list[str], *, grace: float) -> None:
+        running = [self.groups.pop(name) for name in names if name in self.groups]
+        for item in running:
+            item.group.stopping.set()
+        tasks = [item.task for item in running]
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("shutdown_grace_exceeded", cancelled=len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("environment_group_failed", error=str(task.exception()))
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        return {
+            name: {
+                "authenticated": item.group.status.authenticated,
+                "busy_tables": sorted(item.group.status.busy_tables),
+                "last_error": item.group.status.last_error,
+                "governor": item.group.governor.snapshot(),
+            }
+            for name, item in self.groups.items()
+        }

@@ -1,0 +1,60 @@
+"""Per-process wiring shared by the commands and the daemon.
+
+One `TokenProviders` (one MSAL client per tenant authority), one `TenantBudget` per tenant
+that has a daily request budget (persisted in the control database), and one `Governor`
+per environment — the environment's application user — shared by all its table workers.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync.auth import TokenProviders
+from sync.config import Config, Environment, Tenant
+from sync.dataverse.exact import ExactClient
+from sync.governor import Governor, TenantBudget
+from sync.governor_store import SqlBudgetStore
+
+SERVICE_CONCURRENCY_LIMIT = 52  # the documented per-user concurrency limit
+
+
+class Wiring:
+    def __init__(self, config: Config, store: AsyncEngine) -> None:
+        self.config = config
+        self.store = store
+        self.tokens = TokenProviders(config)
+        self._budgets: dict[str, TenantBudget] = {}
+
+    def budget(self, tenant: Tenant) -> TenantBudget | None:
+        if tenant.daily_request_budget is None:
+            return None
+        budget = self._budgets.get(tenant.name)
+        if budget is None or budget.core.limit != tenant.daily_request_budget:
+            budget = TenantBudget(
+                tenant.name, tenant.daily_request_budget, SqlBudgetStore(self.store)
+            )
+            self._budgets[tenant.name] = budget
+        return budget
+
+    def governor(self, tenant: Tenant, environment: Environment) -> Governor:
+        return Governor(
+            environment.name,
+            cap=environment.max_concurrency or SERVICE_CONCURRENCY_LIMIT,
+            initial_concurrency=environment.max_concurrency,
+            daily=self.budget(tenant),
+        )
+
+    def client(self, tenant: Tenant, environment: Environment, governor: Governor) -> ExactClient:
+        app = self.config.app_for(tenant)
+        return ExactClient(
+            tenant,
+            environment,
+            self.tokens.for_tenant(tenant),
+            governor,
+            ca_bundle=app.ca_bundle,
+        )
+
+    async def close(self) -> None:
+        """Persist the daily budget counters."""
+        for budget in self._budgets.values():
+            await budget.flush()
