@@ -89,7 +89,7 @@ def bench_schema() -> TableSchema:
 
 def bench_pages(rows: int, seed: int = 7) -> list[bytes]:
     """Page bodies as the Web API would send them (annotations included)."""
-    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not secrets
+    rng = random.Random(seed)
     pages: list[bytes] = []
     for start in range(0, rows, PAGE):
         value = []
