@@ -153,8 +153,10 @@ class Governor:
         window_hint: float = 300.0,
         daily: TenantBudget | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_response: Callable[[int], None] | None = None,
     ) -> None:
         self.name = name
+        self.on_response = on_response  # e.g. a metrics counter; sees every HTTP attempt
         self.core = GovernorCore(
             cap=cap, initial_concurrency=initial_concurrency, window_hint=window_hint
         )
@@ -219,6 +221,8 @@ class Governor:
     ) -> None:
         """Feed one response to the core (status, rate headers, throttle code)."""
         observation = observation_from(status, headers, error_code=error_code)
+        if self.on_response is not None:
+            self.on_response(status)
         now = self._clock()
         self.core.observe(observation, now, sent_at)
         if observation.throttled:

@@ -14,14 +14,17 @@ from sync.config import Config, Environment, Tenant
 from sync.dataverse.exact import ExactClient
 from sync.governor import Governor, TenantBudget
 from sync.governor_store import SqlBudgetStore
+from sync.metrics import Metrics
 
 SERVICE_CONCURRENCY_LIMIT = 52  # the documented per-user concurrency limit
+NO_RESPONSE = 599
 
 
 class Wiring:
-    def __init__(self, config: Config, store: AsyncEngine) -> None:
+    def __init__(self, config: Config, store: AsyncEngine, metrics: Metrics | None = None) -> None:
         self.config = config
         self.store = store
+        self.metrics = metrics
         self.tokens = TokenProviders(config)
         self._budgets: dict[str, TenantBudget] = {}
 
@@ -37,11 +40,19 @@ class Wiring:
         return budget
 
     def governor(self, tenant: Tenant, environment: Environment) -> Governor:
+        metrics, name = self.metrics, environment.name
+
+        def count(status: int) -> None:
+            assert metrics is not None
+            # The client reports "no response" (reset, timeout) as 599.
+            metrics.request_finished(name, None if status == NO_RESPONSE else status)
+
         return Governor(
-            environment.name,
+            name,
             cap=environment.max_concurrency or SERVICE_CONCURRENCY_LIMIT,
             initial_concurrency=environment.max_concurrency,
             daily=self.budget(tenant),
+            on_response=count if metrics is not None else None,
         )
 
     def client(self, tenant: Tenant, environment: Environment, governor: Governor) -> ExactClient:
