@@ -10,7 +10,9 @@ streamed, never built in memory).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from functools import partial
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -23,6 +25,15 @@ from sync.simulator.protection import Limits
 
 ROWS_PER_WRITE = 500
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _row_counts(runtime: EnvironmentRuntime, tables: list[str]) -> list[int]:
+    return [runtime.model.row_count(table) for table in tables]
+
+
+def _next_lines(rows: Iterator[dict[str, Any]]) -> bytes:
+    """The next rows of a dump as JSON lines (b"" at the end); runs on the model thread."""
+    return b"".join(orjson.dumps(row) + b"\n" for row in islice(rows, ROWS_PER_WRITE))
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
@@ -100,19 +111,19 @@ class AdminServer:
     # -- reads -----------------------------------------------------------------------------
 
     async def _summary(self, request: web.Request) -> web.Response:
-        return _json(
-            {
-                "environments": [
-                    {
-                        "name": r.name,
-                        "tenant": r.tenant.name,
-                        "url": r.url,
-                        "tables": {t.name: r.model.row_count(t.name) for t in r.spec.tables},
-                    }
-                    for r in self._runtimes.values()
-                ]
-            }
-        )
+        environments = []
+        for r in self._runtimes.values():
+            names = [t.name for t in r.spec.tables]
+            counts = await r.run_model(partial(_row_counts, r, names))
+            environments.append(
+                {
+                    "name": r.name,
+                    "tenant": r.tenant.name,
+                    "url": r.url,
+                    "tables": dict(zip(names, counts, strict=True)),
+                }
+            )
+        return _json({"environments": environments})
 
     async def _stats(self, request: web.Request) -> web.Response:
         users: list[dict[str, Any]] = []
@@ -162,14 +173,9 @@ class AdminServer:
         runtime, table = self._table(request)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        batch: list[bytes] = []
-        for row in runtime.model.dump_rows(table):
-            batch.append(orjson.dumps(row) + b"\n")
-            if len(batch) >= ROWS_PER_WRITE:
-                await response.write(b"".join(batch))
-                batch.clear()
-        if batch:
-            await response.write(b"".join(batch))
+        rows = await runtime.run_model(partial(runtime.model.dump_rows, table))
+        while chunk := await runtime.run_model(partial(_next_lines, rows)):
+            await response.write(chunk)
         await response.write_eof()
         return response
 
@@ -213,26 +219,28 @@ class AdminServer:
     async def _churn(self, request: web.Request) -> web.Response:
         runtime, table = self._table(request)
         body = await self._body(request)
-        result = runtime.model.churn(
+        churn = partial(
+            runtime.model.churn,
             table,
             creates=int(body.get("creates", 0)),
             updates=int(body.get("updates", 0)),
             deletes=int(body.get("deletes", 0)),
             seed=int(body.get("seed", 0)),
         )
-        return _json(result)
+        return _json(await runtime.run_model(churn))
 
     async def _columns(self, request: web.Request) -> web.Response:
         runtime, table = self._table(request)
-        return _json(runtime.model.add_column(table, await self._body(request)))
+        spec = await self._body(request)
+        return _json(await runtime.run_model(partial(runtime.model.add_column, table, spec)))
 
     async def _expire(self, request: web.Request) -> web.Response:
         runtime, table = self._table(request)
-        runtime.model.expire_change_tracking(table)
+        await runtime.run_model(partial(runtime.model.expire_change_tracking, table))
         return _json({"expired": table})
 
     async def _hostile(self, request: web.Request) -> web.Response:
         runtime, table = self._table(request)
         kind = (await self._body(request)).get("kind")
-        runtime.model.set_hostile(table, kind)
+        await runtime.run_model(partial(runtime.model.set_hostile, table, kind))
         return _json({"table": table, "hostile": kind})

@@ -28,6 +28,7 @@ from sync.simulator.attributes import (
     number,
     string,
 )
+from sync.simulator.rowgen import RowFactory
 from sync.simulator.templates import TEMPLATES
 from sync.simulator.values import (
     DAY,
@@ -36,7 +37,6 @@ from sync.simulator.values import (
     GenContext,
     Row,
     RowState,
-    generate_row,
     index_of,
     key_for,
     mix,
@@ -120,6 +120,9 @@ class Table:
         self.expired_below = 0  # delta tokens with a lower version are expired
         self.hostile: str | None = None
         self._row_attributes: list[AttributeDef] | None = None
+        self._factory: RowFactory | None = None
+        #: Per-column plans compiled from the attributes (renderers, ...); cleared when they change.
+        self.compiled: dict[Any, Any] = {}
 
     # -- identity and seeded values -------------------------------------------------------
 
@@ -171,16 +174,12 @@ class Table:
             return None
         state = self.states.get(index)
         version = state.version if state else self.seeded_version(index)
-        return generate_row(
-            self.name,
-            self.row_attributes(),
-            self.ctx,
-            index,
-            version=version,
-            state=state,
-            seeded_created=self._seeded_created(index),
-            seeded_modified=self.seeded_modified(index),
-        )
+        factory = self._factory
+        if factory is None:
+            factory = self._factory = RowFactory(
+                self.name, self.row_attributes(), self.ctx, self.base_count
+            )
+        return factory.make(index, version, state)
 
     def indices(self, after: int = -1, low: int = 0, high: int | None = None) -> Iterator[int]:
         """Live indices above `after` in key order, lazily.
@@ -311,6 +310,8 @@ class Table:
         ]
         self.attributes.extend(added)
         self._row_attributes = None
+        self._factory = None
+        self.compiled.clear()
         return added[0]
 
 

@@ -183,6 +183,8 @@ async def _serve(spec: Scenario, scenario_path: Path, directory: Path) -> None:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        for runtime in runtimes.values():
+            runtime.close()
 
 
 def _toml(value: Any) -> str:

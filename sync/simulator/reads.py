@@ -33,7 +33,13 @@ from sync.simulator.odata import (
     parse_top,
 )
 from sync.simulator.protocol import ApiError, ApiResponse, bad_request, base_headers, text_response
-from sync.simulator.render import apply_hostility, malformed, render_row, resolve_columns
+from sync.simulator.render import (
+    apply_hostility,
+    malformed,
+    render_row,
+    resolve_columns,
+    row_renderer,
+)
 from sync.simulator.selection import (
     check_filter,
     check_orderby,
@@ -199,7 +205,8 @@ def read_collection(ctx: ReadContext, query: Query, prefs: Preferences) -> ApiRe
         payload["@odata.deltaLink"] = ctx.link(
             (f"{kept}&" if kept else "") + f"$deltatoken={token}"
         )
-    rendered = [render_row(table, row, columns, prefs) for row in rows]
+    render = row_renderer(table, columns, prefs)
+    rendered = [render(row) for row in rows]
     apply_hostility(table, rendered)
     payload["value"] = rendered
     if more:
@@ -291,12 +298,13 @@ def _read_delta(
     page = items[:page_size]
     columns = resolve_columns(table, select)
     deleted_context = f"{ctx.base_url}/$metadata#{ctx.entity_set}/$deletedEntity"
+    render = row_renderer(table, columns, prefs)
     upserts: list[dict[str, Any]] = []
     value: list[dict[str, Any]] = []
     for phase, _, index in page:
         row = table.row(index) if phase == 0 else None
         if row is not None:
-            upserts.append(render_row(table, row, columns, prefs))
+            upserts.append(render(row))
             value.append(upserts[-1])
         else:
             value.append(

@@ -6,21 +6,26 @@ primary key is always present; selecting a Money column adds ``_transactioncurre
 
 from __future__ import annotations
 
-from decimal import Decimal
+from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from sync.simulator.attributes import AttributeDef
+from sync.simulator.codegen import FunctionBuilder
 from sync.simulator.dataset import UNSAFE_ATTRIBUTE, Table
 from sync.simulator.odata import Preferences
 from sync.simulator.protocol import unknown_property
-from sync.simulator.values import Row, formatted_value, iso_date, iso_datetime
+from sync.simulator.valueformat import (
+    Convert,
+    dump_converter,
+    json_converter,
+    lookup_label,
+    value_label,
+)
+from sync.simulator.values import Row
 
 FORMATTED = "OData.Community.Display.V1.FormattedValue"
 NAVIGATION = "Microsoft.Dynamics.CRM.associatednavigationproperty"
 LOOKUP_NAME = "Microsoft.Dynamics.CRM.lookuplogicalname"
-MONEY_SCALE = 4  # Dataverse stores money as decimal(…, 4) and renders it that way
 
 
 def resolve_columns(table: Table, select: tuple[str, ...] | None) -> list[AttributeDef]:
@@ -44,63 +49,125 @@ def resolve_columns(table: Table, select: tuple[str, ...] | None) -> list[Attrib
     return columns
 
 
-def json_value(attr: AttributeDef, value: Any) -> Any:
-    """One value as the Web API writes it (Decimal keeps its scale through orjson.Fragment)."""
-    if value is None:
-        return None
-    if attr.attribute_type == "DateTime":
-        return iso_date(value) if attr.date_only else iso_datetime(value)
-    if isinstance(value, Decimal):
-        scale = MONEY_SCALE if attr.attribute_type == "Money" else (attr.precision or 2)
-        return orjson.Fragment(f"{value:.{scale}f}".encode())
-    return value
+RowRenderer = Callable[[Row], dict[str, Any]]
+#: Compiled renderers kept per table (one per column choice and annotation set).
+_MAX_COMPILED = 64
+
+
+def _compiled(table: Table, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    found = table.compiled.get(key)
+    if found is None:
+        if len(table.compiled) >= _MAX_COMPILED:
+            table.compiled.clear()
+        found = table.compiled[key] = build()
+    return found
+
+
+def row_renderer(
+    table: Table, columns: list[AttributeDef], prefs: Preferences, *, etag: bool = True
+) -> RowRenderer:
+    """A function writing rows as objects: ``@odata.etag``, then each column with its
+    annotations right before its value. Compiled once per columns and annotation choice."""
+    flags = (prefs.wants(FORMATTED), prefs.wants(NAVIGATION), prefs.wants(LOOKUP_NAME))
+    key = ("render", tuple(a.web_name for a in columns), flags, etag)
+    renderer: RowRenderer = _compiled(
+        table, key, lambda: _compile_renderer(table, columns, flags, etag)
+    )
+    return renderer
 
 
 def render_row(
     table: Table, row: Row, columns: list[AttributeDef], prefs: Preferences, *, etag: bool = True
 ) -> dict[str, Any]:
     """One row object: ``@odata.etag`` then each column, annotations before their value."""
-    out: dict[str, Any] = {"@odata.etag": f'W/"{row.version}"'} if etag else {}
-    want_formatted = prefs.wants(FORMATTED)
-    want_navigation = prefs.wants(NAVIGATION)
-    want_lookup = prefs.wants(LOOKUP_NAME)
-    values = row.values
-    if not (want_formatted or want_navigation or want_lookup):
-        for attr in columns:
-            name = attr.web_name
-            value = values.get(name)
-            out[name] = value if value is None or attr.plain else json_value(attr, value)
-        return out
-    seed = table.ctx.seed
+    return row_renderer(table, columns, prefs, etag=etag)(row)
+
+
+def _compile_renderer(
+    table: Table, columns: list[AttributeDef], flags: tuple[bool, bool, bool], etag: bool
+) -> RowRenderer:
+    """Generate the row writer: one block per column, only the steps that column needs.
+
+    Rows always hold every column of the table (rowgen fills a blank with all of them), and
+    this renderer is dropped with the row factory when a column is added.
+    """
+    if not any(flags):
+        return _compile_plain(columns, json_converter, etag)
+    formatted, navigation, lookup = flags
+    code = FunctionBuilder("render_annotated", "row")
+    code.line("values = row.values")
+    code.line("targets = row.targets")
+    code.line(_start(etag))
     for attr in columns:
-        name = attr.web_name
-        value = values.get(name)
-        if value is not None:
-            target = row.targets.get(name)
-            if want_formatted:
-                label = formatted_value(attr, value, target, seed)
-                if label is not None:
-                    out[f"{name}@{FORMATTED}"] = label
-            if attr.is_lookup and want_navigation:
-                nav = attr.logical_name
-                if attr.attribute_type == "Customer":
-                    nav = f"{nav}_{target}"
-                out[f"{name}@{NAVIGATION}"] = nav
-            if attr.is_lookup and want_lookup:
-                out[f"{name}@{LOOKUP_NAME}"] = target
-        out[name] = json_value(attr, value)
-    return out
+        name = repr(attr.web_name)
+        convert = json_converter(attr)
+        steps: list[str] = []
+        if attr.is_lookup:
+            steps.append(f"target = targets.get({name})")
+            if formatted:
+                label = code.bind("label", lookup_label(attr, table.ctx.seed))
+                steps += [f"text = {label}(value, target)", "if text is not None:"]
+                steps.append(f"    out[{attr.web_name + '@' + FORMATTED!r}] = text")
+            if navigation:
+                nav = repr(attr.logical_name)
+                text = f"{nav} + '_' + str(target)" if attr.attribute_type == "Customer" else nav
+                steps.append(f"out[{attr.web_name + '@' + NAVIGATION!r}] = {text}")
+            if lookup:
+                steps.append(f"out[{attr.web_name + '@' + LOOKUP_NAME!r}] = target")
+        elif formatted and (label_of := value_label(attr)) is not None:
+            label = code.bind("label", label_of)
+            steps += [f"text = {label}(value)", "if text is not None:"]
+            steps.append(f"    out[{attr.web_name + '@' + FORMATTED!r}] = text")
+        if convert is not None:
+            steps.append(f"value = {code.bind('convert', convert)}(value)")
+        if not steps:
+            code.line(f"out[{name}] = values[{name}]")
+            continue
+        code.line(f"value = values[{name}]")
+        code.line("if value is not None:")
+        for step in steps:
+            code.line(step, 1)
+        code.line(f"out[{name}] = value")
+    code.line("return out")
+    renderer: RowRenderer = code.build()
+    return renderer
+
+
+def _start(etag: bool) -> str:
+    return "out = {'@odata.etag': 'W/\"' + str(row.version) + '\"'}" if etag else "out = {}"
+
+
+def _compile_plain(
+    columns: list[AttributeDef], converter: Callable[[AttributeDef], Convert | None], etag: bool
+) -> RowRenderer:
+    """A writer of rows without annotations: one dict display, every key in column order."""
+    code = FunctionBuilder("render_plain", "row")
+    code.line("values = row.values")
+    items = ["'@odata.etag': 'W/\"' + str(row.version) + '\"'"] if etag else []
+    for attr in columns:
+        name = repr(attr.web_name)
+        convert = converter(attr)
+        if convert is None:
+            items.append(f"{name}: values[{name}]")
+        else:
+            bound = code.bind("convert", convert)
+            items.append(f"{name}: None if (v := values[{name}]) is None else {bound}(v)")
+    code.line("return {")
+    for item in items:
+        code.line(f"{item},", 1)
+    code.line("}")
+    renderer: RowRenderer = code.build()
+    return renderer
 
 
 def plain_row(table: Table, row: Row) -> dict[str, Any]:
     """A row with every column and no annotations (what ``dump_rows`` yields)."""
-    out: dict[str, Any] = {}
-    for attr in table.row_attributes():
-        value = json_value(attr, row.values.get(attr.web_name))
-        if isinstance(value, orjson.Fragment):
-            value = float(row.values[attr.web_name])
-        out[attr.web_name] = value
-    return out
+    render: RowRenderer = _compiled(
+        table,
+        ("plain",),
+        lambda: _compile_plain(table.row_attributes(), dump_converter, etag=False),
+    )
+    return render(row)
 
 
 def apply_hostility(table: Table, rows: list[dict[str, Any]]) -> None:
