@@ -200,21 +200,35 @@ class TokenProvider:
             ) from None
         except requests.RequestException as exc:
             raise transport_error(exc, self.authority, self.tenant) from None
+        except msal.exceptions.MsalServiceError as exc:
+            raise entra_unavailable(exc, self.tenant) from None
 
     def _acquire(self, app: Any, scope: str, force_refresh: bool) -> Mapping[str, Any]:
         if force_refresh:
             cache = app.token_cache
             for item in list(cache.search(cache.CredentialType.ACCESS_TOKEN, target=[scope])):
                 cache.remove_at(item)
+        import msal
+
         try:
             result: Mapping[str, Any] = app.acquire_token_for_client(scopes=[scope])
         except requests.RequestException as exc:
             raise transport_error(exc, self.authority, self.tenant) from None
+        except msal.exceptions.MsalServiceError as exc:
+            raise entra_unavailable(exc, self.tenant) from None
         except ValueError as exc:
             raise AuthError(
                 f"tenant {self.tenant.name}: token request failed: {exc}", tenant=self.tenant.name
             ) from None
         return result
+
+
+def entra_unavailable(exc: Exception, tenant: Tenant) -> ServerError:
+    """MSAL's own exception for a failed service call (e.g. a 5xx during discovery): transient."""
+    return ServerError(
+        f"tenant {tenant.name}: the token endpoint failed ({type(exc).__name__}); will retry",
+        tenant=tenant.name,
+    )
 
 
 def transport_error(

@@ -70,7 +70,7 @@ class Daemon:
 
     async def run(self) -> int:
         store = await open_store(self.config)
-        wiring = Wiring(self.config, store)
+        wiring = Wiring(self.config, store, self.metrics)
         loop = asyncio.get_running_loop()
         if self.handle_signals:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
@@ -103,7 +103,13 @@ class Daemon:
         return 0
 
     async def _seed_metrics(self, store: AsyncEngine) -> None:
+        """Freshness from the control database, for the tables this configuration syncs only
+        (a table dropped from the configuration would otherwise look ever more stale)."""
+        envs = {env.name: env.tables for _, env in self.config.environments()}
         for row in await statuses(store):
+            tables = envs.get(row.environment)
+            if tables is None or (tables != "all" and row.table not in tables):
+                continue
             if row.last_success is not None:
                 self.metrics.last_success(row.environment, row.table, row.last_success.timestamp())
 

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from sync.config import Config, load_config
 from sync.daemon import Daemon
@@ -117,18 +118,22 @@ async def source_count(ready: dict[str, Any], env: str, table: str) -> int:
         return sum(1 for line in (await response.read()).splitlines() if line.strip())
 
 
-async def mirror_count(config: Config, env: str, table: str) -> int:
+async def mirror_count(config: Config, env: str, table: str) -> int | None:
+    """Rows in the mirror table; None while its first cycle has not created it yet."""
     engine = create_engine(config.store_url)
     try:
         async with engine.connect() as conn:
             name = quote_ident(mirror_table_name(env, table))
-            result = await conn.execute(text(f"SELECT count(*) FROM {name}"))  # noqa: S608 - quoted
+            try:
+                result = await conn.execute(text(f"SELECT count(*) FROM {name}"))  # noqa: S608
+            except OperationalError:  # no such table: the environment has not synced yet
+                return None
             return int(result.scalar_one())
     finally:
         await engine.dispose()
 
 
-async def compare(config: Config, ready: dict[str, Any]) -> list[tuple[str, str, int, int]]:
+async def compare(config: Config, ready: dict[str, Any]) -> list[tuple[str, str, int, int | None]]:
     rows = []
     for tenant in ready["tenants"]:
         for env in tenant["environments"]:

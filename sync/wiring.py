@@ -65,6 +65,11 @@ class Wiring:
             ca_bundle=app.ca_bundle,
         )
 
+    def reload(self, config: Config) -> None:
+        """Use a new configuration: fresh token providers, so changed credentials take effect."""
+        self.config = config
+        self.tokens = TokenProviders(config)
+
     async def close(self) -> None:
         """Persist the daily budget counters."""
         for budget in self._budgets.values():
