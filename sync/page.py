@@ -31,6 +31,10 @@ class DecodedPage:
     tuples: list[tuple[Any, ...]]
 
 
+class NotJsonError(HostileResponseError):
+    """The body is not JSON at all (often a cut connection: the client retries it first)."""
+
+
 def _refuse(table: str, why: str) -> HostileResponseError:
     return HostileResponseError(
         f"table {table}: refused a page: {why}; nothing from it was written", table=table
@@ -65,7 +69,11 @@ def decode_page(body: bytes, shaper: RowShaper) -> DecodedPage:
     try:
         payload = orjson.loads(protected)
     except orjson.JSONDecodeError as exc:
-        raise _refuse(table, f"not valid JSON ({exc.msg} at byte {exc.pos})") from None
+        raise NotJsonError(
+            f"table {table}: refused a page: not valid JSON ({exc.msg} at byte {exc.pos}); "
+            "nothing from it was written",
+            table=table,
+        ) from None
     rows, deleted, next_link, delta_link = _split(payload, table, tombstones=DELETED_MARK in body)
     try:
         tuples = shaper.shape(rows, numeric_count=numeric_count)

@@ -3,15 +3,18 @@
 Exact decimals. orjson decodes JSON numbers to float, which would round Money/Decimal values with
 more than 15 significant digits. Decoding every page with the stdlib `json` (`parse_float=Decimal`)
 is about three times slower than orjson, so `protect_decimals()` first rewrites, in the raw bytes
-and only for the numeric columns, `"revenue":12.30` into `"revenue":"12.30"` (one literal-prefixed
-regex pass per numeric column, C speed); orjson then hands over the exact text, stored as TEXT
-(SQLite) / numeric (PostgreSQL). The Web API writes compact JSON; if a page is laid out otherwise
-(a space after the colon), the shaper notices numbers left in a numeric column and the page is
-decoded again, exactly, by `decode_exact()` — slower, never wrong.
+and only for the numeric columns, `"revenue":12.30` into `"revenue":"12.30"` (one
+`bytes.find` pass per numeric column; only the hits run Python); orjson then hands over the
+exact text, stored as TEXT (SQLite) / numeric (PostgreSQL). The Web API writes compact JSON; if a
+page is laid out otherwise (a space after the colon), the shaper notices numbers left in a
+numeric column and the page is decoded again, exactly, by `decode_exact()` — slower, never wrong.
 
-Speed. Everything per value runs in C: rows become tuples through one `itemgetter`, types are
-checked per column with `set(map(type, column))`, and text formats (GUIDs, timestamps, ETags)
-are checked with one regular expression over the column joined by a separator.
+Speed. Everything per value runs in C, set up once per schema: rows become tuples through one
+`itemgetter`; types are checked on the page's distinct row type signatures (usually one or two),
+each position against its allowed types; text formats (GUIDs, timestamps, dates, ETags) are
+checked per column as a whole by `sync.textcheck` (strided slices and one `bytes.translate` for
+the fixed layouts, one regular expression otherwise). No value is converted: JSON already gives
+the stored types (booleans bind as 0/1), timestamps must be UTC (`Z`), decimals stay text.
 """
 
 from __future__ import annotations
@@ -21,25 +24,20 @@ import operator
 import re
 from collections.abc import Sequence
 from decimal import Decimal
-from functools import lru_cache, partial
+from itertools import repeat
 from typing import Any
 
 from sync.errors import HostileResponseError
-from sync.typemap import ALLOWED, ETAG_PATTERN, FORMATS, SAFE_ROW_KEY, TableSchema
+from sync.typemap import ALLOWED, COLUMN_CHECKS, ETAG_CHECK, SAFE_ROW_KEY, TableSchema
 
 ETAG_KEY = "@odata.etag"
-_SEPARATOR = "\x1f"  # a control character that no valid GUID, timestamp or ETag contains
+_NONE = type(None)
+_ETAG_TYPES = frozenset({str})
 _NUMBER_AT = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:[.][0-9]+)?(?:[eE][+-]?[0-9]+)?(?=[,}\]])")
-_not_none = partial(operator.is_not, None)
 
 
 class InexactNumbers(Exception):
     """A numeric column still holds JSON numbers: decode the page again with `decode_exact`."""
-
-
-@lru_cache(maxsize=16)
-def _joined(pattern: str) -> re.Pattern[str]:
-    return re.compile(f"(?:{pattern}{_SEPARATOR})*")
 
 
 def _quote_numbers(body: bytes, key: str) -> tuple[bytes, int]:
@@ -94,16 +92,6 @@ def decode_exact(
     return document, count
 
 
-def _all_match(pattern: str, values: Sequence[Any]) -> bool:
-    present = list(filter(_not_none, values))
-    if not present:
-        return True
-    joined = _SEPARATOR.join(present) + _SEPARATOR
-    return (
-        joined.count(_SEPARATOR) == len(present) and _joined(pattern).fullmatch(joined) is not None
-    )
-
-
 class RowShaper:
     """Turns the decoded rows of one page into tuples for the writer, refusing hostile input.
 
@@ -117,7 +105,15 @@ class RowShaper:
         self.keys = (*(c.source_key for c in schema.columns), ETAG_KEY)
         self._getter = operator.itemgetter(*self.keys)
         self._known = frozenset(self.keys)
-        self._numeric = [i for i, c in enumerate(schema.columns) if c.sql_type == "numeric"]
+        # Built once per schema: the allowed Python types and the text check of every position.
+        self._allowed = (*(ALLOWED[c.sql_type] for c in schema.columns), _ETAG_TYPES)
+        self._formats = tuple(
+            (i, column, COLUMN_CHECKS[column.sql_type])
+            for i, column in enumerate(schema.columns)
+            if column.sql_type in COLUMN_CHECKS
+        )
+        self._etag = len(schema.columns)
+        self._numeric = tuple(i for i, c in enumerate(schema.columns) if c.sql_type == "numeric")
         self.float_keys = tuple(c.source_key for c in schema.columns if c.sql_type == "float")
 
     def _fail(self, why: str) -> HostileResponseError:
@@ -135,14 +131,19 @@ class RowShaper:
             return []
         if set(map(type, rows)) != {dict}:
             raise self._fail("a row is not a JSON object")
-        for key in set().union(*rows) - self._known:
-            if not SAFE_ROW_KEY.fullmatch(key):
-                raise self._fail(f"attribute name {key[:80]!r} is not a safe identifier")
         try:
             tuples: list[tuple[Any, ...]] = list(map(self._getter, rows))
+            complete = True
         except KeyError:  # an annotation is absent when its value is null
             tuples = [self._row(row) for row in rows]
-        self._check(list(zip(*tuples, strict=True)), numeric_count)
+            complete = False
+        # Rows holding every known key and nothing else have no other key to check.
+        if not complete or set(map(len, rows)) != {len(self._known)}:
+            for key in set().union(*rows) - self._known:
+                if not SAFE_ROW_KEY.fullmatch(key):
+                    raise self._fail(f"attribute name {key[:80]!r} is not a safe identifier")
+        self._check_types(tuples)
+        self._check_texts(tuples, numeric_count)
         return tuples
 
     def _row(self, row: dict[str, Any]) -> tuple[Any, ...]:
@@ -151,24 +152,33 @@ class RowShaper:
         except KeyError:
             return tuple(map(row.get, self.keys))
 
-    def _check(self, columns: list[tuple[Any, ...]], numeric_count: int) -> None:
-        if None in columns[0]:
-            raise self._fail(f"a row has no {self.schema.primary_key}")
-        for spec, values in zip(self.schema.columns, columns, strict=False):
-            kinds = set(map(type, values))
-            kinds.discard(type(None))
-            allowed = ALLOWED[spec.sql_type]
-            if not kinds <= allowed:
-                if spec.sql_type == "numeric" and kinds & {int, float}:
-                    raise InexactNumbers(spec.name)
-                bad = ", ".join(sorted(k.__name__ for k in kinds - allowed))
-                raise self._fail(f"column {spec.name} ({spec.sql_type}) got {bad}")
-            pattern = FORMATS.get(spec.sql_type)
-            if pattern is not None and not _all_match(pattern, values):
+    def _check_types(self, tuples: list[tuple[Any, ...]]) -> None:
+        # The distinct type signatures of the rows (all in C), then each position's types once.
+        signatures = set(map(tuple, map(map, repeat(type), tuples)))
+        for index, kinds_seen in enumerate(zip(*signatures, strict=True)):
+            kinds = set(kinds_seen)
+            if index == 0 and _NONE in kinds:
+                raise self._fail(f"a row has no {self.schema.primary_key}")
+            kinds.discard(_NONE)
+            allowed = self._allowed[index]
+            if kinds <= allowed:
+                continue
+            if index == self._etag:
+                raise self._fail("an @odata.etag is not a row version")
+            spec = self.schema.columns[index]
+            if spec.sql_type == "numeric" and kinds & {int, float}:
+                raise InexactNumbers(spec.name)
+            bad = ", ".join(sorted(k.__name__ for k in kinds - allowed))
+            raise self._fail(f"column {spec.name} ({spec.sql_type}) got {bad}")
+
+    def _check_texts(self, tuples: list[tuple[Any, ...]], numeric_count: int) -> None:
+        for index, spec, check in self._formats:
+            if not check(list(map(operator.itemgetter(index), tuples))):
                 raise self._fail(f"column {spec.name} has a value that is not a {spec.sql_type}")
-        etags = columns[-1]
-        if not set(map(type, etags)) <= {str, type(None)} or not _all_match(ETAG_PATTERN, etags):
+        if not ETAG_CHECK(list(map(operator.itemgetter(self._etag), tuples))):
             raise self._fail("an @odata.etag is not a row version")
-        found = sum(len(columns[i]) - columns[i].count(None) for i in self._numeric)
-        if found != numeric_count:
+        present = len(tuples) * len(self._numeric)
+        for index in self._numeric:
+            present -= list(map(operator.itemgetter(index), tuples)).count(None)
+        if present != numeric_count:
             raise self._fail("a decimal value is not a JSON number")

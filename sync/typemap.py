@@ -6,8 +6,8 @@ Pure: no I/O. Two jobs:
   columns (Web API names, `_x_value__type` for lookups, `<col>__label` for choices), the `$select`
   list and a hash that changes when the schema does. Every identifier is checked against
   `SAFE_COLUMN`; an unsafe one raises `HostileResponseError` (the table is parked).
-* the value rules per mirror type (`ALLOWED`, `FORMATS`), used by `sync.rowshape` to turn a
-  page's rows into typed tuples.
+* the value rules per mirror type (`ALLOWED`, `FORMATS`, `COLUMN_CHECKS`), used by
+  `sync.rowshape` to turn a page's rows into typed tuples.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sync.errors import HostileResponseError
+from sync.textcheck import DIGITS, HEX_DIGITS, ColumnCheck, FirstOf, FixedLayout, Pattern
 
 SqlType = Literal[
     "text", "integer", "bigint", "numeric", "float", "boolean", "timestamp", "date", "uuid"
@@ -79,6 +80,13 @@ FORMATS: dict[SqlType, str] = {
     "timestamp": TIMESTAMP_PATTERN,
     "date": DATE_PATTERN,
 }
+# The same formats as whole-column checks (sync.textcheck), a fast fixed layout where there is one.
+COLUMN_CHECKS: dict[SqlType, ColumnCheck] = {
+    "uuid": FixedLayout("########-####-####-####-############", HEX_DIGITS),
+    "timestamp": FirstOf(FixedLayout("####-##-##T##:##:##Z", DIGITS), Pattern(TIMESTAMP_PATTERN)),
+    "date": FixedLayout("####-##-##", DIGITS),
+}
+ETAG_CHECK = Pattern(ETAG_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)

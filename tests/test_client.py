@@ -312,10 +312,42 @@ async def test_a_body_that_stays_garbage_is_hostile() -> None:
 
     server = await serve(handler)
     async with await local_client(server, CountingTokens(), retry=FAST_RETRY) as client:
-        with pytest.raises(HostileResponseError):
+        with pytest.raises(HostileResponseError) as refused:
             await client.get(str(server.make_url("/api/data/v9.2/x")), table="account")
+        name = client.environment.name
     await server.close()
     assert FAST_RETRY.attempts == calls
+    assert f"environment {name}, table account" in str(refused.value)
+    assert "not JSON" in str(refused.value)
+
+
+async def test_a_decoder_gets_the_raw_body_and_its_refusals_follow_the_same_policy() -> None:
+    """A custom decoder sees the exact 2xx bytes; None from it is retried then hostile, while
+    error responses are still classified from their JSON (a 503 is retried, not decoded)."""
+    answers = [(503, b"{}"), (200, b'{"revenue":12.30}'), (200, b"cut"), (200, b"cut")]
+    decoded: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        status, body = answers.pop(0)
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    def decoder(body: bytes) -> object:
+        decoded.append(body)
+        return None if body == b"cut" else ("exact", body.decode())
+
+    server = await serve(handler)
+    retry = RetryPolicy(attempts=2, max_delay=10, backoff_initial=0.01, backoff_max=0.05)
+    async with await local_client(server, CountingTokens(), retry=retry) as client:
+        url = str(server.make_url("/api/data/v9.2/x"))
+        assert await client.get(url, table="account", decoder=decoder) == (
+            "exact",
+            '{"revenue":12.30}',
+        )
+        with pytest.raises(HostileResponseError, match="table account"):
+            await client.get(url, table="account", decoder=decoder)
+    await server.close()
+    assert decoded == [b'{"revenue":12.30}', b"cut", b"cut"]
+    assert answers == []
 
 
 async def test_a_page_without_value_is_hostile() -> None:

@@ -12,7 +12,7 @@ import pytest
 from sync.errors import HostileResponseError
 from sync.page import decode_page
 from sync.rowshape import RowShaper, protect_decimals
-from sync.typemap import build_schema
+from sync.typemap import COLUMN_CHECKS, FORMATS, build_schema
 
 ENTITY = {
     "LogicalName": "account",
@@ -193,3 +193,45 @@ def test_tombstones_and_links_are_split_out() -> None:
     assert decoded.deleted_ids == [KEY]
     assert len(decoded.tuples) == 1
     assert decoded.delta_link == "https://h/d"
+
+
+CHECK_SAMPLES = {
+    "uuid": [
+        KEY,
+        KEY.upper(),
+        KEY[:-1],
+        KEY + "0",
+        KEY.replace("-", "", 1) + "0",
+        KEY[:8] + "x" + KEY[9:],
+        KEY[:35] + "g",
+        KEY[:35] + "\u0661",  # an Arabic-Indic digit: a digit, but not ASCII
+        KEY[:20] + "\x1f" + KEY[21:],
+        KEY + "\x1f" + KEY,
+        "",
+    ],
+    "timestamp": [
+        "2023-04-07T21:59:01Z",
+        "2023-04-07T21:59:01.1234567Z",
+        "2023-04-07T21:59:01.12345678Z",
+        "2023-04-07T21:59:01+01:00",
+        "2023-04-07 21:59:01Z",
+        "2023-04-07T21:59:0aZ",
+        "2023-04-07T21:59:01Z\x1f2023-04-07T21:59:01Z",
+    ],
+    "date": ["1990-05-01", "1990-5-01", "1990-05-01T", "199a-05-01", "\u0661990-05-01"],
+}
+
+
+@pytest.mark.parametrize("sql_type", sorted(CHECK_SAMPLES))
+def test_column_checks_accept_exactly_what_the_patterns_accept(sql_type: str) -> None:
+    """The fast whole-column checks agree with the format's regular expression, value by value
+    and for a whole column mixing good values, bad values and nulls."""
+    pattern = re.compile(FORMATS[sql_type])  # type: ignore[index]
+    check = COLUMN_CHECKS[sql_type]  # type: ignore[index]
+    samples = CHECK_SAMPLES[sql_type]
+    good = [s for s in samples if pattern.fullmatch(s)]
+    assert good, "each sample list has good values"
+    for sample in samples:
+        assert check([sample]) == bool(pattern.fullmatch(sample)), sample
+        assert check([*good, None, sample, *good]) == bool(pattern.fullmatch(sample)), sample
+    assert check([None, None]) and check([])

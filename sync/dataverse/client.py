@@ -12,12 +12,19 @@ Retries, each bounded, each in one place:
 - TransientError (5xx, network, truncated body): tenacity, jittered exponential backoff
   (or the server's Retry-After), stopped after `attempts` or `max_delay`. CancelledError is
   never retried. A body that stays unparseable through every attempt is hostile.
+
+Decoding is a seam: `get(..., decoder=...)` takes a `Decoder` that turns the raw body of a 2xx
+response into the result (the default is plain orjson). It runs under the same policy: a body it
+cannot parse at all (it returns None) is retried like a cut connection, a well-formed but
+refused one (it raises HostileResponseError) fails at once. Large bodies are decoded in a worker
+thread so that a 5,000-row page does not stall the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -59,6 +66,11 @@ from sync.logs import get_logger
 log = get_logger("dvmirror.dataverse")
 
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=120, connect=15, sock_connect=15, sock_read=60)
+# Bodies at least this large are decoded in a worker thread (about a millisecond of parsing).
+OFF_LOOP_BYTES = 64 * 1024
+
+Decoder = Callable[[bytes], Any]
+"""Raw body of a 2xx response → result; None when the body is not parseable at all (retried)."""
 
 
 @dataclass(frozen=True)
@@ -187,9 +199,18 @@ class DataverseClient:
     # -- one request, with every retry rule --------------------------------------------------
 
     async def get(
-        self, url: str, *, table: str | None = None, headers: Mapping[str, str] | None = None
+        self,
+        url: str,
+        *,
+        table: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        decoder: Decoder | None = None,
     ) -> Any:
-        """GET `url` (on this environment's origin) and return the decoded JSON document."""
+        """GET `url` (on this environment's origin) and return its decoded body.
+
+        `decoder` turns the body of a 2xx response into the result (default: the JSON document);
+        error responses are always decoded as JSON, for classification.
+        """
         check_link(url, self.origin, table=table)
         request_headers_ = dict(headers or request_headers())
         retrying = AsyncRetrying(
@@ -202,10 +223,14 @@ class DataverseClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._get_reauth_throttled(url, request_headers_, table)
+                    return await self._get_reauth_throttled(
+                        url, request_headers_, table, decoder or decode_json
+                    )
         except MalformedBodyError as exc:
+            where = f"environment {self.environment.name}" + (f", table {table}" if table else "")
             raise HostileResponseError(
-                f"{self.environment.name}: the server keeps sending a body that is not JSON",
+                f"{where}: the Web API kept sending a response body that is not JSON "
+                f"({self.retry.attempts} attempts); nothing was written",
                 environment=self.environment.name,
                 table=table,
             ) from exc
@@ -237,13 +262,13 @@ class DataverseClient:
         return before_sleep
 
     async def _get_reauth_throttled(
-        self, url: str, headers: dict[str, str], table: str | None
+        self, url: str, headers: dict[str, str], table: str | None, decoder: Decoder
     ) -> Any:
         throttled = 0
         refreshed = False
         while True:
             token = await self._tokens.token(self.scope, force_refresh=refreshed)
-            status, response_headers, document = await self._send(url, headers, token)
+            status, response_headers, document = await self._send(url, headers, token, decoder)
             decision = classify(status, response_headers, document)
             if decision.kind is Kind.OK:
                 if document is None:
@@ -279,9 +304,13 @@ class DataverseClient:
             raise error
 
     async def _send(
-        self, url: str, headers: dict[str, str], token: str
+        self, url: str, headers: dict[str, str], token: str, decoder: Decoder
     ) -> tuple[int, Mapping[str, str], Any]:
-        """One GET under a governor slot. Returns status, headers and the decoded body."""
+        """One GET under a governor slot. Returns status, headers and the decoded body.
+
+        A 2xx body goes through `decoder` (after the slot is released: parsing is not a
+        request); any other body is decoded as JSON so that classify() can read its error code.
+        """
         async with self.governor.slot() as slot:
             try:
                 async with self._session.get(
@@ -297,13 +326,19 @@ class DataverseClient:
                     f"{self.environment.name}: {type(exc).__name__} talking to the Web API",
                     environment=self.environment.name,
                 ) from exc
-            document = _decode(body)
-            code = _error_code(document)
-            slot.observe(status, response_headers, error_code=code)
+            success = 200 <= status < 300
+            document = None if success else decode_json(body)
+            slot.observe(status, response_headers, error_code=_error_code(document))
+        if success and body:
+            if len(body) >= OFF_LOOP_BYTES:
+                document = await asyncio.to_thread(decoder, body)
+            else:
+                document = decoder(body)
         return status, response_headers, document
 
 
-def _decode(body: bytes) -> Any:
+def decode_json(body: bytes) -> Any:
+    """The default decoder: the JSON document, or None when the body is not JSON."""
     if not body:
         return None
     try:
@@ -320,4 +355,11 @@ def _error_code(document: Any) -> object:
     return None
 
 
-__all__ = ["DataverseClient", "MalformedBodyError", "RetryPolicy", "ThrottledError"]
+__all__ = [
+    "DataverseClient",
+    "Decoder",
+    "MalformedBodyError",
+    "RetryPolicy",
+    "ThrottledError",
+    "decode_json",
+]
