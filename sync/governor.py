@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from sync.errors import DvmirrorError
 from sync.governor_core import GovernorCore
 from sync.governor_signals import DailyBudget, observation_from
 from sync.logs import get_logger
@@ -26,6 +27,10 @@ log = get_logger("dvmirror.governor")
 # Flush the daily counter to the store after this many requests or seconds.
 FLUSH_EVERY_REQUESTS = 50
 FLUSH_EVERY_SECONDS = 10.0
+
+
+class GovernorClosedError(DvmirrorError):
+    """The governor was closed while a request waited for its slot: it was never sent."""
 
 
 class BudgetStore(Protocol):
@@ -163,7 +168,14 @@ class Governor:
         self.daily = daily
         self._clock = clock
         self._changed = asyncio.Event()
+        self._closed = False
         self.waited_on_retry_after = 0.0
+
+    def close(self) -> None:
+        """Grant no more slots: waiting requests raise `GovernorClosedError`; requests already
+        sent finish normally (a benchmark's deadline, a shutdown)."""
+        self._closed = True
+        self._notify()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:
@@ -180,6 +192,8 @@ class Governor:
 
     async def _acquire(self) -> float:
         while True:
+            if self._closed:
+                raise GovernorClosedError(f"{self.name}: the request governor is closed")
             if self.daily is not None:
                 renew = await self.daily.wait_until()
                 if renew is not None:

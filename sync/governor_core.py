@@ -6,88 +6,45 @@ leave*. `decide(now)` applies, in order:
 1. **Retry-After pause.** A 429 pauses every request of the user until its Retry-After has
    passed; nothing is sent inside that window (requests already in flight are fine).
 2. **Adaptive concurrency (AIMD).** Start small (or at the configured value), jump to
-   `x-ms-dop-hint` when it arrives, add one slot per `limit` healthy responses, halve on a
-   429. A concurrency 429 (0x80072326) also sets a ceiling just below what failed.
+   `x-ms-dop-hint` when it arrives, add one slot per `limit` healthy responses while the limit
+   is what holds requests back, halve on a 429. A concurrency 429 (0x80072326) also sets a
+   ceiling just below what failed.
 3. **Budget pacing.** Dataverse counts, per user and sliding window, requests
    (`x-ms-ratelimit-burst-remaining-xrm-requests`) and execution seconds
-   (`x-ms-ratelimit-time-remaining-xrm-requests`). The latest response is the *anchor*:
-   the budget now is what it reported, minus what we sent (and still had running) since,
-   plus our own requests that have left the window since (sends age by send time, execution
-   by finish time). When a budget is spent we wait for our oldest counted request to age
-   out; near the limit, sends are spaced evenly (window / requests-per-window), so a steady
-   run sits just under the limit instead of bursting into it.
+   (`x-ms-ratelimit-time-remaining-xrm-requests`, e.g. "1,200.00"). The latest response is the
+   *anchor*: the budget now is what it reported, minus what we sent (and still had running)
+   since, plus our own requests that have left the window since (sends age by send time,
+   execution by finish time). Execution is counted in requests of the learned cost
+   (`sync.governor_window.CostEstimate`). When a budget is spent we wait for our oldest counted
+   request to age out. Once the window is known, sends are spaced evenly at window ÷ what a
+   window allows (the tighter budget), so a steady run sits just under the limit instead of
+   spending a window's budget at once and then waiting a window.
 
 **The window length is learned** (`window_hint`, 300 s by default, is only the starting
 assumption, so a simulator's 10-second window works without configuration). The first
 response is a baseline; later, "counted sends since the baseline minus budget consumed since"
 is how many of our oldest sends have aged out, which bounds the window from above by
-`now - send time`. The bound tightens as sends get evenly spaced. A requests-429 after
+`now - send time`; the bound tightens over `BRACKET_WINDOWS` windows. A requests-429 after
 learning means the window is longer than we think (or someone else spends this user's
-budget): it grows by half. Before the window is learned, an exhausted budget is re-checked
-with single *probe* requests (real requests, paid from an extra margin) at doubling intervals.
+budget): it grows by half. (An execution-time 429 says nothing about the window.) Before the
+window is learned, an exhausted budget is re-checked with single *probe* requests (real
+requests, paid from an extra margin) at doubling intervals.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right, insort
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from sync.governor_signals import DEFAULT_RETRY_AFTER, RateObservation
+from sync.governor_window import Anchor, CostEstimate, GovernorStats, SendLog, TimeLog
 
 CONCURRENCY_LIMIT = 52
 INITIAL_CONCURRENCY = 4
 UNLEARNED_RESERVE = 6  # extra request margin while the window is unknown: probes come from it
-SMOOTH_BELOW = 0.25  # below this fraction of a window's budget left, space sends evenly
 KEEP_SENDS = 4096  # once learned, keep at least this many recent send times
-
-
-@dataclass(frozen=True)
-class _Anchor:
-    """A response's view of the budgets, and our own counters at that moment."""
-
-    at: float
-    sent: int
-    refused: int
-    finished: int
-    pending: int  # ours still running (their execution not yet in `time_left`)
-    burst: int | None
-    time_left: float | None
-
-
-@dataclass
-class GovernorStats:
-    requests: int = 0
-    throttled: Counter[str] = field(default_factory=Counter)
-    paused_seconds: float = 0.0
-    probes: int = 0
-
-
-class _Times:
-    """Non-decreasing timestamps with counting helpers (old entries can be trimmed)."""
-
-    def __init__(self) -> None:
-        self.items: list[float] = []
-        self.dropped = 0
-
-    def add(self, time: float) -> None:
-        insort(self.items, time)
-
-    def upto(self, time: float) -> int:
-        return bisect_right(self.items, time)
-
-    def between(self, low: float, high: float) -> int:
-        return max(0, self.upto(high) - self.upto(low)) if high > low else 0
-
-    def total(self) -> int:
-        return len(self.items)
-
-    def trim(self, before: float) -> None:
-        drop = bisect_right(self.items, before)
-        del self.items[:drop]
-        self.dropped += drop
+BRACKET_WINDOWS = 12  # keep tightening the window's upper bound for this many windows
 
 
 class GovernorCore:
@@ -116,16 +73,17 @@ class GovernorCore:
         self._min_margin = min_margin
         self._first_probe_delay = first_probe_delay
         self._probe_delay = first_probe_delay
-        self._sends = _Times()
-        self._refused = _Times()  # send times of requests answered 429 (not counted upstream)
-        self._finishes = _Times()  # finish times of counted requests (execution ages from here)
+        self._sends = SendLog()
+        self._refused = self._sends.refused  # send times of requests answered 429
+        self._finishes = TimeLog()  # finish times of counted requests (execution ages from here)
         self._running: list[float] = []  # send times of requests in flight
         self._sent = 0
-        self._anchor: _Anchor | None = None
-        self._baseline: _Anchor | None = None
+        self._anchor: Anchor | None = None
+        self._baseline: Anchor | None = None
         self._burst_max = 0
         self._time_max = 0.0
-        self._cost: float | None = None  # execution seconds per request, learned
+        self._costs = CostEstimate()  # execution seconds per request, learned
+        self._aging_seen = False
         self._seen_dop = False
         self._seen_429 = False
         self._window_upper = math.inf
@@ -144,7 +102,7 @@ class GovernorCore:
         budgets = self._budgets(now)
         available = min((available for available, _ in budgets), default=math.inf)
         if available >= 1:
-            return self._smooth(now, available)
+            return self._spaced(now)
         wake = max(next_at for available, next_at in budgets if available < 1)
         if self.in_flight == 0 and (not self.window_learned or wake == math.inf):
             probe_at = self._last_send() + self._probe_delay
@@ -159,22 +117,36 @@ class GovernorCore:
         return min(available for available, _ in budgets) if budgets else None
 
     @property
+    def cost(self) -> float | None:
+        """Execution seconds of a typical request, as learned from the headers."""
+        return self._costs.value
+
+    def _spaced(self, now: float) -> float | None:
+        """Space sends evenly at the rate each budget refills: window ÷ what a window allows.
+
+        A sliding window hands budget back at the pace it was spent, so an even rhythm stays
+        just under the limit, where a burst would be followed by a window-long wait (and, on
+        the server, execution counted from each finish rewards no burst anyway). Only once the
+        window is learned: before, its length is a guess.
+        """
+        per_window = self.requests_per_window
+        if not self.window_learned or not per_window:
+            return None
+        next_at = self._last_send() + self.window / per_window
+        return None if now >= next_at else next_at
+
+    @property
     def requests_per_window(self) -> float:
         """How many requests a window allows, as far as we can tell (0: unknown)."""
         estimates: list[float] = []
         base = self._baseline
         if base is not None and base.burst is not None:
-            estimates.append(max(self._burst_max, base.burst + base.sent - base.refused))
-        if self._cost and self._time_max:
-            estimates.append(self._time_max / self._cost)
-        return min(estimates) if estimates else 0.0
-
-    def _smooth(self, now: float, available: float) -> float | None:
-        per_window = self.requests_per_window
-        if not self.window_learned or not per_window or available >= per_window * SMOOTH_BELOW:
-            return None
-        next_at = self._last_send() + self.window / per_window
-        return None if now >= next_at else next_at
+            limit = max(self._burst_max, base.burst + base.sent - base.refused)
+            estimates.append(limit - self._margin())
+        cost = self._costs.value
+        if cost and self._time_max:
+            estimates.append(self._time_max * (1 - self._margin_fraction) / cost)
+        return max(1.0, min(estimates)) if estimates else 0.0
 
     def _budgets(self, now: float) -> list[tuple[float, float]]:
         """(available requests, when more comes back) for each budget we have data for."""
@@ -186,15 +158,18 @@ class GovernorCore:
         budgets: list[tuple[float, float]] = []
         if anchor.burst is not None:
             floor = self._send_floor(anchor)
-            aged = self._counted_between(floor, horizon)
+            aged = self._sends.counted_between(floor, horizon)
             requests_left = float(anchor.burst - self._margin() - sent_since + aged)
-            budgets.append((requests_left, self._next_counted_after(max(floor, horizon))))
-        if anchor.time_left is not None and self._cost:
+            budgets.append(
+                (requests_left, self._sends.next_counted_after(max(floor, horizon), self.window))
+            )
+        cost = self._costs.value
+        if anchor.time_left is not None and cost:
             floor = self._finish_floor(anchor)
             aged = self._finishes.between(floor, horizon)
             reserve = self._time_max * self._margin_fraction
             # The server admits while any execution budget is left, hence the + 1.
-            allowance = (anchor.time_left - reserve) / self._cost + 1
+            allowance = (anchor.time_left - reserve) / cost + 1
             time_budget = allowance - anchor.pending - sent_since + aged
             index = self._finishes.upto(max(floor, horizon))
             next_at = (
@@ -250,7 +225,9 @@ class GovernorCore:
                 self.limit = max(self.limit, float(min(self.cap, obs.dop_hint)))
         if obs.throttled:
             self._on_throttle(obs, now, now if sent_at is None else sent_at)
-        elif obs.status < 500:
+        elif obs.status < 500 and self.in_flight >= math.floor(self.limit):
+            # Grow only while the limit is what holds us back (this response still counts in
+            # `in_flight`): pacing-bound runs would otherwise creep past the server's limit.
             self.limit = min(float(min(self.cap, self.ceiling)), self.limit + 1.0 / self.limit)
         if obs.burst_remaining is not None or obs.time_remaining is not None:
             self._learn(obs, now, sent_at)
@@ -261,7 +238,7 @@ class GovernorCore:
         self.stats.throttled[kind] += 1
         if kind == "concurrency":
             self.ceiling = max(1, self.in_flight - 1)
-        elif kind != "unknown" and self.window_learned and sent_at > self._grown_at:
+        elif kind == "requests" and self.window_learned and sent_at > self._grown_at:
             # We paced to the window we learned and still hit a limit: the window is longer
             # than we think (or someone else spends this user's budget). Grow it once per
             # episode, and stop bracketing.
@@ -277,7 +254,7 @@ class GovernorCore:
     # -- learning --------------------------------------------------------------------------
 
     def _learn(self, obs: RateObservation, now: float, sent_at: float | None) -> None:
-        anchor = _Anchor(
+        anchor = Anchor(
             at=now,
             sent=self._sent,
             refused=self._refused.total() + self._refused.dropped,
@@ -309,32 +286,40 @@ class GovernorCore:
             pending -= 1
         return pending <= 0
 
-    def _bracket_window(self, baseline: _Anchor, current: _Anchor) -> None:
+    def _bracket_window(self, baseline: Anchor, current: Anchor) -> None:
         """Our oldest `aged` counted sends left the window by `current.at`: bound it above."""
         if baseline.burst is None or current.burst is None:
             return
         counted = (current.sent - current.refused) - (baseline.sent - baseline.refused)
         unsure = max(0, self.in_flight - 1)  # still out: might yet be refused
         aged = counted - (baseline.burst - current.burst) - unsure
-        if aged < 1 or aged > self._counted_upto(math.inf):
+        if aged < 1 or aged > self._sends.counted_upto(math.inf):
             return
-        upper = current.at - self._nth_counted_time(aged)
+        upper = current.at - self._sends.nth_counted_time(aged)
         if 0 < upper < self._window_upper:
             self._window_upper = upper
-            self.window = upper * 1.02 + 0.05
+            self.window = upper * 1.005 + 0.02
             self.window_learned = True
-        if current.at - baseline.at > 3 * self.window and aged >= 8:
+        if current.at - baseline.at > BRACKET_WINDOWS * self.window and aged >= 8:
             self._bracketing = False  # precise enough; stop keeping every send
 
-    def _learn_cost(self, previous: _Anchor, current: _Anchor) -> None:
+    def _learn_cost(self, previous: Anchor, current: Anchor) -> None:
         if previous.time_left is None or current.time_left is None:
             return
-        finished = current.finished - previous.finished
         used = previous.time_left - current.time_left
-        aging = self._finishes.between(previous.at - self.window, current.at - self.window)
-        if finished > 0 and used > 0 and aging == 0:
-            sample = used / finished
-            self._cost = sample if self._cost is None else 0.8 * self._cost + 0.2 * sample
+        spoiled = current.time_left <= 0  # the header stops at zero: how far past is unknown
+        if used < 0:
+            self._aging_seen = True  # execution left the window: it can hide drops
+            spoiled = True
+        elif self.window_learned:
+            horizon = (previous.at - self.window * 1.02, current.at - self.window * 0.95)
+            spoiled = spoiled or self._finishes.between(*horizon) > 0
+        else:
+            spoiled = spoiled or self._aging_seen  # cannot tell when execution leaves
+        if spoiled:
+            self._costs.discard()
+        else:
+            self._costs.add(used, current.finished - previous.finished)
 
     # -- the window model ------------------------------------------------------------------
 
@@ -342,31 +327,7 @@ class GovernorCore:
         margin = max(self._min_margin, math.ceil(self._burst_max * self._margin_fraction))
         return margin if self.window_learned else margin + UNLEARNED_RESERVE
 
-    def _counted_upto(self, time: float) -> int:
-        return self._sends.upto(time) - self._refused.upto(time)
-
-    def _counted_between(self, low: float, high: float) -> int:
-        return max(0, self._counted_upto(high) - self._counted_upto(low)) if high > low else 0
-
-    def _nth_counted_time(self, n: int) -> float:
-        """Send time of our n-th counted send still kept (n >= 1)."""
-        items = self._sends.items
-        low, high = 0, len(items) - 1
-        while low < high:
-            mid = (low + high) // 2
-            if self._counted_upto(items[mid]) >= n:
-                high = mid
-            else:
-                low = mid + 1
-        return items[low]
-
-    def _next_counted_after(self, time: float) -> float:
-        counted = self._counted_upto(time)
-        if counted >= self._counted_upto(math.inf):
-            return math.inf
-        return self._nth_counted_time(counted + 1) + self.window
-
-    def _send_floor(self, anchor: _Anchor) -> float:
+    def _send_floor(self, anchor: Anchor) -> float:
         """Our sends after this time were still in the server's window at the anchor.
 
         Bounded by the window length and by the limit: with `per_window` allowed and `burst`
@@ -379,20 +340,25 @@ class GovernorCore:
         if base is not None and base.burst is not None and anchor.burst is not None:
             limit = max(self._burst_max, base.burst + base.sent - base.refused)
             inside = max(0, limit - anchor.burst)
-            counted = self._counted_upto(anchor.at)
+            # Sends made right after the anchor, at the same instant, were not inside it.
+            counted = min(
+                self._sends.counted_upto(anchor.at),
+                (anchor.sent - self._sends.dropped) - (anchor.refused - self._refused.dropped),
+            )
             if inside == 0 and counted:
-                floor = max(floor, self._nth_counted_time(counted))
+                floor = max(floor, self._sends.nth_counted_time(counted))
             elif inside < counted:
-                oldest = self._nth_counted_time(counted - inside + 1)
+                oldest = self._sends.nth_counted_time(counted - inside + 1)
                 floor = max(floor, math.nextafter(oldest, -math.inf))
         return floor
 
-    def _finish_floor(self, anchor: _Anchor) -> float:
+    def _finish_floor(self, anchor: Anchor) -> float:
         """Like `_send_floor`, for execution time (which ages from each request's finish)."""
         floor = anchor.at - self.window
-        if self._cost and anchor.time_left is not None:
-            inside = max(0, round((self._time_max - anchor.time_left) / self._cost))
-            finished = self._finishes.upto(anchor.at)
+        cost = self._costs.value
+        if cost and anchor.time_left is not None:
+            inside = max(0, round((self._time_max - anchor.time_left) / cost))
+            finished = min(self._finishes.upto(anchor.at), anchor.finished - self._finishes.dropped)
             if inside == 0 and finished:
                 floor = max(floor, self._finishes.items[finished - 1])
             elif inside < finished:

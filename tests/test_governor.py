@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sync.governor import Governor, InMemoryBudgetStore, TenantBudget
+from sync.governor import Governor, GovernorClosedError, InMemoryBudgetStore, TenantBudget
 from sync.governor_core import GovernorCore
 from sync.governor_signals import (
     DailyBudget,
@@ -23,6 +23,7 @@ from sync.governor_signals import (
     parse_number,
 )
 from sync.governor_store import SqlBudgetStore
+from sync.governor_window import CostEstimate
 from sync.simulator.protection import Limits, ServiceProtection, Throttle
 from sync.store.schema import metadata
 
@@ -124,20 +125,29 @@ def test_a_longer_retry_after_extends_the_pause_and_is_counted_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("events", "expected_limit"),
+    ("events", "busy", "expected_limit"),
     [
-        ([], 4),
-        ([ok(dop=8)], 8),
-        ([ok(dop=100)], 10),  # never above the cap
-        ([throttle(1), ok(dop=8)], 2),  # dop hint after a 429 does not raise
-        ([ok(dop=8)] + [ok()] * 9, 9),  # additive increase: +1 per `limit` responses
+        ([], True, 4),
+        ([ok(dop=8)], True, 8),
+        ([ok(dop=100)], True, 10),  # never above the cap
+        ([throttle(1), ok(dop=8)], True, 2),  # dop hint after a 429 does not raise
+        ([ok(dop=8)] + [ok()] * 9, True, 9),  # additive increase: +1 per `limit` responses
+        ([ok(dop=8)] + [ok()] * 30, False, 8),  # no growth while the limit holds nothing back
     ],
 )
-def test_adaptive_concurrency(events: list[RateObservation], expected_limit: int) -> None:
-    """Concurrency starts small, takes the dop hint, grows additively, halves on a 429."""
+def test_adaptive_concurrency(
+    events: list[RateObservation], busy: bool, expected_limit: int
+) -> None:
+    """Concurrency starts small, takes the dop hint, grows additively while every slot is in
+    use (not while pacing is what holds requests back), halves on a 429."""
     core = GovernorCore(cap=10)
     for index, event in enumerate(events):
-        core.observe(event, float(index))
+        now = float(index)
+        target = math.floor(core.limit) if busy else 1
+        sent = [core.on_send(now) for _ in range(target - core.in_flight)]
+        core.observe(event, now, sent[0] if sent else None)
+        for sent_at in sent:
+            core.on_release(now, sent_at)
     assert expected_limit == math.floor(core.limit)
 
 
@@ -161,8 +171,9 @@ def test_in_flight_never_exceeds_the_limit() -> None:
 
 
 def test_budget_stops_at_the_margin_spaces_the_last_sends_and_resumes_on_aging() -> None:
-    """With a learned 10 s window and 5 requests per window (4 left after ours), two more go
-    (the last one spaced window/limit = 2 s later), then nothing until our first send ages."""
+    """With a learned 10 s window and 5 requests per window (4 left after ours, 2 kept as
+    margin), sends are spaced window ÷ 3 apart, stop when the budget is spent, and resume when
+    our first send ages out."""
     core = GovernorCore(initial_concurrency=1, window_hint=10.0)
     core.window_learned = True
     first = core.on_send(0.0)
@@ -176,18 +187,31 @@ def test_budget_stops_at_the_margin_spaces_the_last_sends_and_resumes_on_aging()
             continue
         times.append(core.on_send(now))
         core.on_release(now, times[-1])
-    assert pytest.approx(times) == [0.2, 2.2]
+    assert pytest.approx(times) == [10 / 3, 20 / 3]
     assert pytest.approx(core.decide(now)) == 10.0
     assert core.decide(10.0) is None
 
 
 def run_against_protection(
-    limits: Limits, *, workers: int = 8, duration: float = 60.0, rows: int = 100
+    limits: Limits,
+    *,
+    workers: int = 8,
+    duration: float = 60.0,
+    rows: int = 100,
+    transfer: float = 0.005,
+    first_rows: int | None = None,
+    cap: int = 52,
 ) -> dict[str, Any]:
-    """Drive a GovernorCore against the simulator's own protection model (event-driven)."""
+    """Drive a GovernorCore against the simulator's own protection model (event-driven).
+
+    Like the simulator's HTTP layer, a request is admitted (or refused) on arrival, executes
+    for its modelled time, gets the rate headers, then finishes; its response reaches the
+    client `transfer` seconds later, when it is also finished (counted) on the server side. `first_rows` makes the first request a small one (the
+    metadata read that starts a real scan). Every worker always has a request to make.
+    """
     now = [0.0]
     protection = ServiceProtection(limits, clock=lambda: now[0])
-    core = GovernorCore()
+    core = GovernorCore(cap=cap)
     queue: list[tuple[float, int, str, Any]] = []
     counter = [0]
 
@@ -196,21 +220,28 @@ def run_against_protection(
         heapq.heappush(queue, (at, counter[0], kind, data))
 
     idle = set(range(workers))
+    tries = dict.fromkeys(range(workers), 0)  # each worker's latest "try": older ones are stale
+
+    def retry(at: float, worker: int) -> None:
+        tries[worker] += 1
+        push(at, "try", (worker, tries[worker]))
+
     for worker in range(workers):
-        push(0.0, "try", worker)
-    execution = limits.execution_time(rows)
-    served = 0
+        retry(0.0, worker)
+    served_rows = 0
+    pending_small = first_rows is not None
     while queue:
         at, _, kind, data = heapq.heappop(queue)
         if at > duration:
             break
         now[0] = at
         if kind == "try":
-            if data not in idle:
+            worker, generation = data
+            if worker not in idle or generation != tries[worker]:
                 continue
             wake = core.decide(at)
             if wake is None:
-                idle.discard(data)
+                idle.discard(worker)
                 sent_at = core.on_send(at)
                 ticket = protection.admit("app", 0)
                 if isinstance(ticket, Throttle):
@@ -218,40 +249,70 @@ def run_against_protection(
                         "Retry-After": str(ticket.retry_after),
                         **protection.rate_headers("app", 0),
                     }
-                    push(at + 0.005, "response", (data, 429, headers, ticket.code, sent_at))
+                    push(at + transfer, "response", (worker, 429, headers, ticket.code, sent_at))
                 else:
-                    push(at + execution, "done", (data, ticket, sent_at))
+                    size = first_rows if pending_small and first_rows is not None else rows
+                    pending_small = False
+                    push(at + limits.execution_time(size), "done", (worker, ticket, sent_at, size))
             elif wake != math.inf:
-                push(max(wake, at + 1e-6), "try", data)
-        elif kind == "done":
-            worker, ticket, sent_at = data
+                retry(max(wake, at + 1e-6), worker)
+        elif kind == "done":  # executed: headers now, counted once the body has gone out
+            worker, ticket, sent_at, size = data
             headers = protection.rate_headers("app", 0)
-            protection.finish(ticket, rows=rows, execution_seconds=execution, status=200)
-            served += 1
-            push(at + 0.005, "response", (worker, 200, headers, None, sent_at))
+            push(at + transfer, "sent", (worker, ticket, sent_at, size, headers))
+        elif kind == "sent":
+            worker, ticket, sent_at, size, headers = data
+            protection.finish(
+                ticket, rows=size, execution_seconds=limits.execution_time(size), status=200
+            )
+            served_rows += size
+            push(at, "response", (worker, 200, headers, None, sent_at))
         else:
             worker, status, headers, code, sent_at = data
             core.observe(observation_from(status, headers, error_code=code), at, sent_at)
             core.on_release(at, sent_at)
             idle.add(worker)
             for waiting in list(idle):
-                push(at, "try", waiting)
+                retry(at, waiting)
     stats = protection.user("app")
-    ceiling = limits.ceiling_rows_per_second(rows) / rows
     return {
-        "ratio": served / duration / ceiling,
+        "ratio": served_rows / duration / limits.ceiling_rows_per_second(rows),
         "throttled": sum(stats.throttled.values()),
         "violations": stats.violations,
+        "max_concurrency": stats.max_concurrency,
         "core": core,
     }
 
 
+THROTTLED_TOML = {  # config/scenarios/throttled.toml: bound by the execution-time budget
+    "requests": 40,
+    "window": 10,
+    "execution_seconds": 2.5,
+    "concurrency": 4,
+    "base_ms": 25,
+    "per_row_ms": 0.095,
+    "dop_hint": 4,
+}
+REAL_SCAN: dict[str, Any] = {"rows": 5000, "transfer": 0.3, "first_rows": 0}  # metadata, pages
+
+
 @pytest.mark.parametrize(
-    ("limits", "duration", "rows", "min_ratio", "max_throttled"),
+    ("limits", "duration", "scan", "min_ratio", "max_throttled"),
     [
-        (Limits(requests=100, window=10, dop_hint=8), 200.0, 100, 0.9, 0),
-        (Limits(requests=300, window=30, dop_hint=8), 200.0, 100, 0.9, 0),
-        (Limits(requests=100, window=10, concurrency=4, dop_hint=2), 60.0, 100, 0.8, 2),
+        # Request-count bound, 10 s to 60 s windows.
+        (Limits(requests=100, window=10, dop_hint=8), 200.0, {}, 0.9, 0),
+        (Limits(requests=300, window=30, dop_hint=8), 200.0, {}, 0.9, 0),
+        (Limits(requests=100, window=10, concurrency=4, dop_hint=2), 60.0, {}, 0.8, 2),
+        (Limits(requests=1200, window=60, dop_hint=8), 240.0, {}, 0.9, 0),
+        # Execution-time bound: the throttled scenario, then the same at Dataverse's 300 s.
+        (Limits(**THROTTLED_TOML), 200.0, REAL_SCAN, 0.88, 3),
+        (
+            Limits(**{**THROTTLED_TOML, "window": 300, "execution_seconds": 75, "requests": 1200}),
+            1500.0,
+            REAL_SCAN,
+            0.9,
+            3,
+        ),
         (
             Limits(
                 requests=40,
@@ -263,24 +324,78 @@ def run_against_protection(
                 dop_hint=4,
             ),
             60.0,
-            5000,
+            {"rows": 5000},
             0.9,
-            5,
+            3,
         ),
-        (Limits(requests=1200, window=60, dop_hint=8), 240.0, 100, 0.9, 0),
     ],
 )
 def test_paces_just_under_the_limits_without_violations(
-    limits: Limits, duration: float, rows: int, min_ratio: float, max_throttled: int
+    limits: Limits, duration: float, scan: dict[str, Any], min_ratio: float, max_throttled: int
 ) -> None:
     """Against the simulator's limits model, many workers get ≥ min_ratio of the ceiling,
-    almost no 429s and zero violations, learning the window from the headers alone."""
-    result = run_against_protection(limits, duration=duration, rows=rows)
+    almost no 429s (only while learning) and zero violations, learning the window and the
+    execution cost per request from the headers alone."""
+    result = run_against_protection(limits, duration=duration, **scan)
     assert result["violations"] == 0
     assert result["throttled"] <= max_throttled
     assert result["ratio"] >= min_ratio
     assert result["core"].window_learned
     assert result["core"].window == pytest.approx(limits.window, rel=0.1)
+    if limits.execution_time(scan.get("rows", 100)) * 5 >= limits.execution_seconds:
+        assert result["core"].cost == pytest.approx(limits.execution_time(5000), rel=0.15)
+
+
+def test_concurrency_limit_is_found_once_and_kept() -> None:
+    """Bound by the concurrency limit (4, below the dop hint of 8): one episode of concurrency
+    429s sets the ceiling, after which the run stays at ≥ 0.9 of what 4 slots can serve."""
+    limits = Limits(concurrency=4, base_ms=25, per_row_ms=0.095, dop_hint=8)
+    result = run_against_protection(limits, duration=60.0, **REAL_SCAN)
+    assert result["violations"] == 0
+    assert result["throttled"] <= 4  # the first burst of 8 against 4 slots
+    assert result["core"].ceiling <= 4
+    assert result["max_concurrency"] <= 4
+    page = limits.execution_time(5000)
+    # A slot is held for execution plus transfer, so 4 slots serve page / (page + transfer).
+    assert result["ratio"] >= 0.9 * page / (page + REAL_SCAN["transfer"])
+
+
+def test_execution_429_does_not_stretch_the_learned_window() -> None:
+    """An execution-time 429 says nothing about the window's length; a requests 429 grows it."""
+    core = GovernorCore(window_hint=10.0)
+    core.window_learned = True
+    core.observe(throttle(2, "0x80072321"), 1.0, core.on_send(1.0))
+    assert core.window == 10.0
+    core.observe(throttle(2, "0x80072322"), 5.0, core.on_send(5.0))
+    assert core.window == 15.0
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        ([(0.5, 1), (0.5, 1)], 0.5),
+        ([(0.0, 1), (0.0, 1), (1.5, 1)], 0.5),  # drops that show a response late are carried
+        ([(0.02, 1), (0.5, 1), (0.5, 1), (0.5, 1)], 0.38),  # a cheap metadata read, diluted
+        ([], None),
+    ],
+)
+def test_cost_estimate_is_drop_over_finished(
+    pairs: list[tuple[float, int]], expected: float | None
+) -> None:
+    """Execution cost per request is the ratio of summed budget drops to finished requests."""
+    estimate = CostEstimate()
+    for used, finished in pairs:
+        estimate.add(used, finished)
+    assert estimate.value == (None if expected is None else pytest.approx(expected))
+
+
+def test_cost_estimate_forgets_what_it_carried_when_discarded() -> None:
+    """Finishes carried towards a drop are dropped when the picture is spoiled."""
+    estimate = CostEstimate()
+    estimate.add(0.0, 3)
+    estimate.discard()
+    estimate.add(0.5, 1)
+    assert estimate.value == 0.5
 
 
 def test_daily_budget_waits_for_the_window_then_renews() -> None:
@@ -311,6 +426,28 @@ async def test_shell_pause_blocks_every_worker_until_retry_after() -> None:
     snapshot = governor.snapshot()
     assert snapshot["throttled"] == {"requests": 1}
     assert snapshot["waited_on_retry_after"] > 0
+
+
+async def test_closing_stops_waiting_requests_but_lets_sent_ones_finish() -> None:
+    """After `close`, a request waiting for a slot raises and is never sent; one in flight
+    completes and reports normally."""
+    governor = Governor("env", initial_concurrency=1)
+    finished: list[str] = []
+
+    async def waiter() -> None:
+        async with governor.slot():
+            finished.append("waiter")
+
+    async with governor.slot() as slot:
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0.01)  # the waiter is now queued behind the one slot
+        governor.close()
+        slot.observe(200, {})
+        finished.append("in flight")
+    with pytest.raises(GovernorClosedError):
+        await task
+    assert finished == ["in flight"]
+    assert governor.core.stats.requests == 1
 
 
 async def test_shell_spends_and_persists_the_daily_budget() -> None:
