@@ -24,6 +24,7 @@ EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 
+PIPED_WIDTH = 180
 DEFAULT_CONFIG_LOCATIONS = (Path("dvmirror.toml"), Path("/etc/dvmirror/dvmirror.toml"))
 
 T = TypeVar("T")
@@ -63,6 +64,14 @@ class State:
         for warning in config.warnings:
             click.echo(f"dvmirror: warning: {config.path}: {warning}", err=True)
         return config
+
+
+def table_console() -> Any:
+    """A rich console for tables: the terminal's width, or a wide page when piped or logged
+    (rich would otherwise squeeze tables into 80 columns and cut GUIDs and errors)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)
 
 
 def run_async(state: State, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -218,11 +227,10 @@ def status(state: State, as_json: bool) -> None:
     Reads the control database; works while the daemon runs.
     """
     config = state.load(resolve_secrets=False)
-    from rich.console import Console
 
     from sync.status import run_status
 
-    sys.exit(run_async(state, lambda: run_status(config, as_json=as_json, console=Console())))
+    sys.exit(run_async(state, lambda: run_status(config, as_json=as_json, console=table_console())))
 
 
 @cli.command()
@@ -230,11 +238,10 @@ def status(state: State, as_json: bool) -> None:
 def check(state: State) -> None:
     """Call WhoAmI in every environment and say what to fix (exit 3 on auth failures)."""
     config = state.load()
-    from rich.console import Console
 
     from sync.commands.check import run_check
 
-    sys.exit(run_async(state, lambda: run_check(config, console=Console())))
+    sys.exit(run_async(state, lambda: run_check(config, console=table_console())))
 
 
 @cli.command("consent-url")
