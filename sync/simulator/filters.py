@@ -257,7 +257,8 @@ def conjuncts(node: Node) -> Iterator[Node]:
         yield node
 
 
-def _normalise(value: Any) -> Any:
+def comparable(value: Any) -> Any:
+    """A value as Dataverse compares and sorts it: strings case-insensitively, exact numbers."""
     if isinstance(value, str):
         return value.casefold()
     if isinstance(value, bool):
@@ -283,7 +284,7 @@ def compare(value: Any, op: str, literal: Literal) -> bool:
         equal = value is None and literal.kind == "null"
         return {"eq": equal, "ne": not equal}.get(op, False)
     try:
-        return bool(_OPERATORS[op](_normalise(value), _normalise(literal.value)))
+        return bool(_OPERATORS[op](comparable(value), comparable(literal.value)))
     except TypeError:
         return False
 

@@ -14,7 +14,15 @@ from typing import Any
 
 from sync.simulator.attributes import AttributeDef
 from sync.simulator.dataset import Table
-from sync.simulator.filters import Call, Compare, Node, comparisons, conjuncts, evaluate
+from sync.simulator.filters import (
+    Call,
+    Compare,
+    Node,
+    comparable,
+    comparisons,
+    conjuncts,
+    evaluate,
+)
 from sync.simulator.odata import PagingCookie, invalid_skiptoken
 from sync.simulator.protocol import bad_request, unknown_property
 from sync.simulator.values import Row
@@ -170,20 +178,10 @@ def check_orderby(table: Table, orderby: tuple[tuple[str, bool], ...]) -> None:
             raise unknown_property(name, table.name)
 
 
-def _sortable(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.casefold()
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    return value
-
-
 def _compare_values(left: Any, right: Any) -> int:
     if left is None or right is None:
         return (left is not None) - (right is not None)  # nulls first, as SQL Server sorts
-    a, b = _sortable(left), _sortable(right)
+    a, b = comparable(left), comparable(right)
     return int(a > b) - int(a < b)
 
 
