@@ -87,6 +87,9 @@ class Environment(FrozenModel):
     url: str
     tables: tuple[str, ...] | Literal["all"] = ("account", "contact")
     interval: float = 300.0
+    # Tables without change tracking find deletions by scanning their keys; that costs a full
+    # key read, so it runs on its own, longer interval.
+    reconcile_interval: float = 86400.0
     page_size: int = Field(default=5000, ge=1, le=5000)
     max_concurrency: int | None = Field(default=None, ge=1, le=52)
     table_options: dict[str, TableOptions] = Field(default_factory=dict)
@@ -101,7 +104,7 @@ class Environment(FrozenModel):
             )
         return value
 
-    @field_validator("interval", mode="before")
+    @field_validator("interval", "reconcile_interval", mode="before")
     @classmethod
     def _interval(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -18,7 +18,7 @@ import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sync.config import Config, Environment, Tenant
 from sync.dataverse.exact import ExactClient
@@ -180,6 +180,7 @@ class EnvironmentGroup:
                 environment=self.environment,
                 table=table,
                 command="run",
+                reconcile_every=timedelta(seconds=self.environment.reconcile_interval),
                 on_page=self._page_done,
             )
             error = await self._cycle(job)

@@ -228,6 +228,12 @@ CASES = [
         ("tenants[0].environments[0].interval", "not an interval"),
     ),
     Case(
+        "bad-reconcile-interval",
+        base_config(env=_env(reconcile_interval='"daily"')),
+        2,
+        ("tenants[0].environments[0].reconcile_interval", "not an interval"),
+    ),
+    Case(
         "zero-interval",
         base_config(env=_env(interval='"0s"')),
         2,

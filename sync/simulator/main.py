@@ -249,6 +249,8 @@ def render_config(
                 f"tables = {_toml([t.name for t in env.tables])}",
                 f"interval = {_toml(env.interval)}",
             ]
+            if env.reconcile_interval is not None:
+                lines.append(f"reconcile_interval = {_toml(env.reconcile_interval)}")
     return "\n".join(lines) + "\n"
 
 

@@ -76,14 +76,18 @@ class EnvironmentSpec(_Frozen):
     impersonation_allowed: tuple[Guid, ...] = ()
     change_tracking_retention_days: float = Field(default=7.0, gt=0)
     interval: str = Field(default="30s", description="sync interval in the generated config")
+    reconcile_interval: str | None = Field(
+        default=None, description="key-scan interval for tables without change tracking"
+    )
     limits: Limits = Limits()
     faults: FaultRates = FaultRates()
     tables: tuple[TableSpec, ...] = Field(min_length=1)
 
-    @field_validator("interval")
+    @field_validator("interval", "reconcile_interval")
     @classmethod
-    def _interval(cls, value: str) -> str:
-        parse_interval(value)  # the generated dvmirror config must load
+    def _interval(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_interval(value)  # the generated dvmirror config must load
         return value
 
     @model_validator(mode="after")
