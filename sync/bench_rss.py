@@ -1,7 +1,11 @@
 """Peak RSS of a process backfilling one large table from the simulator (used by bench_pipeline).
 
-The simulator runs as its own process; the backfill runs in a child that reports its own
-`ru_maxrss` when done, so neither the simulator nor this process is counted.
+The simulator runs as its own process; the backfill runs in a child that reports its own peak
+when done, so neither the simulator nor this process is counted, and the peak of its decode
+worker (read by sync.decode_pool when it stops the worker). Both are the kernel's VmHWM, not
+`ru_maxrss`, which inherits the spawning process's memory (this bench process, large after the
+pipeline measurement). The two peaks need not coincide, so their sum is an upper bound of the
+process tree's peak.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +43,35 @@ rows = {rows}
 """
 
 CHILD = """
-import asyncio, resource, sys
+import asyncio, os, resource, sys
 from io import StringIO
 from rich.console import Console
 from sync.commands.backfill import run_backfill
 from sync.config import load_config
+from sync.decode_pool import DEFAULT_POOL, peak_rss_mb
 code = asyncio.run(run_backfill(load_config(sys.argv[1]), env=None, table=None,
                                 console=Console(file=StringIO())))
-print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+own_kb = round(peak_rss_mb(os.getpid()) * 1024)
+print(code, own_kb or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+      round(DEFAULT_POOL.worker_peak_mb * 1024))
 """
 
 
-def measure_backfill_rss(rows: int, *, console: Any, timeout: float = 3600) -> float | None:
-    """Peak RSS in MB of a backfill of `rows` account rows, or None if it could not run."""
+@dataclass(frozen=True)
+class BackfillRss:
+    """Peak RSS in MB of the backfilling process and of its largest child (the decode worker)."""
+
+    parent_mb: float
+    workers_mb: float
+
+    @property
+    def total_mb(self) -> float:
+        """An upper bound of the process tree's peak (both peaks added)."""
+        return self.parent_mb + self.workers_mb
+
+
+def measure_backfill_rss(rows: int, *, console: Any, timeout: float = 3600) -> BackfillRss | None:
+    """Peak RSS of a backfill of `rows` account rows, or None if it could not run."""
     with tempfile.TemporaryDirectory(prefix="dvmirror-rss-") as tmp:
         state = Path(tmp)
         scenario = state / "scenario.toml"
@@ -86,10 +107,10 @@ def measure_backfill_rss(rows: int, *, console: Any, timeout: float = 3600) -> f
             simulator.send_signal(signal.SIGTERM)
             simulator.wait(30)
     try:
-        code, peak_kb = child.stdout.split()[-2:]
+        code, peak_kb, children_kb = child.stdout.split()[-3:]
     except ValueError:
         console.print(f"peak RSS: the backfill failed: {child.stderr[-500:]}")
         return None
     if code != "0":
         console.print(f"peak RSS: the backfill exited with {code}")
-    return int(peak_kb) / 1024
+    return BackfillRss(int(peak_kb) / 1024, int(children_kb) / 1024)

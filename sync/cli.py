@@ -320,6 +320,9 @@ def bench(
     """Print benchmark figures (ratios measured side by side in one run)."""
     from rich.console import Console
 
+    from sync.logs import configure_logging
+
+    configure_logging(state.log_level or "warning")  # the figures are the output
     console = Console()
     if pipeline:
         from sync.bench_pipeline import run_pipeline_bench

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync import notify
 from sync.config import Config, load_config
+from sync.decode_pool import shutdown_decode_pool
 from sync.engine import PageProgress
 from sync.errors import ConfigError
 from sync.httpserver import HealthCheck, HttpServer, start_http_server
@@ -96,6 +97,7 @@ class Daemon:
             if self.http is not None:
                 await self.http.stop()
             await store.dispose()
+            await asyncio.to_thread(shutdown_decode_pool)
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)

@@ -151,7 +151,7 @@ class TableJob:
             )
         self.schema, self.layout, self.cursor = schema, layout, cursor
         keys_schema = replace(schema, columns=schema.columns[:1])
-        self._shapers = (RowShaper(schema), RowShaper(keys_schema))
+        self._shapers = (RowShaper(schema), RowShaper(keys_schema, keep_rows=True))
         if not schema.change_tracking and self.reconcile_every is not None:
             self.reconcile = cur.reconcile_due(cursor, now=now, every=self.reconcile_every)
 

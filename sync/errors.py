@@ -58,6 +58,20 @@ class DvmirrorError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default rebuilds with the positional args only, which fails for required keyword
+        # context (ThrottledError's retry_after): the decode worker sends errors back pickled.
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(
+    cls: type[DvmirrorError], args: tuple[object, ...], state: dict[str, object]
+) -> DvmirrorError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(DvmirrorError):
     """The configuration or the command line is wrong; nothing was started."""

@@ -22,7 +22,10 @@ DELETED_MARK = b"$deletedEntity"
 
 @dataclass(frozen=True, slots=True)
 class DecodedPage:
-    """What one page holds: typed row tuples, ids of deleted rows, and the links."""
+    """What one page holds: typed row tuples, ids of deleted rows, and the links.
+
+    `rows` (the decoded row objects) is empty unless the shaper keeps them (`keep_rows`).
+    """
 
     rows: list[dict[str, Any]]
     deleted_ids: list[str]
@@ -74,6 +77,7 @@ def decode_page(body: bytes, shaper: RowShaper) -> DecodedPage:
             "nothing from it was written",
             table=table,
         ) from None
+    del protected  # a copy of the page: free it before the rows are shaped (peak memory)
     rows, deleted, next_link, delta_link = _split(payload, table, tombstones=DELETED_MARK in body)
     try:
         tuples = shaper.shape(rows, numeric_count=numeric_count)
@@ -84,4 +88,4 @@ def decode_page(body: bytes, shaper: RowShaper) -> DecodedPage:
             tuples = shaper.shape(rows, numeric_count=numeric_count)
         except InexactNumbers as exc:
             raise _refuse(table, f"column {exc} holds a value that is not a decimal") from None
-    return DecodedPage(rows, deleted, next_link, delta_link, tuples)
+    return DecodedPage(rows if shaper.keep_rows else [], deleted, next_link, delta_link, tuples)

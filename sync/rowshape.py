@@ -97,10 +97,13 @@ class RowShaper:
 
     Tuple layout: the schema's columns in order, then the raw `@odata.etag` (the writer stores
     its number as `_dv_version`). `_dv_synced_at` and `_dv_deleted_at` are set by the writer.
+    `keep_rows`: the decoded page also keeps its row objects (key pages: the cursor reads their
+    ids); otherwise only the tuples, so the decode worker need not send the rows back.
     """
 
-    def __init__(self, schema: TableSchema) -> None:
+    def __init__(self, schema: TableSchema, *, keep_rows: bool = False) -> None:
         self.schema = schema
+        self.keep_rows = keep_rows
         self.table = schema.table
         self.keys = (*(c.source_key for c in schema.columns), ETAG_KEY)
         self._getter = operator.itemgetter(*self.keys)

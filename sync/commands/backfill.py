@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.config import Config, Environment, Tenant
 from sync.dataverse.exact import ExactClient
 from sync.dataverse.metadata import estimate_total, list_tables
+from sync.decode_pool import shutdown_decode_pool
 from sync.engine import JobResult, PageProgress, TableJob, Until, run_job
 from sync.errors import AuthError, ConfigError, DvmirrorError
 from sync.store import state
@@ -185,6 +186,7 @@ async def run_tables(
     finally:
         await wiring.close()
         await store.dispose()
+        await asyncio.to_thread(shutdown_decode_pool)
     results = [r for batch in batches for r in batch]
     for result in results:
         if not result.ok:

@@ -4,7 +4,8 @@ The stock decoder is orjson, which turns Money/Decimal values into floats (round
 significant digits) and would cost a second full parse of every page. `fetch_page()` passes the
 page's `RowShaper` as the client's decoder instead (exact decimals, typed tuples), so the one
 HTTP policy of `DataverseClient.get()` applies unchanged: a body cut short is retried as a network
-error, while a well-formed but hostile page raises HostileResponseError at once.
+error, while a well-formed but hostile page raises HostileResponseError at once. Large pages are
+decoded in the process's decode worker (sync.decode_pool), beside the SQLite write.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from functools import partial
 
 from sync.dataverse.client import DataverseClient
 from sync.dataverse.odata import request_headers
+from sync.decode_pool import decode_pooled
 from sync.errors import HostileResponseError
-from sync.page import DecodedPage, NotJsonError, decode_page
+from sync.page import DecodedPage, NotJsonError
 from sync.rowshape import RowShaper
 
 
 def decode_rows(shaper: RowShaper, body: bytes) -> DecodedPage | None:
     """The decoder of a row page: None (retry, then hostile) when the body is not JSON at all."""
     try:
-        return decode_page(body, shaper)
+        return decode_pooled(body, shaper)
     except NotJsonError:
         return None
 

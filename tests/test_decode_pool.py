@@ -1,0 +1,206 @@
+"""The decode worker process: same pages, same refusals, same errors as decoding in the caller."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import orjson
+import psutil
+import pytest
+
+from sync.bench_pipeline import bench_pages, bench_schema
+from sync.dataverse.exact import decode_rows
+from sync.decode_pool import DEFAULT_POOL, OFF_PROCESS_BYTES, DecodePool
+from sync.errors import (
+    AuthError,
+    CredentialError,
+    DvmirrorError,
+    HostileResponseError,
+    NetworkError,
+    ThrottledError,
+)
+from sync.page import NotJsonError, decode_page
+from sync.rowshape import RowShaper
+
+SHAPER = RowShaper(bench_schema())
+PAGE = bench_pages(300)[0]  # 300 account rows, well above OFF_PROCESS_BYTES
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[DecodePool]:
+    started = DecodePool()
+    yield started
+    started.shutdown()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def hostile_page() -> bytes:
+    document = orjson.loads(PAGE)
+    document["value"][150]["numberofemployees"] = "many"
+    return orjson.dumps(document)
+
+
+def test_the_page_is_large_enough_for_the_worker() -> None:
+    """The test page crosses the threshold, so the tests below exercise the worker."""
+    assert len(PAGE) >= OFF_PROCESS_BYTES
+
+
+def test_errors_survive_pickling_with_class_message_and_context() -> None:
+    """Every DvmirrorError comes back from pickling as the same class, message and context."""
+    errors: list[DvmirrorError] = [
+        HostileResponseError("table account: refused", table="account"),
+        NotJsonError("table account: not JSON", table="account"),
+        ThrottledError("slow down", retry_after=2.5, environment="prod", status=429),
+        CredentialError("bad secret", fix="rotate it", tenant="contoso"),
+        NetworkError("cut", retry_after=None, environment="prod"),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.args == error.args
+        assert vars(copy) == vars(error)
+    throttled = pickle.loads(pickle.dumps(errors[2]))
+    assert isinstance(throttled, ThrottledError)
+    assert throttled.retry_after == 2.5
+    credential = pickle.loads(pickle.dumps(errors[3]))
+    assert isinstance(credential, AuthError)
+    assert credential.fix == "rotate it"
+
+
+def test_a_large_page_decodes_in_the_worker_exactly_as_in_the_caller(pool: DecodePool) -> None:
+    """The worker (another process) returns the same tuples, rows, links and exact decimals."""
+    page = pool.decode(PAGE, SHAPER)
+    workers = pool.worker_pids()
+    assert workers
+    assert os.getpid() not in workers
+    assert page == decode_page(PAGE, SHAPER)
+    revenues = [row[SHAPER.keys.index("revenue")] for row in page.tuples]
+    assert all(value is None or isinstance(value, str) for value in revenues)
+
+
+def test_row_objects_come_back_only_when_the_shaper_keeps_them(pool: DecodePool) -> None:
+    """Row pages send back tuples only; a shaper with keep_rows (key pages) also gets the rows."""
+    assert pool.decode(PAGE, SHAPER).rows == []
+    keeping = RowShaper(bench_schema(), keep_rows=True)
+    page = pool.decode(PAGE, keeping)
+    assert page == decode_page(PAGE, keeping)
+    assert [row["accountid"] for row in page.rows] == [t[0] for t in page.tuples]
+    assert len(page.rows) == 300
+
+
+def test_the_worker_loads_only_the_decoding_modules(pool: DecodePool) -> None:
+    """The worker never imports the parent's heavy libraries (its memory stays small)."""
+    pool.start()
+    (worker,) = pool.worker_pids()
+    mapped = {m.path for m in psutil.Process(worker).memory_maps()}
+    parent = {m.path for m in psutil.Process().memory_maps()}
+    heavy = ("pydantic_core", "aiohttp", "sqlalchemy", "cryptography", "_sqlite3")
+    assert any(any(name in path for name in heavy) for path in parent)
+    assert not [path for path in mapped if any(name in path for name in heavy)]
+    assert any("orjson" in path for path in mapped)
+
+
+def test_a_small_page_stays_in_the_caller() -> None:
+    """Pages under the threshold never start a worker."""
+    small = DecodePool(min_bytes=len(PAGE) + 1)
+    try:
+        assert small.decode(PAGE, SHAPER) == decode_page(PAGE, SHAPER)
+        assert not small.running
+    finally:
+        small.shutdown()
+
+
+def test_a_hostile_page_is_refused_by_the_worker_as_by_the_caller(pool: DecodePool) -> None:
+    """A wrong type raises the same HostileResponseError (class, message, table), no cause."""
+    body = hostile_page()
+    with pytest.raises(HostileResponseError) as in_caller:
+        decode_page(body, SHAPER)
+    with pytest.raises(HostileResponseError) as in_worker:
+        pool.decode(body, SHAPER)
+    assert pool.worker_pids()
+    assert type(in_worker.value) is type(in_caller.value)
+    assert in_worker.value.message == in_caller.value.message
+    assert "numberofemployees" in in_worker.value.message
+    assert in_worker.value.table == "account"
+    assert in_worker.value.__cause__ is None
+
+
+def test_a_body_that_is_not_json_is_retried_not_refused() -> None:
+    """Through the client's decoder a cut body from the worker is None (retried), not hostile."""
+    try:
+        with pytest.raises(NotJsonError):
+            DEFAULT_POOL.decode(PAGE[:-10], SHAPER)
+        assert DEFAULT_POOL.running
+        assert decode_rows(SHAPER, PAGE[:-10]) is None
+        assert decode_rows(SHAPER, PAGE) == decode_page(PAGE, SHAPER)
+    finally:
+        DEFAULT_POOL.shutdown()
+    assert not DEFAULT_POOL.running
+
+
+def test_a_lost_worker_costs_no_page_and_is_replaced() -> None:
+    """A killed worker: the page is decoded in the caller, the next page starts a new worker."""
+    pool = DecodePool()
+    try:
+        pool.start()
+        (first,) = pool.worker_pids()
+        os.kill(first, signal.SIGKILL)
+        psutil.Process(first).wait(10)
+        assert pool.decode(PAGE, SHAPER) == decode_page(PAGE, SHAPER)
+        assert pool.decode(PAGE, SHAPER) == decode_page(PAGE, SHAPER)
+        (second,) = pool.worker_pids()
+        assert second != first
+    finally:
+        pool.shutdown()
+
+
+def test_the_worker_ignores_sigint_and_stops_on_shutdown() -> None:
+    """Ctrl-C reaches the process group, not the worker's job; shutdown ends it, noting its peak."""
+    pool = DecodePool()
+    pool.start()
+    (worker,) = pool.worker_pids()
+    os.kill(worker, signal.SIGINT)
+    assert pool.decode(PAGE, SHAPER) == decode_page(PAGE, SHAPER)
+    assert pool.worker_pids() == [worker]
+    pool.shutdown()
+    assert gone(worker)
+    assert 10 < pool.worker_peak_mb < psutil.Process().memory_info().rss / 2**20
+
+
+PARENT = """
+import os, sys
+from sync.decode_pool import DEFAULT_POOL
+DEFAULT_POOL.start()
+print(DEFAULT_POOL.worker_pids()[0], flush=True)
+os._exit(0)  # no shutdown, no atexit: as if the parent were killed
+"""
+
+
+def test_the_worker_exits_when_its_parent_dies() -> None:
+    """A worker whose parent vanished without shutting it down exits by itself."""
+    parent = subprocess.run(
+        [sys.executable, "-c", PARENT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    worker = int(parent.stdout.split()[-1])
+    deadline = time.monotonic() + 30
+    while not gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(worker)
