@@ -10,14 +10,15 @@ process tree's peak.
 
 from __future__ import annotations
 
-import json
-import signal
+import asyncio
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sync.simulator.process import start_simulator, stop_simulator
 
 SCENARIO = """seed = 3
 token_lifetime = 3600
@@ -70,42 +71,35 @@ class BackfillRss:
         return self.parent_mb + self.workers_mb
 
 
+async def _backfill_beside_simulator(
+    scenario: Path, state_dir: Path, child_timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Start the simulator, run the measuring child against it, stop the simulator."""
+    process, ready = await start_simulator(scenario, state_dir)
+    try:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", CHILD, ready["config_file"]],
+            capture_output=True,
+            text=True,
+            timeout=child_timeout,
+            check=False,
+        )
+    finally:
+        await stop_simulator(process)
+
+
 def measure_backfill_rss(rows: int, *, console: Any, timeout: float = 3600) -> BackfillRss | None:
     """Peak RSS of a backfill of `rows` account rows, or None if it could not run."""
     with tempfile.TemporaryDirectory(prefix="dvmirror-rss-") as tmp:
         state = Path(tmp)
         scenario = state / "scenario.toml"
         scenario.write_text(SCENARIO.replace("{rows}", str(rows)))
-        simulator = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [
-                sys.executable,
-                "-m",
-                "sync.simulator.main",
-                "--scenario",
-                str(scenario),
-                "--state-dir",
-                str(state / "sim"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
         try:
-            assert simulator.stdout is not None
-            line = simulator.stdout.readline()
-            if not line:
-                console.print("peak RSS: the simulator did not start; skipped")
-                return None
-            ready = json.loads(line)
-            child = subprocess.run(  # noqa: S603 - our own interpreter and script
-                [sys.executable, "-c", CHILD, ready["config_file"]],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        finally:
-            simulator.send_signal(signal.SIGTERM)
-            simulator.wait(30)
+            child = asyncio.run(_backfill_beside_simulator(scenario, state / "sim", timeout))
+        except RuntimeError as exc:  # the simulator did not start
+            console.print(f"peak RSS: skipped ({exc})")
+            return None
     try:
         code, peak_kb, children_kb = child.stdout.split()[-3:]
     except ValueError:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from decimal import Decimal
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,9 @@ from rich.console import Console
 from sync.commands.backfill import run_backfill
 from sync.commands.sync_once import run_sync_once
 from sync.config import Config, load_config
+from tests import mirror_compare as compare
 from tests.cli import clean_env
+from tests.mirror_compare import database_path
 from tests.simfixtures import _no_ca_env, admin, running_simulator, user_stats  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("no_ca_env"), pytest.mark.slow]
@@ -35,12 +34,6 @@ TABLES = {
     "soft_env": ("account", "new_project"),
     "hostile_env": ("account", "contact"),
     "kill_env": ("opportunity",),
-}
-PRIMARY = {
-    "account": "accountid",
-    "contact": "contactid",
-    "new_project": "new_projectid",
-    "opportunity": "opportunityid",
 }
 
 
@@ -97,45 +90,15 @@ def sync_once(config: Config) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def source_rows(sim: dict[str, Any], env: str, table: str) -> list[dict[str, Any]]:
-    """The simulator's dump, decimals exact."""
-    url = f"{sim['admin_url']}/environments/{env}/tables/{table}/rows"
-    with urllib.request.urlopen(url, timeout=120) as response:
-        body = response.read()
-    return [json.loads(line, parse_float=Decimal) for line in body.splitlines() if line.strip()]
-
-
 def mirror_rows(config: Config, env: str, table: str) -> dict[str, dict[str, Any]]:
-    with sqlite3.connect(config.store_url.split("///", 1)[1]) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute(f'SELECT * FROM "{env}__{table}"').fetchall()
-    return {r[PRIMARY[table]]: dict(r) for r in rows}
-
-
-def same(mirrored: Any, source: Any) -> bool:
-    if source is None or mirrored is None:
-        return source is mirrored
-    if isinstance(source, bool):
-        return mirrored == int(source)
-    if isinstance(source, Decimal) or (isinstance(source, int) and isinstance(mirrored, str)):
-        return Decimal(str(mirrored)) == Decimal(source)
-    if isinstance(source, float):
-        return float(mirrored) == source
-    return bool(mirrored == source)
+    rows = compare.mirror_rows(database_path(config.store_url), env, table)
+    assert rows is not None, f"{env}/{table}: no mirror table"
+    return rows
 
 
 def assert_converged(sim: dict[str, Any], config: Config, env: str, table: str) -> None:
     """The mirror equals the source, column by column; soft-deleted rows left aside."""
-    source = source_rows(sim, env, table)
-    mirror = {
-        k: v for k, v in mirror_rows(config, env, table).items() if v["_dv_deleted_at"] is None
-    }
-    assert sorted(mirror) == sorted(r[PRIMARY[table]] for r in source), f"{env}/{table} keys"
-    for row in source:
-        mirrored = mirror[row[PRIMARY[table]]]
-        for column, value in row.items():
-            assert column in mirrored, f"{env}/{table}: column {column} missing"
-            assert same(mirrored[column], value), (env, table, column, mirrored[column], value)
+    compare.assert_converged(sim, database_path(config.store_url), env, table)
 
 
 def churn(sim: dict[str, Any], env: str, table: str, seed: int, **counts: int) -> None:
@@ -165,7 +128,9 @@ def test_backfill_churn_new_column_then_sync_converges(sim: dict[str, Any], tmp_
     for env in ("hard_env", "soft_env"):
         for table in TABLES[env]:
             assert_converged(sim, config, env, table)
-    assert any(r.get("new_score") is not None for r in source_rows(sim, "hard_env", "account"))
+    assert any(
+        r.get("new_score") is not None for r in compare.source_rows(sim, "hard_env", "account")
+    )
     soft = mirror_rows(config, "soft_env", "account")
     assert 0 < sum(1 for r in soft.values() if r["_dv_deleted_at"] is not None) <= 5
     with sqlite3.connect(config.store_url.split("///", 1)[1]) as conn:
