@@ -28,12 +28,30 @@ from itertools import repeat
 from typing import Any
 
 from sync.errors import HostileResponseError
-from sync.typemap import ALLOWED, COLUMN_CHECKS, ETAG_CHECK, SAFE_ROW_KEY, TableSchema
+from sync.typemap import (
+    ALLOWED,
+    COLUMN_CHECKS,
+    ETAG_CHECK,
+    FORMATS,
+    SAFE_ROW_KEY,
+    MirrorColumn,
+    TableSchema,
+)
 
 ETAG_KEY = "@odata.etag"
 _NONE = type(None)
 _ETAG_TYPES = frozenset({str})
 _NUMBER_AT = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:[.][0-9]+)?(?:[eE][+-]?[0-9]+)?(?=[,}\]])")
+
+
+def _declared(spec: MirrorColumn) -> str:
+    return f"{spec.name} ({spec.declared})" if spec.declared else spec.name
+
+
+def _sample(value: Any) -> str:
+    """One offending value for an error message, quoted and cut so a hostile page cannot flood
+    the log (values are row data, never secrets)."""
+    return repr(value)[:60]
 
 
 class InexactNumbers(Exception):
@@ -171,13 +189,26 @@ class RowShaper:
             spec = self.schema.columns[index]
             if spec.sql_type == "numeric" and kinds & {int, float}:
                 raise InexactNumbers(spec.name)
-            bad = ", ".join(sorted(k.__name__ for k in kinds - allowed))
-            raise self._fail(f"column {spec.name} ({spec.sql_type}) got {bad}")
+            bad_kinds = kinds - allowed
+            bad = ", ".join(sorted(k.__name__ for k in bad_kinds))
+            sample = next(row[index] for row in tuples if type(row[index]) in bad_kinds)
+            declared = f"; {spec.declared}" if spec.declared else ""
+            raise self._fail(
+                f"column {spec.name} ({spec.sql_type}{declared}) got {bad}, e.g. {_sample(sample)}"
+            )
 
     def _check_texts(self, tuples: list[tuple[Any, ...]], numeric_count: int) -> None:
         for index, spec, check in self._formats:
-            if not check(list(map(operator.itemgetter(index), tuples))):
-                raise self._fail(f"column {spec.name} has a value that is not a {spec.sql_type}")
+            values = list(map(operator.itemgetter(index), tuples))
+            if not check(values):
+                pattern = re.compile(FORMATS[spec.sql_type])
+                sample = next(
+                    (v for v in values if v is not None and not pattern.fullmatch(v)), None
+                )
+                raise self._fail(
+                    f"column {_declared(spec)} has a value that is not a {spec.sql_type}: "
+                    f"{_sample(sample)}"
+                )
         if not ETAG_CHECK(list(map(operator.itemgetter(self._etag), tuples))):
             raise self._fail("an @odata.etag is not a row version")
         present = len(tuples) * len(self._numeric)

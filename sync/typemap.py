@@ -98,6 +98,9 @@ class MirrorColumn:
     sql_type: SqlType
     attribute: str
     attribute_type: str
+    # How the attribute was declared ("AttributeType DateTime, Format DateOnly, DateTimeBehavior
+    # UserLocal"), named when a value does not fit; not part of the schema hash.
+    declared: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -164,11 +167,34 @@ def _type_name(item: Mapping[str, Any]) -> str:
     return ""
 
 
-def _is_date_only(item: Mapping[str, Any]) -> bool:
+def _date_behavior(item: Mapping[str, Any]) -> str:
     behavior = item.get("DateTimeBehavior")
     if isinstance(behavior, Mapping):
         behavior = behavior.get("Value")
-    return behavior == "DateOnly" or item.get("Format") == "DateOnly"
+    return behavior if isinstance(behavior, str) else ""
+
+
+def _is_date_only(item: Mapping[str, Any]) -> bool:
+    """True when the Web API sends the value as an Edm.Date ("YYYY-MM-DD").
+
+    Only DateTimeBehavior decides it. `Format = DateOnly` with UserLocal or TimeZoneIndependent
+    behaviour (`overriddencreatedon` on every table, `estimatedclosedate` on opportunity) is
+    still sent as a full Edm.DateTimeOffset: Format only tells apps how to display the value
+    (reference 5.3). Without a behaviour, the default (UserLocal) applies: a timestamp.
+    """
+    return _date_behavior(item) == "DateOnly"
+
+
+def _describe(item: Mapping[str, Any], kind: str) -> str:
+    """How an attribute was declared, for error messages: type, and for DateTime its Format and
+    DateTimeBehavior, so that a value of the wrong shape can be traced to its metadata."""
+    if kind != "DateTime":
+        return f"AttributeType {kind}"
+    shown_format = item.get("Format") if isinstance(item.get("Format"), str) else "none"
+    return (
+        f"AttributeType DateTime, Format {shown_format}, "
+        f"DateTimeBehavior {_date_behavior(item) or 'none'}"
+    )
 
 
 def attribute_columns(  # noqa: PLR0911 - one return per family of attribute types
@@ -204,7 +230,7 @@ def attribute_columns(  # noqa: PLR0911 - one return per family of attribute typ
         return None
     if sql_type == "timestamp" and _is_date_only(item):
         sql_type = "date"
-    return [MirrorColumn(name, name, sql_type, name, kind)]
+    return [MirrorColumn(name, name, sql_type, name, kind, _describe(item, kind))]
 
 
 def build_schema(

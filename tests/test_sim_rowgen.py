@@ -17,9 +17,11 @@ from sync.simulator.valueformat import iso_date, iso_datetime, us_date, us_datet
 from sync.simulator.values import identity, key_for, mix, salt
 from sync.simulator.webapi import ApiRequest, DataverseModel
 
-#: sha256 of everything `_workload` observes, as the original (uncompiled, per-row
-#: re-derived) generator and renderer produced it: rows must never change for a given seed.
-REFERENCE_DIGEST = "f757263b0e4eb318f61771f3d7962afbdf420493d460841eee3b2e114b7b84cf"
+#: sha256 of everything `_workload` observes: rows must never change for a given seed unless the
+#: templates change on purpose. First pinned from the original (uncompiled, per-row re-derived)
+#: generator; re-pinned when the templates gained the real DateTime behaviours
+#: (overriddencreatedon everywhere, UserLocal/DateOnly-format close dates, TimeZoneIndependent).
+REFERENCE_DIGEST = "68db8490140e50369ddf8a2147d1a0c230cb22474d937f7591aecfa22b4724bd"
 CLIENT_ANNOTATIONS = (
     "OData.Community.Display.V1.FormattedValue,Microsoft.Dynamics.CRM.lookuplogicalname"
 )

@@ -617,8 +617,10 @@ class TestMetadata:
             if lookup:
                 assert attr["Targets"]
             if attr["AttributeType"] == "DateTime":
-                width = 10 if attr["DateTimeBehavior"]["Value"] == "DateOnly" else 20
-                assert attr["Format"] == ("DateOnly" if width == 10 else "DateAndTime")
+                # The wire shape follows DateTimeBehavior only; Format is for display.
+                behavior = attr["DateTimeBehavior"]["Value"]
+                width = 10 if behavior == "DateOnly" else 20
+                assert behavior != "DateOnly" or attr["Format"] == "DateOnly"
                 assert all(len(v) == width for v in values)
             if attr["AttributeType"] in ("Integer", "BigInt", "Picklist", "State", "Status"):
                 assert all(isinstance(v, int) and not isinstance(v, bool) for v in values)

@@ -155,9 +155,9 @@ def test_protect_decimals_ignores_the_key_inside_a_string() -> None:
     ("change", "message"),
     [
         ({"accountid": None}, "has no accountid"),
-        ({"employees": "many"}, "employees (integer) got str"),
-        ({"employees": 1.5}, "employees (integer) got float"),
-        ({"active": 1}, "active (boolean) got int"),
+        ({"employees": "many"}, "employees (integer; AttributeType Integer) got str, e.g. 'many'"),
+        ({"employees": 1.5}, "employees (integer; AttributeType Integer) got float, e.g. 1.5"),
+        ({"active": 1}, "active (boolean; AttributeType Boolean) got int, e.g. 1"),
         ({"revenue": "lots"}, "not a JSON number"),
         ({"modifiedon": "yesterday"}, "not a timestamp"),
         ({"_ownerid_value": "not-a-guid"}, "not a uuid"),

@@ -67,7 +67,11 @@ class AttributeDef:
     display_name: str
     targets: tuple[str, ...] = ()
     options: tuple[Option, ...] = ()
-    date_only: bool = False
+    # DateTime only. DateTimeBehavior decides the wire shape (DateOnly → Edm.Date "YYYY-MM-DD";
+    # UserLocal and TimeZoneIndependent → Edm.DateTimeOffset, whatever the Format). Format
+    # ("DateOnly" / "DateAndTime") only tells apps how to display the value (reference 5.3).
+    behavior: str = "UserLocal"
+    date_format: str = "DateAndTime"
     attribute_of: str | None = None
     odata: bool = True  # IsValidODataAttribute
     primary_id: bool = False
@@ -95,6 +99,17 @@ class AttributeDef:
     def in_rows(self) -> bool:
         """True when the column is a Web API property of the entity type."""
         return self.odata and self.attribute_of is None
+
+    @cached_property
+    def date_only(self) -> bool:
+        """True when the value is an ``Edm.Date`` (DateTimeBehavior DateOnly, never Format)."""
+        return self.attribute_type == "DateTime" and self.behavior == "DateOnly"
+
+    @cached_property
+    def local_midnight(self) -> bool:
+        """True for a UserLocal column displayed as a date: its values are a user's local
+        midnight expressed in UTC (``2024-05-01T07:00:00Z``), still full timestamps."""
+        return self.behavior == "UserLocal" and self.date_format == "DateOnly"
 
     @cached_property
     def plain(self) -> bool:
@@ -211,10 +226,32 @@ def number(
     )
 
 
-def date(name: str, display: str, *, date_only: bool, null_ratio: float = 0.0) -> AttributeDef:
-    """A DateTime column; date-only columns render as ``YYYY-MM-DD``."""
+DATE_BEHAVIORS = ("UserLocal", "DateOnly", "TimeZoneIndependent")
+DATE_FORMATS = ("DateOnly", "DateAndTime")
+
+
+def date(
+    name: str,
+    display: str,
+    *,
+    behavior: str = "UserLocal",
+    date_format: str = "DateAndTime",
+    null_ratio: float = 0.0,
+) -> AttributeDef:
+    """A DateTime column. Only ``behavior="DateOnly"`` columns render as ``YYYY-MM-DD``; the
+    others are full UTC timestamps even with ``date_format="DateOnly"`` (reference 5.3, S27)."""
+    if behavior not in DATE_BEHAVIORS or date_format not in DATE_FORMATS:
+        raise ValueError(f"date column {name}: behavior {behavior!r} / format {date_format!r}")
+    if behavior == "DateOnly":
+        date_format = "DateOnly"  # Dataverse only allows the DateOnly format with this behaviour
     return AttributeDef(
-        name, "DateTime", "DateTimeType", display, date_only=date_only, null_ratio=null_ratio
+        name,
+        "DateTime",
+        "DateTimeType",
+        display,
+        behavior=behavior,
+        date_format=date_format,
+        null_ratio=null_ratio,
     )
 
 
@@ -288,7 +325,10 @@ def system_columns() -> list[AttributeDef]:
         *lookup("transactioncurrencyid", "Currency", ("transactioncurrency",)),
         number("exchangerate", "Decimal", "Exchange Rate", 1.0, 1.0),
         *lookup("ownerid", "Owner", ("systemuser", "team"), kind="Owner"),
-        date("createdon", "Created On", date_only=False),
-        date("modifiedon", "Modified On", date_only=False),
+        date("createdon", "Created On"),
+        date("modifiedon", "Modified On"),
+        # On every real table: UserLocal behaviour with the DateOnly format, so the Web API sends
+        # a full timestamp (the local midnight the user picked, in UTC), never "YYYY-MM-DD".
+        date("overriddencreatedon", "Record Created On", date_format="DateOnly", null_ratio=0.5),
         AttributeDef("versionnumber", "BigInt", "BigIntType", "Version Number"),
     ]

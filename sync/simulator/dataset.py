@@ -296,8 +296,14 @@ class Table:
         elif kind == "Memo":
             added = [memo(name, display)]
         elif kind in ("DateTime", "DateOnly"):
+            behavior = "DateOnly" if kind == "DateOnly" else str(spec.get("behavior", "UserLocal"))
             added = [
-                date(name, display, date_only=kind == "DateOnly" or bool(spec.get("date_only")))
+                date(
+                    name,
+                    display,
+                    behavior=behavior,
+                    date_format=str(spec.get("format", "DateAndTime")),
+                )
             ]
         elif kind == "Boolean":
             added = boolean(name, display)

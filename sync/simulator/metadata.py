@@ -154,10 +154,10 @@ def _type_properties(attr: AttributeDef) -> dict[str, Any]:  # noqa: PLR0911 - p
             "IsBaseCurrency": False,
         }
     if kind == "DateTime":
-        behavior = "DateOnly" if attr.date_only else "UserLocal"
         return {
-            "Format": "DateOnly" if attr.date_only else "DateAndTime",
-            "DateTimeBehavior": {"Value": behavior},
+            "Format": attr.date_format,
+            "DateTimeBehavior": {"Value": attr.behavior},
+            "CanChangeDateTimeBehavior": {"Value": attr.custom},
         }
     if attr.is_lookup:
         return {"Targets": list(attr.targets)}

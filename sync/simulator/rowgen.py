@@ -38,6 +38,8 @@ from sync.simulator.values import (
 )
 
 ONE = Decimal("1.00")
+#: Seconds from UTC midnight to a user's local midnight: UTC-7, UTC-5, UTC+1 and UTC+10 users.
+LOCAL_MIDNIGHT_OFFSETS = (7 * 3600, 5 * 3600, -3600, -10 * 3600)
 CODE_LETTERS = "ABCDEFGHKMNPRSTXYZ"
 #: Lookup targets at most this big get their keys precomputed (owners, the currency, ...).
 SMALL_TARGET = 64
@@ -176,9 +178,7 @@ class RowFactory:
         if kind == "Boolean":
             return lambda row: chance() < 0.5
         if kind == "DateTime":
-            if attr.date_only:
-                return lambda row: _day_start(VALUE_START + below(VALUE_SPAN))
-            return lambda row: VALUE_START + below(VALUE_SPAN)
+            return self._date(attr)
         options = tuple(o.value for o in attr.options)
         if kind == "State":
             first = options[0]
@@ -193,6 +193,21 @@ class RowFactory:
             origin_and_key = identity(self._ctx.seed, attr.logical_name).origin_and_key
             return lambda row: origin_and_key(below(1 << 32))[1]
         return self._text(attr)
+
+    def _date(self, attr: AttributeDef) -> Fill:
+        below = self._below
+        if attr.date_only or (attr.date_format == "DateOnly" and not attr.local_midnight):
+            # DateOnly behaviour (sent as a date) and TimeZoneIndependent + DateOnly format
+            # (stored as picked: midnight UTC, sent as a full timestamp).
+            return lambda row: _day_start(VALUE_START + below(VALUE_SPAN))
+        if attr.local_midnight:
+            # UserLocal + DateOnly format: midnight where the user was, in UTC, so the UTC
+            # calendar day can differ from the day the user picked (UTC+1, UTC+10 users).
+            offsets = LOCAL_MIDNIGHT_OFFSETS
+            return lambda row: (
+                _day_start(VALUE_START + below(VALUE_SPAN)) + offsets[below(len(offsets))]
+            )
+        return lambda row: VALUE_START + below(VALUE_SPAN)
 
     def _lookup(self, attr: AttributeDef) -> Fill:
         name, chance = attr.web_name, self._rng.random

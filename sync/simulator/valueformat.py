@@ -102,8 +102,8 @@ def value_label(attr: AttributeDef) -> Label | None:
         return "${:,.2f}".format
     if kind in ("Integer", "BigInt") and attr.logical_name != "versionnumber":
         return "{:,}".format
-    if kind == "DateTime":
-        return us_date if attr.date_only else us_datetime
+    if kind == "DateTime":  # the display follows Format (in the reading user's zone, UTC here)
+        return us_date if attr.date_format == "DateOnly" else us_datetime
     return None
 
 
