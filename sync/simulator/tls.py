@@ -4,6 +4,11 @@ The simulated Entra authority and every simulated environment serve HTTPS (MSAL 
 http authorities), so each simulator run makes a fresh CA and a leaf certificate for
 ``127.0.0.1`` and ``localhost``, written as PEM files. Clients trust the simulator by pointing
 their CA bundle at ``ca.pem``; TLS verification stays on everywhere.
+
+``DVMIRROR_SIMULATOR_TLS_NAMES`` (DNS names separated by commas or spaces) adds names to the
+server certificate, for clients that hard-code a public host such as
+``login.microsoftonline.com``: inside a private network namespace whose hosts file maps that
+name to 127.0.0.1, they reach the simulator and verify it against ``ca.pem`` without changes.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 import ssl
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +27,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sync.errors import ConfigError
+
 VALIDITY = dt.timedelta(days=30)
+EXTRA_NAMES_VARIABLE = "DVMIRROR_SIMULATOR_TLS_NAMES"
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)(?:\*\.)?(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+)
 
 
 @dataclass(frozen=True)
@@ -50,8 +64,20 @@ def write_private(path: Path, data: bytes) -> None:
     path.chmod(0o600)
 
 
-def make_tls(directory: Path) -> ServerTLS:
-    """Create a CA and a 127.0.0.1/localhost server certificate under `directory`."""
+def extra_dns_names(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The DNS names ``DVMIRROR_SIMULATOR_TLS_NAMES`` adds to the server certificate."""
+    raw = (os.environ if environ is None else environ).get(EXTRA_NAMES_VARIABLE, "")
+    names = tuple(dict.fromkeys(n.lower() for n in re.split(r"[,\s]+", raw) if n))
+    for name in names:
+        if not _DNS_NAME.match(name):
+            raise ConfigError(f"{EXTRA_NAMES_VARIABLE}: {name!r} is not a DNS name")
+    return names
+
+
+def make_tls(directory: Path, extra_names: Sequence[str] | None = None) -> ServerTLS:
+    """Create a CA and a server certificate under `directory` for 127.0.0.1, ::1, localhost
+    and `extra_names` (by default the names in ``DVMIRROR_SIMULATOR_TLS_NAMES``)."""
+    names = extra_dns_names() if extra_names is None else tuple(extra_names)
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -96,6 +122,7 @@ def make_tls(directory: Path) -> ServerTLS:
             x509.SubjectAlternativeName(
                 [
                     x509.DNSName("localhost"),
+                    *(x509.DNSName(name) for name in names if name != "localhost"),
                     x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
                     x509.IPAddress(ipaddress.IPv6Address("::1")),
                 ]

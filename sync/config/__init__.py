@@ -1,0 +1,1 @@
+"""Configuration: the typed frozen model, value parsers and credentials."""

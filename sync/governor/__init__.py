@@ -1,0 +1,1 @@
+"""The request governor: one service-protection budget per application user."""

@@ -1,0 +1,1 @@
+"""The table runner: cursor, discovery, page decoding and the job that mirrors a table."""

@@ -1,0 +1,1 @@
+"""The long-running process: daemon, scheduler, wiring, health/metrics, systemd."""
