@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,19 @@ def running_simulator(
     *,
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 60.0,
+    wrapper: Sequence[str] = (),
+    pass_fds: Sequence[int] = (),
 ) -> Iterator[dict[str, Any]]:
-    """Run `python -m sync.simulator.main` until the block ends; yield its ready line."""
+    """Run `python -m sync.simulator.main` until the block ends; yield its ready line.
+
+    `wrapper` is a command prefix that runs the simulator and relays its ready line (the peers'
+    sandbox, tests/peers.py); `pass_fds` are file descriptors it inherits."""
     state_dir.mkdir(parents=True, exist_ok=True)
     stderr_path = state_dir / "simulator.stderr"
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
             [
+                *wrapper,
                 sys.executable,
                 "-m",
                 "sync.simulator.main",
@@ -66,6 +72,7 @@ def running_simulator(
             stderr=stderr,
             env=clean_env(env),
             cwd=REPO,
+            pass_fds=tuple(pass_fds),
         )
     try:
         line = _read_line(process, startup_timeout)

@@ -1,22 +1,19 @@
-"""Conformance: Microsoft's own clients read through the simulator the way they read Dataverse.
+"""Conformance: a plain HTTP client with an MSAL token follows change tracking through the
+simulator the way it follows Dataverse, checked against the admin API's dump of the table.
 
-Microsoft's Python SDK (PowerPlatform-Dataverse-Client) with azure-identity's
-ClientSecretCredential pages through a table; plain aiohttp with an MSAL token follows change
-tracking. Both are checked against the admin API's dump of the simulated table.
+Third-party clients (Microsoft's SDK, Airbyte's connector) run unmodified from their own venvs in
+the opt-in `peers` group: tests/test_peers_*.py.
 """
 
 from __future__ import annotations
 
 import ssl
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from azure.identity import ClientSecretCredential
-from PowerPlatform.Dataverse.client import DataverseClient
 
 from tests.simfixtures import (
     _no_ca_env,  # noqa: F401 - registers the no_ca_env fixture
@@ -45,34 +42,6 @@ def plain(row: dict[str, Any]) -> dict[str, Any]:
 
 def by_id(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
     return {row[key]: plain(row) for row in rows}
-
-
-@pytest.mark.slow
-def test_microsoft_sdk_reads_every_row(
-    sim: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The Microsoft SDK, authenticated by azure-identity, reads a multi-page table identical to the admin dump."""
-    # The SDK calls requests without a verify argument, so the CA can only come from the environment.
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", sim["ca_file"])
-    env = environment(sim, ENV)
-    credential = ClientSecretCredential(
-        env["tenant"]["tenant_id"],
-        sim["client_id"],
-        sim["client_secret"],
-        authority=sim["authority_host"],
-        disable_instance_discovery=True,
-    )
-    pages: list[list[dict[str, Any]]] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with DataverseClient(env["url"], credential) as client:
-            for page in client.records.list_pages("account", page_size=70):
-                pages.append([dict(record.data) for record in page])
-    assert len(pages) > 1
-    rows = [row for page in pages for row in page]
-    dump = admin_rows(sim, ENV, "account")
-    assert len(rows) == len(dump) == 300
-    assert by_id(rows, "accountid") == by_id(dump, "accountid")
 
 
 async def read_all(
