@@ -4,7 +4,9 @@ Grammar (what Dataverse documents for reads): comparisons ``eq ne gt ge lt le``,
 ``or``, ``not``, parentheses, and ``contains``/``startswith``/``endswith``. Literals: strings
 ('it''s'), numbers, true/false/null, GUIDs, ``2024-01-31T10:00:00Z`` date-times, ``2024-01-31``
 dates, and enum literals ``Microsoft.Dynamics.CRM.OwnershipTypes'UserOwned'`` (metadata queries).
-String comparisons are case-insensitive, as in Dataverse. Pure: values in, booleans out.
+String comparisons are case-insensitive, as in Dataverse; a comparison with a GUID literal
+follows SQL Server's ``uniqueidentifier`` order (guids.py), not the order of the text. Pure:
+values in, booleans out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from sync.simulator.guids import sqlserver_guid_key
 from sync.simulator.protocol import ApiError, bad_request
 
 COMPARISONS = frozenset({"eq", "ne", "gt", "ge", "lt", "le"})
@@ -257,8 +260,14 @@ def conjuncts(node: Node) -> Iterator[Node]:
         yield node
 
 
-def comparable(value: Any) -> Any:
-    """A value as Dataverse compares and sorts it: strings case-insensitively, exact numbers."""
+def comparable(value: Any, kind: str | None = None) -> Any:
+    """A value as Dataverse compares and sorts it: strings case-insensitively, exact numbers,
+    and GUIDs (`kind` ``"guid"``: Edm.Guid columns and literals) in SQL Server's order.
+
+    The one ordering rule for both ``$filter`` and ``$orderby``; ValueError for a `kind`
+    ``"guid"`` text that is not a GUID."""
+    if kind == "guid" and isinstance(value, str):
+        return sqlserver_guid_key(value)
     if isinstance(value, str):
         return value.casefold()
     if isinstance(value, bool):
@@ -283,9 +292,10 @@ def compare(value: Any, op: str, literal: Literal) -> bool:
     if literal.kind == "null" or value is None:
         equal = value is None and literal.kind == "null"
         return {"eq": equal, "ne": not equal}.get(op, False)
+    kind = "guid" if literal.kind == "guid" else None
     try:
-        return bool(_OPERATORS[op](comparable(value), comparable(literal.value)))
-    except TypeError:
+        return bool(_OPERATORS[op](comparable(value, kind), comparable(literal.value, kind)))
+    except (TypeError, ValueError):
         return False
 
 

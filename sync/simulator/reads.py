@@ -15,6 +15,7 @@ import orjson
 
 from sync.simulator.dataset import Table, VersionCounter
 from sync.simulator.filters import Node
+from sync.simulator.keyorder import key_ordered_rows
 from sync.simulator.odata import (
     MAX_PAGE_SIZE,
     PagingCookie,
@@ -43,10 +44,10 @@ from sync.simulator.render import (
 from sync.simulator.selection import (
     check_filter,
     check_orderby,
-    compare_items,
     cursor_elements,
     cursor_values,
     matching_rows,
+    ordering,
     sort_rows,
 )
 from sync.simulator.values import Row
@@ -227,26 +228,35 @@ def _select_page(
 ) -> tuple[list[Row], dict[str, dict[str, str]]]:
     """Up to `limit` rows after the cookie's position, and the cookie elements ending the page.
 
-    Key order (the default) streams from the last key: O(page). Any other order sorts the
-    matching rows, then resumes after the (ordering values, key) the previous page ended at.
+    The default order (no ``$orderby``) streams in index order from the last key: O(page).
+    ``$orderby=<pk> [desc]`` streams in SQL Server's GUID order from the last key (keyorder.py).
+    Any other order sorts the matching rows, then resumes after the (ordering values, key) the
+    previous page ended at.
     """
     table = ctx.table
-    if not orderby or orderby == ((table.template.primary_id, False),):
-        after = _cookie_index(ctx, cookie) if cookie else -1
-        rows = list(islice(matching_rows(table, node, after), limit))
-        last = rows[min(len(rows), limit - 1) - 1] if rows else None
-        return rows, _key_element(ctx, rows[0], last) if rows and last else {}
-    ordered = sort_rows(list(matching_rows(table, node)), orderby)
+    pk = table.template.primary_id
+    if not orderby or (len(orderby) == 1 and orderby[0][0] == pk):
+        if not orderby:
+            after = _cookie_index(ctx, cookie) if cookie else -1
+            found = matching_rows(table, node, after)
+        else:
+            last = table.key(_cookie_index(ctx, cookie)) if cookie else None
+            found = key_ordered_rows(table, node, descending=orderby[0][1], after=last)
+        rows = list(islice(found, limit))
+        end = rows[min(len(rows), limit - 1) - 1] if rows else None
+        return rows, _key_element(ctx, rows[0], end) if rows and end else {}
+    order = ordering(table, orderby)
+    ordered = sort_rows(list(matching_rows(table, node)), order)
     if cookie:
         position = (cursor_values(table, orderby, cookie), _cookie_index(ctx, cookie))
-        ordered = [item for item in ordered if compare_items(orderby, item[0], position) > 0]
+        ordered = [item for item in ordered if order.compare(item[0], position) > 0]
     ordered = ordered[:limit]
     rows = [row for _, row in ordered]
     if not ordered:
         return rows, {}
-    end = ordered[min(len(ordered), limit - 1) - 1]
-    elements = cursor_elements(orderby, end[0][0])
-    elements.update(_key_element(ctx, rows[0], end[1]))
+    end_item = ordered[min(len(ordered), limit - 1) - 1]
+    elements = cursor_elements(orderby, end_item[0][0])
+    elements.update(_key_element(ctx, rows[0], end_item[1]))
     return rows, elements
 
 

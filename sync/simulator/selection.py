@@ -1,13 +1,17 @@
 """Which rows a query selects, and in what order: filter checks, index bounds, sort and cursor.
 
 The bounds are what keep a watermark query (``modifiedon gt …``, ``versionnumber gt …``) or a
-key lookup on a million-row table cheap: untouched seeded rows have monotone versions, modified
-dates and keys, so a binary search turns those comparisons into an index range.
+key lookup on a million-row table cheap: untouched seeded rows have monotone versions and
+modified dates, so a binary search turns those comparisons into an index range. Primary-key
+ranges (``<pk> gt <guid>``) follow SQL Server's GUID order, which is not the index order: they
+come from the table's key order (keyorder.py). Sorting compares every column with
+`filters.comparable` of its family, so Edm.Guid columns sort the way SQL Server sorts them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cmp_to_key
 from typing import Any
@@ -23,6 +27,7 @@ from sync.simulator.filters import (
     conjuncts,
     evaluate,
 )
+from sync.simulator.keyorder import key_range_indices
 from sync.simulator.odata import PagingCookie, invalid_skiptoken
 from sync.simulator.protocol import bad_request, unknown_property
 from sync.simulator.values import Row
@@ -44,12 +49,14 @@ _LITERAL_EDM = {
     "date": "Edm.Date",
     "enum": "Edm.Enum",
 }
+#: Literal kinds each column family accepts. An Edm.Guid column takes only an unquoted GUID:
+#: OData types ``'…'`` as Edm.String, and Edm.Guid vs Edm.String is "incompatible types".
 _ACCEPTS = {
     "string": {"string"},
     "number": {"number"},
     "bool": {"bool"},
     "datetime": {"datetime", "date"},
-    "guid": {"guid", "string"},
+    "guid": {"guid"},
 }
 _EDM = {
     "Integer": "Edm.Int32",
@@ -133,16 +140,10 @@ def _term_bounds(table: Table, term: Compare) -> tuple[int, int]:
     everything = (0, table.base_count)
     kind, op, literal = term.literal.kind, term.op, term.literal.value
     if term.prop == table.template.primary_id and kind == "guid":
-        position = int(literal[:8], 16)
+        if op != "eq":
+            return everything  # key ranges follow SQL Server's order: key_range_indices
         exact = table.index_of(literal)
-        by_key = {
-            "gt": (position, table.base_count),
-            "ge": (position, table.base_count),
-            "lt": (0, position + 1),
-            "le": (0, position + 1),
-            "eq": (exact, exact + 1) if exact is not None else (0, 0),
-        }
-        return by_key.get(op, everything)
+        return (exact, exact + 1) if exact is not None else (0, 0)
     if term.prop == "versionnumber" and kind == "number":
         seeded = table.seeded_version
     elif term.prop == "modifiedon" and kind in ("datetime", "date"):
@@ -162,9 +163,15 @@ def _term_bounds(table: Table, term: Compare) -> tuple[int, int]:
 
 
 def matching_rows(table: Table, node: Node | None, after: int = -1) -> Iterator[Row]:
-    """Rows above index `after` that match the filter, lazily, in key order."""
-    low, high = seeded_bounds(table, node)
-    for index in table.indices(after, low, high):
+    """Rows above index `after` that match the filter, lazily, in index (creation) order."""
+    indices: Iterable[int]
+    keyed = key_range_indices(table, node)
+    if keyed is not None:
+        indices = (index for index in keyed if index > after)
+    else:
+        low, high = seeded_bounds(table, node)
+        indices = table.indices(after, low, high)
+    for index in indices:
         row = table.row(index)
         if row is not None and (node is None or evaluate(node, row.values.get)):
             yield row
@@ -178,33 +185,47 @@ def check_orderby(table: Table, orderby: tuple[tuple[str, bool], ...]) -> None:
             raise unknown_property(name, table.name)
 
 
-def _compare_values(left: Any, right: Any) -> int:
-    if left is None or right is None:
-        return (left is not None) - (right is not None)  # nulls first, as SQL Server sorts
-    a, b = comparable(left), comparable(right)
-    return int(a > b) - int(a < b)
-
-
 SortItem = tuple[tuple[Any, ...], int]
 
 
-def compare_items(orderby: tuple[tuple[str, bool], ...], a: SortItem, b: SortItem) -> int:
-    """Order two (sort values, index) items; the row index breaks ties so order is total."""
-    for (_, descending), left, right in zip(orderby, a[0], b[0], strict=True):
-        result = _compare_values(left, right)
-        if result:
-            return -result if descending else result
-    return (a[1] > b[1]) - (a[1] < b[1])
+@dataclass(frozen=True)
+class Ordering:
+    """An ``$orderby``: (property, descending) terms and each property's comparison family."""
+
+    terms: tuple[tuple[str, bool], ...]
+    kinds: tuple[str, ...]
+
+    def compare(self, a: SortItem, b: SortItem) -> int:
+        """Order two (sort values, index) items; the row index breaks ties so order is total."""
+        columns = zip(self.terms, self.kinds, a[0], b[0], strict=True)
+        for (_, descending), kind, left, right in columns:
+            result = _compare_values(left, right, kind)
+            if result:
+                return -result if descending else result
+        return (a[1] > b[1]) - (a[1] < b[1])
 
 
-def sort_rows(rows: list[Row], orderby: tuple[tuple[str, bool], ...]) -> list[tuple[SortItem, Row]]:
-    """Rows sorted by `orderby`, each with its sort item (for the paging cursor)."""
+def ordering(table: Table, orderby: tuple[tuple[str, bool], ...]) -> Ordering:
+    """The `Ordering` of a checked ``$orderby`` on this table."""
+    columns = columns_by_name(table)
+    return Ordering(orderby, tuple(category(columns[name]) for name, _ in orderby))
+
+
+def _compare_values(left: Any, right: Any, kind: str) -> int:
+    if left is None or right is None:
+        return (left is not None) - (right is not None)  # nulls first, as SQL Server sorts
+    a, b = comparable(left, kind), comparable(right, kind)
+    return int(a > b) - int(a < b)
+
+
+def sort_rows(rows: list[Row], order: Ordering) -> list[tuple[SortItem, Row]]:
+    """Rows sorted by `order`, each with its sort item (for the paging cursor)."""
     items: list[tuple[SortItem, Row]] = [
-        ((tuple(r.values.get(name) for name, _ in orderby), r.index), r) for r in rows
+        ((tuple(r.values.get(name) for name, _ in order.terms), r.index), r) for r in rows
     ]
 
     def by_item(left: tuple[SortItem, Row], right: tuple[SortItem, Row]) -> int:
-        return compare_items(orderby, left[0], right[0])
+        return order.compare(left[0], right[0])
 
     items.sort(key=cmp_to_key(by_item))
     return items

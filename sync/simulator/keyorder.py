@@ -1,0 +1,130 @@
+"""Rows in SQL Server order of their primary key, and primary-key ranges as index sets.
+
+The simulator's row index is its creation order, and a table's keys (``key_for``) carry the
+index in their first group, so the text order of keys is the index order. SQL Server orders
+``uniqueidentifier`` by the last group first (guids.py), so ``$orderby=<pk>`` and
+``<pk> gt/ge/lt/le <guid>`` need the rows sorted by `sqlserver_guid_key` of their keys.
+
+`KeyOrder` is that sort, built lazily the first time a table is read in key order or filtered by
+a key range (O(N log N) once, then 8 bytes per row), and kept up to date with rows created
+since (keys never change; deleted rows are skipped when read). Pages then cost O(page).
+Tables nobody reads that way never pay for it.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterator
+from weakref import WeakKeyDictionary
+
+from sync.simulator.dataset import Table
+from sync.simulator.filters import Compare, Node, conjuncts, evaluate
+from sync.simulator.guids import sqlserver_guid_key
+from sync.simulator.values import Row, identity
+
+_RANGE_OPERATORS = frozenset({"gt", "ge", "lt", "le"})
+
+
+class KeyOrder:
+    """The live and deleted row indices of one table, in SQL Server order of their keys."""
+
+    def __init__(self, table: Table) -> None:
+        self._table = table
+        ident = identity(table.ctx.seed, table.name)
+        keys = [sqlserver_guid_key(ident.origin_and_key(i)[1]) for i in range(table.base_count)]
+        self._order = array("q", sorted(range(table.base_count), key=keys.__getitem__))
+        self._known = table.base_count
+
+    def _key(self, index: int) -> bytes:
+        return sqlserver_guid_key(self._table.key(index))
+
+    def refresh(self) -> None:
+        """Take in rows created since the last call (their keys sort anywhere)."""
+        for index in range(self._known, self._table.next_index):
+            insort(self._order, index, key=self._key)
+        self._known = max(self._known, self._table.next_index)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def at(self, position: int) -> int:
+        """The row index at a position of the order."""
+        return self._order[position]
+
+    def after(self, key: bytes) -> int:
+        """First position whose key sorts above `key`."""
+        return bisect_right(self._order, key, key=self._key)
+
+    def at_or_after(self, key: bytes) -> int:
+        """First position whose key sorts at or above `key`."""
+        return bisect_left(self._order, key, key=self._key)
+
+    def bounds(self, terms: list[Compare]) -> tuple[int, int]:
+        """[low, high) positions satisfying every ``<pk> gt|ge|lt|le <guid>`` term."""
+        low, high = 0, len(self._order)
+        for term in terms:
+            key = sqlserver_guid_key(term.literal.value)
+            if term.op == "gt":
+                low = max(low, self.after(key))
+            elif term.op == "ge":
+                low = max(low, self.at_or_after(key))
+            elif term.op == "lt":
+                high = min(high, self.at_or_after(key))
+            else:
+                high = min(high, self.after(key))
+        return low, max(low, high)
+
+
+_ORDERS: WeakKeyDictionary[Table, KeyOrder] = WeakKeyDictionary()
+
+
+def key_order(table: Table) -> KeyOrder:
+    """The table's key order, built on first use and refreshed with rows created since."""
+    order = _ORDERS.get(table)
+    if order is None:
+        order = _ORDERS[table] = KeyOrder(table)
+    order.refresh()
+    return order
+
+
+def key_range_terms(table: Table, node: Node | None) -> list[Compare]:
+    """The top-level ``<pk> gt|ge|lt|le <guid literal>`` terms of a filter."""
+    pk = table.template.primary_id
+    return [
+        term
+        for term in (conjuncts(node) if node is not None else ())
+        if isinstance(term, Compare)
+        and term.prop == pk
+        and term.op in _RANGE_OPERATORS
+        and term.literal.kind == "guid"
+    ]
+
+
+def key_range_indices(table: Table, node: Node | None) -> list[int] | None:
+    """Row indices (ascending) inside the filter's key range; None when it has no key range."""
+    terms = key_range_terms(table, node)
+    if not terms:
+        return None
+    order = key_order(table)
+    low, high = order.bounds(terms)
+    return sorted(order.at(position) for position in range(low, high))
+
+
+def key_ordered_rows(
+    table: Table, node: Node | None, *, descending: bool, after: str | None
+) -> Iterator[Row]:
+    """Matching live rows in SQL Server key order, resuming past the key `after` (if given)."""
+    order = key_order(table)
+    low, high = order.bounds(key_range_terms(table, node))
+    if after is not None:
+        resume = sqlserver_guid_key(after)
+        if descending:
+            high = min(high, order.at_or_after(resume))
+        else:
+            low = max(low, order.after(resume))
+    positions = range(high - 1, low - 1, -1) if descending else range(low, high)
+    for position in positions:
+        row = table.row(order.at(position))
+        if row is not None and (node is None or evaluate(node, row.values.get)):
+            yield row
