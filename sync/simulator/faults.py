@@ -2,9 +2,27 @@
 
 Probabilities come from the scenario and may be changed at runtime through the admin API.
 For each admitted request `FaultInjector.decide` draws at most one failure (502/503/504 with
-or without ``Retry-After``, a SQL deadlock 500, a connection reset mid-body, a truncated
-JSON body) and, independently, whether the response is slow. Early token expiry is decided
-per token: once a token has been "expired early" every later request carrying it gets 401.
+or without ``Retry-After``, a SQL deadlock 500, a SQL timeout 500, a query-throttling error,
+a connection reset mid-body, a truncated JSON body) and, independently, whether the response
+is slow. Early token expiry is decided per token: once a token has been "expired early" every
+later request carrying it gets 401. New kinds are drawn after the older ones, so adding them
+(at rate 0) leaves every existing scenario's draws unchanged.
+
+The error bodies, as the reference gives them (codes are the hex form the Web API sends):
+
+- ``sql_deadlock``: HTTP 500, ``0x80044150`` "Generic SQL error. CRM ErrorCode: -2147204784
+  Sql ErrorCode: -2146232060 Sql Number: 1205" (reference 8, S42).
+- ``sql_timeout``: HTTP 500, ``0x80044151`` (-2147204783) "SQL timeout expired. CRM
+  ErrorCode: -2147204783 Sql ErrorCode: -2146232060 Sql Number: -2" (reference 8 and 10;
+  the full text is S42's "Error Message"). HTTP 500 as SQL errors come in practice (8, [OBS]).
+- ``query_throttling``: HTTP **400**, ``0x80048544`` (-2147187388) "This query cannot be
+  executed because it conflicts with query throttling." (reference 6.5, S33), no
+  ``Retry-After`` (S33 documents none). The status is [UNCONFIRMED] in the reference; the
+  simulator picks 400, what the Web API sends for organization-service faults it has no
+  specific status for (the batch doc's validation error 0x80044331 is a 400), and the
+  choice that breaks a client deciding "transient" by status alone: only the code says
+  "retry later, slower". S33's other manifestation, a delay before the query runs, is the
+  ``slow`` fault.
 """
 
 from __future__ import annotations
@@ -18,8 +36,16 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FaultKind = Literal[
-    "http_502", "http_503", "http_504", "sql_deadlock", "reset_mid_body", "truncated_json"
+    "http_502",
+    "http_503",
+    "http_504",
+    "sql_deadlock",
+    "reset_mid_body",
+    "truncated_json",
+    "sql_timeout",
+    "query_throttling",
 ]
+#: Draw order; new kinds go last so existing scenarios draw exactly what they drew before.
 FAULT_KINDS: tuple[FaultKind, ...] = (
     "http_502",
     "http_503",
@@ -27,7 +53,31 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
     "sql_deadlock",
     "reset_mid_body",
     "truncated_json",
+    "sql_timeout",
+    "query_throttling",
 )
+#: Kinds that are an error of the operation itself (the query failed in SQL), not of transport.
+OPERATION_ERRORS: frozenset[FaultKind] = frozenset(
+    {"sql_deadlock", "sql_timeout", "query_throttling"}
+)
+JSON_TYPE = "application/json; odata.metadata=minimal"
+SQL_DEADLOCK = (
+    "0x80044150",
+    "Generic SQL error. CRM ErrorCode: -2147204784 Sql ErrorCode: -2146232060 Sql Number: 1205",
+)
+SQL_TIMEOUT = (
+    "0x80044151",
+    "SQL timeout expired. CRM ErrorCode: -2147204783 Sql ErrorCode: -2146232060 Sql Number: -2",
+)
+QUERY_THROTTLING = (
+    "0x80048544",
+    "This query cannot be executed because it conflicts with query throttling.",
+)
+_OPERATION_ERRORS: dict[str, tuple[int, tuple[str, str]]] = {
+    "sql_deadlock": (500, SQL_DEADLOCK),
+    "sql_timeout": (500, SQL_TIMEOUT),
+    "query_throttling": (400, QUERY_THROTTLING),
+}
 Probability = Field(default=0.0, ge=0.0, le=1.0)
 
 
@@ -42,6 +92,8 @@ class FaultRates(BaseModel):
     sql_deadlock: float = Probability
     reset_mid_body: float = Probability
     truncated_json: float = Probability
+    sql_timeout: float = Probability
+    query_throttling: float = Probability
     slow: float = Probability
     slow_seconds: float = Field(default=2.0, ge=0.0, le=600.0)
     early_token_expiry: float = Probability
@@ -81,24 +133,13 @@ class FaultDecision:
         headers: dict[str, str] = {}
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
-        if self.kind == "sql_deadlock":
-            body = _error(
-                "0x80044150",
-                "Generic SQL error. CRM ErrorCode: -2147204784 Sql ErrorCode: -2146232060 "
-                "Sql Number: 1205",
-            )
-            return (
-                500,
-                {**headers, "Content-Type": "application/json; odata.metadata=minimal"},
-                body,
-            )
+        if self.kind in _OPERATION_ERRORS:
+            status, (code, message) = _OPERATION_ERRORS[self.kind]
+            extra = {"Content-Type": JSON_TYPE, "OData-Version": "4.0"}
+            return status, {**headers, **extra}, _error(code, message)
         if self.kind == "http_503":
             body = _error("", "The service is temporarily unavailable. Please try again later.")
-            return (
-                503,
-                {**headers, "Content-Type": "application/json; odata.metadata=minimal"},
-                body,
-            )
+            return 503, {**headers, "Content-Type": JSON_TYPE}, body
         if self.kind in ("http_502", "http_504"):
             status = 502 if self.kind == "http_502" else 504
             title = "502 Bad Gateway" if status == 502 else "504 Gateway Timeout"
