@@ -1,17 +1,34 @@
 """The Dataverse Web API of one simulated environment, without sockets.
 
 ``DataverseModel.handle(ApiRequest) -> ApiResponse`` answers what the documentation describes:
-service document, WhoAmI, EntityDefinitions/Attributes, entity sets with ``$select``/``$filter``/
-``$orderby``/``$top``/``$count``, paging via ``odata.maxpagesize`` and ``@odata.nextLink``,
-``<set>/$count``, change tracking with delta links and tombstones, RetrieveTotalRecordCount,
-and the documented error bodies. Authentication, service-protection limits and faults are the
-HTTPS layer's job (SIM-A); it also calls ``churn``/``add_column``/``set_hostile`` from its
-admin API.
+service document, ``$metadata`` (CSDL, csdl.py), WhoAmI, EntityDefinitions/Attributes, entity
+sets with ``$select``/``$filter``/``$orderby``/``$top``/``$count``, paging via
+``odata.maxpagesize`` and ``@odata.nextLink``, ``<set>/$count``, change tracking with delta
+links and tombstones, RetrieveTotalRecordCount, and the documented error bodies.
+Authentication, service-protection limits, faults and ``$batch`` are the HTTPS layer's job
+(SIM-A, batch.py); it also calls ``churn``/``add_column``/``set_hostile`` from its admin API.
 
 Choices where the docs are silent (section 9 of the reference): every change-tracking error and
 the expired-token error are HTTP 400; ``<set>/$count`` is capped at 5,000 like ``$count``; a
 ``$top`` combined with ``odata.maxpagesize`` follows the 2021 page (``$top`` wins) unless the
 model is built with ``top_policy="top_ignored"``; adding a column does not expire delta tokens.
+
+Functions. ``WhoAmI`` (also ``WhoAmI()``) and ``RetrieveTotalRecordCount(EntityNames=[…])``
+(inline list with single or double quotes, or a parameter alias:
+``RetrieveTotalRecordCount(EntityNames=@p1)?@p1=['account']``, "Passing parameters to a
+function") answer with the documented ``WhoAmIResponse`` and
+``RetrieveTotalRecordCountResponse`` shapes (S31, S34, S35). Both are *unbound* functions, and
+"Use Web API functions" says "Functions that aren't bound must not use the full name": the
+namespace-qualified forms (``Microsoft.Dynamics.CRM.WhoAmI()``,
+``Microsoft.Dynamics.CRM.RetrieveTotalRecordCount(…)``) are therefore 404 ``0x8006088a``
+"Resource not found for the segment 'Microsoft.Dynamics.CRM.WhoAmI'." — the unknown-segment
+answer any other name at the service root gets.
+
+Order. Without ``$orderby`` rows come in the simulator's index (creation) order, which is
+also the text order of its keys (their first group is the index). ``$orderby=<pk>`` and key
+comparisons follow SQL Server's GUID order (guids.py), which here differs from the default
+order; in a real org Dataverse's sequential GUIDs make the two coincide. Kept so that the
+pinned default pages stay byte-identical (tests/test_sim_rowgen.py).
 """
 
 from __future__ import annotations
@@ -24,14 +41,16 @@ from urllib.parse import unquote
 
 import orjson
 
+from sync.simulator.csdl import XML_CONTENT_TYPE, csdl_document
 from sync.simulator.dataset import HOSTILE_KINDS, Table, TableSpec, VersionCounter, build_tables
 from sync.simulator.metadata import MetadataView, attribute_definition
-from sync.simulator.odata import Query, parse_preferences, parse_query
+from sync.simulator.odata import Preferences, Query, parse_preferences, parse_query
 from sync.simulator.protocol import (
     ApiError,
     ApiRequest,
     ApiResponse,
     bad_request,
+    base_headers,
     json_response,
     not_found_segment,
 )
@@ -42,6 +61,9 @@ __all__ = ["ApiRequest", "ApiResponse", "DataverseModel", "TableSpec"]
 
 _SINGLE = re.compile(r"^(?P<set>\w+)\((?P<key>\{?[0-9a-fA-F-]{36}\}?)\)$")
 _RECORD_COUNT = re.compile(r"^RetrieveTotalRecordCount\(EntityNames=(?P<names>.*)\)$")
+_QUALIFIED_UNBOUND = re.compile(
+    r"^(?P<name>Microsoft\.Dynamics\.CRM\.(?:WhoAmI|RetrieveTotalRecordCount))(?:\(.*\))?$"
+)
 SNAPSHOT_SECONDS = 24 * 3600
 _RECORD_COUNT_TYPE = "Microsoft.Dynamics.CRM.RetrieveTotalRecordCountResponse"
 
@@ -83,6 +105,9 @@ class DataverseModel:
     def _route(self, request: ApiRequest) -> ApiResponse:  # noqa: PLR0911 - a router
         path = unquote(request.path).strip("/")
         base = request.base_url.rstrip("/")
+        qualified = _QUALIFIED_UNBOUND.match(path.split("/", 1)[0])
+        if qualified:  # unbound functions "must not use the full name"
+            raise not_found_segment(qualified["name"])
         if path in ("WhoAmI", "WhoAmI()"):
             if request.method.upper() != "GET":
                 raise ApiError(
@@ -108,6 +133,8 @@ class DataverseModel:
         prefs = parse_preferences(request.header("Prefer"))
         if path == "":
             return self._service_document(base)
+        if path == "$metadata":
+            return self._metadata(query, prefs)
         if path.startswith("EntityDefinitions"):
             return MetadataView(self.tables, base).handle(path, query)
         found = _RECORD_COUNT.match(path)
@@ -147,6 +174,15 @@ class DataverseModel:
                 "value": [{"name": s, "kind": "EntitySet", "url": s} for s in sets],
             }
         )
+
+    def _metadata(self, query: Query, prefs: Preferences) -> ApiResponse:
+        """The CSDL document; ``annotations=true`` or annotations "*" add annotations."""
+        flag = (query.get("annotations") or "false").lower()
+        if flag not in ("true", "false"):
+            raise bad_request(f"The value '{flag}' is not valid for the annotations option.")
+        annotated = flag == "true" or prefs.annotations == "*"
+        body = csdl_document(self.tables.values(), annotations=annotated)
+        return ApiResponse(200, base_headers(XML_CONTENT_TYPE), body)
 
     def _counts(self) -> dict[str, int]:
         return {name: table.live_count() for name, table in self.tables.items()}
