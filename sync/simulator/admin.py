@@ -157,9 +157,11 @@ class AdminServer:
                 }
             )
         # Power Platform request entitlements are per tenant; report-only, since start or reset.
+        # Each operation inside a $batch counts, not the batch itself (reference 6.6).
         tenants: dict[str, int] = {}
         for entry in users:
-            tenants[entry["tenant"]] = tenants.get(entry["tenant"], 0) + entry["requests"]
+            spent = entry["requests"] - entry["batches"] + entry["batch_operations"]
+            tenants[entry["tenant"]] = tenants.get(entry["tenant"], 0) + spent
         return _json(
             {
                 "users": users,

@@ -11,7 +11,9 @@ took), so concurrency limits bite. The model runs on its environment's own worke
 a large page never blocks the event loop (other environments, ``/stats``, the protection
 accounting), and one thread per environment serializes every read and change of it.
 Every response carries ``x-ms-service-request-id``, ``REQ_ID`` and the ``ARRAffinity``
-cookie; every authenticated one also the rate-limit headers.
+cookie; every authenticated one also the rate-limit headers. ``POST …/$batch`` takes the same
+road up to the application user, then batch.py runs each of its operations through `operate`,
+the path a direct GET's model call takes (faults, model, modelled execution time).
 """
 
 from __future__ import annotations
@@ -24,20 +26,22 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from sync.simulator.batch import serve_batch
 from sync.simulator.faults import FaultInjector
+from sync.simulator.operation import JSON_TYPE, Caller, Cost, Outcome, error_body
 from sync.simulator.protection import ServiceProtection, Throttle
 from sync.simulator.scenario import EnvironmentSpec, TenantSpec
 from sync.simulator.templates import TEMPLATES
 from sync.simulator.tokens import AccessClaims, InvalidToken, TokenAuthority
 from sync.simulator.webapi import ApiRequest, ApiResponse, DataverseModel
 
-JSON_TYPE = "application/json; odata.metadata=minimal"
+MAX_BODY = 64 * 1024 * 1024  # a $batch of 1,000 GETs of up to 64 KB each fits
 ID_NAMESPACE = uuid.UUID("0b8f5c1e-6d4a-4f3b-9a27-5e1c2d3f4a5b")
 IMPERSONATION_HEADERS = ("CallerObjectId", "MSCRMCallerID")
 IMPERSONATION_DENIED = "User does not have the privilege to act on behalf another user."
@@ -113,15 +117,6 @@ def _raw_tail(request: web.Request) -> str:
     return raw[len(prefix) :].lstrip("/") if raw.startswith(prefix) else raw
 
 
-@dataclass(frozen=True)
-class _Caller:
-    """An authenticated, authorised request's identity and target."""
-
-    app_id: str
-    user_id: str
-    server: int
-
-
 def _timed(
     handle: Callable[[ApiRequest], ApiResponse], request: ApiRequest
 ) -> Callable[[], tuple[ApiResponse, float]]:
@@ -135,10 +130,6 @@ def _timed(
     return call
 
 
-def _error_body(code: str, message: str) -> bytes:
-    return orjson.dumps({"error": {"code": code, "message": message}})
-
-
 class EnvironmentServer:
     """The aiohttp application serving one environment's Web API."""
 
@@ -146,8 +137,13 @@ class EnvironmentServer:
         self._env = runtime
         self._tokens = tokens
 
+    @property
+    def runtime(self) -> EnvironmentRuntime:
+        """The environment this server answers for."""
+        return self._env
+
     def application(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", r"/api/data/{version:v9\.[0-2]}{tail:(/.*)?}", self._handle)
         return app
 
@@ -160,6 +156,8 @@ class EnvironmentServer:
         caller = self._authorize(request, claims.app_id, headers)
         if isinstance(caller, web.Response):
             return caller
+        if request.match_info["tail"].strip("/") in ("$batch", "%24batch"):
+            return await serve_batch(self, request, caller, headers)
         return await self._serve(request, caller, headers)
 
     def _authenticate(
@@ -186,61 +184,92 @@ class EnvironmentServer:
 
     def _authorize(
         self, request: web.Request, app_id: str, headers: dict[str, str]
-    ) -> _Caller | web.Response:
+    ) -> Caller | web.Response:
         """Who the request runs as here, or the 403 that says why it may not."""
         env = self._env
         if app_id not in env.spec.application_users:
             env.rejections["403_not_member"] += 1
-            body = _error_body("0x80072560", "The user is not a member of the organization.")
-            return self._json(403, headers, body)
+            body = error_body("0x80072560", "The user is not a member of the organization.")
+            return self.json_reply(403, headers, body)
         server = env.protection.choose_server(env.server_for(request.cookies.get("ARRAffinity")))
         headers.update(env.protection.rate_headers(app_id, server))
         user_id = env.user_id(app_id)
-        impersonating = any(request.headers.get(h) for h in IMPERSONATION_HEADERS)
-        if impersonating and app_id not in env.spec.impersonation_allowed:
+        caller = Caller(app_id=app_id, user_id=user_id, server=server)
+        refusal = self.refusal(caller, request.headers, request.match_info["tail"].lstrip("/"))
+        if refusal is not None:
+            status, body = refusal
+            return self.json_reply(status, headers, body, server)
+        return caller
+
+    def refusal(
+        self, caller: Caller, headers: Mapping[str, str], tail: str
+    ) -> tuple[int, bytes] | None:
+        """The 403 (status, body) for impersonating without the privilege or reading a denied
+        table, else None. Checked for each request, and for each operation of a batch."""
+        env = self._env
+        impersonating = any(headers.get(h) for h in IMPERSONATION_HEADERS)
+        if impersonating and caller.app_id not in env.spec.impersonation_allowed:
             env.rejections["403_impersonation"] += 1
-            body = _error_body("0x8004A110", IMPERSONATION_DENIED)
-            return self._json(403, headers, body, server)
-        tail = request.match_info["tail"].lstrip("/")
+            return 403, error_body("0x8004A110", IMPERSONATION_DENIED)
         denied = self._denied_table(tail)
         if denied is not None:
             env.rejections["403_privilege"] += 1
-            body = _error_body("0x80040220", self._privilege_message(denied, user_id))
-            return self._json(403, headers, body, server)
-        return _Caller(app_id=app_id, user_id=user_id, server=server)
+            return 403, error_body("0x80040220", self._privilege_message(denied, caller.user_id))
+        return None
 
     async def _serve(
-        self, request: web.Request, caller: _Caller, headers: dict[str, str]
+        self, request: web.Request, caller: Caller, headers: dict[str, str]
     ) -> web.StreamResponse:
-        """Service protection, faults, then the model; the modelled time is really spent."""
+        """Service protection, then the operation; the modelled time is really spent."""
         env = self._env
-        app_id, server, user_id = caller.app_id, caller.server, caller.user_id
+        app_id, server = caller.app_id, caller.server
         admission = env.protection.admit(app_id, server)
         if isinstance(admission, Throttle):
-            headers.update(env.protection.rate_headers(app_id, server))
-            headers["Retry-After"] = str(admission.retry_after)
-            return self._json(429, headers, orjson.dumps(admission.body()), server)
-        rows, execution, status = 0, 0.0, 500
+            return self.throttled(admission, caller, headers)
+        outcome, cost = Outcome(500, {}, b""), Cost()
         try:
-            decision = env.faults.decide()
-            if decision.delay:
-                await asyncio.sleep(decision.delay)
-            failure = decision.error_response()
-            if failure is not None:
-                status, extra, body = failure
-                headers.update(extra)
-                return self._raw(status, headers, body, server)
-            api_response, spent = await env.run_model(
-                _timed(env.model.handle, self._api_request(request, user_id))
-            )
-            rows = api_response.rows_served
-            execution = env.protection.limits.execution_time(rows)
-            await asyncio.sleep(max(0.0, execution - spent))  # the model's own work counts
-            status = api_response.status
+            outcome = await self.operate(self._api_request(request, caller.user_id), cost)
+            if outcome.injected:
+                headers.update(outcome.headers)
+                return self.reply(outcome.status, headers, outcome.body, server)
             headers.update(env.protection.rate_headers(app_id, server))
-            return await self._send(request, api_response, headers, server, decision.kind)
+            merged = {**outcome.headers, **headers}
+            return await self.send(
+                request, outcome.status, merged, outcome.body, server=server, fault=outcome.fault
+            )
         finally:
-            env.protection.finish(admission, rows=rows, execution_seconds=execution, status=status)
+            env.protection.finish(
+                admission, rows=cost.rows, execution_seconds=cost.execution, status=outcome.status
+            )
+
+    def throttled(
+        self, throttle: Throttle, caller: Caller, headers: dict[str, str]
+    ) -> web.Response:
+        """The 429 for a refused request (a batch is refused whole)."""
+        env = self._env
+        headers.update(env.protection.rate_headers(caller.app_id, caller.server))
+        headers["Retry-After"] = str(throttle.retry_after)
+        return self.json_reply(429, headers, orjson.dumps(throttle.body()), caller.server)
+
+    async def operate(self, api_request: ApiRequest, cost: Cost) -> Outcome:
+        """One admitted operation: injected faults, else the model on the environment's thread,
+        its modelled execution time (less the model's own time) charged to `cost` and spent as
+        a real delay."""
+        env = self._env
+        decision = env.faults.decide()
+        if decision.delay:
+            await asyncio.sleep(decision.delay)
+        failure = decision.error_response()
+        if failure is not None:
+            status, extra, body = failure
+            return Outcome(status, extra, body, fault=decision.kind, injected=True)
+        api_response, spent = await env.run_model(_timed(env.model.handle, api_request))
+        execution = env.protection.limits.execution_time(api_response.rows_served)
+        cost.rows += api_response.rows_served
+        cost.execution += execution
+        await asyncio.sleep(max(0.0, execution - spent))  # the model's own work counts
+        body, headers = api_response.body, dict(api_response.headers)
+        return Outcome(api_response.status, headers, body, decision.kind)
 
     def _api_request(self, request: web.Request, user_id: str) -> ApiRequest:
         env = self._env
@@ -290,16 +319,18 @@ class EnvironmentServer:
             response.headers["x-ms-diagnostics"] = reason  # never the token itself
         return response
 
-    def _json(
+    def json_reply(
         self, status: int, headers: Mapping[str, str], body: bytes, server: int | None = None
     ) -> web.Response:
-        return self._raw(
+        """A JSON reply (error bodies, 429s) with the OData headers and the affinity cookie."""
+        return self.reply(
             status, {**headers, "Content-Type": JSON_TYPE, "OData-Version": "4.0"}, body, server
         )
 
-    def _raw(
+    def reply(
         self, status: int, headers: Mapping[str, str], body: bytes, server: int | None
     ) -> web.Response:
+        """A complete reply with the affinity cookie."""
         response = web.Response(status=status, body=body, headers=headers)
         self._cookie(response, server)
         return response
@@ -310,22 +341,23 @@ class EnvironmentServer:
                 "ARRAffinity", self._env.affinity(server), path="/", secure=True, httponly=True
             )
 
-    async def _send(
+    async def send(
         self,
         request: web.Request,
-        api: ApiResponse,
+        status: int,
         headers: Mapping[str, str],
+        body: bytes,
+        *,
         server: int,
         fault: str | None,
     ) -> web.StreamResponse:
-        merged: dict[str, Any] = {**api.headers, **headers}
-        body = api.body
+        """Send a reply, truncated or cut mid-body when that transport fault was drawn."""
         if fault == "truncated_json" and len(body) > 2:
             body = body[: max(1, len(body) * 3 // 5)]
         if fault != "reset_mid_body" or len(body) < 2:
-            return self._raw(api.status, merged, body, server)
+            return self.reply(status, headers, body, server)
         # Promise the whole body, send part of it, then drop the connection.
-        response = web.StreamResponse(status=api.status, headers=merged)
+        response = web.StreamResponse(status=status, headers=headers)
         response.content_length = len(body)
         self._cookie(response, server)
         await response.prepare(request)

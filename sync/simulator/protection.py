@@ -90,6 +90,8 @@ class UserStats:
     rows_served: int = 0
     execution_seconds: float = 0.0
     statuses: Counter[int] = field(default_factory=Counter)
+    batches: int = 0  # admitted $batch requests (each one request for the limits)
+    batch_operations: int = 0  # operations inside them (each one for the 24-hour entitlement)
     retry_given_at: float = -math.inf
     retry_until: float = -math.inf
 
@@ -105,6 +107,8 @@ class UserStats:
             "rows_served": self.rows_served,
             "execution_seconds": round(self.execution_seconds, 3),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "batches": self.batches,
+            "batch_operations": self.batch_operations,
         }
 
 
@@ -220,6 +224,13 @@ class ServiceProtection:
         stats.rows_served += rows
         stats.execution_seconds += execution_seconds
         stats.statuses[status] += 1
+
+    def count_batch(self, user: str, operations: int) -> None:
+        """Note an admitted ``$batch`` of that many operations (the limits already counted it
+        as one request; entitlements count each operation, reference 6.6)."""
+        stats = self.user(user)
+        stats.batches += 1
+        stats.batch_operations += operations
 
     def rate_headers(self, user: str, server: int) -> dict[str, str]:
         """The headers Dataverse puts on every response [reference 2.9, 6.3]."""
