@@ -1,11 +1,15 @@
 """``POST /api/data/v9.x/$batch``: several GET operations in one HTTP request (read-only).
 
-The wire format is multipart.py's. What happens to a batch, in order, and why:
+The wire format is multipart.py's; "S-batch" below is "Execute batch operations using the Web
+API" (learn.microsoft.com/power-apps/developer/data-platform/webapi/
+execute-batch-operations-using-web-api, 01/2023). What happens to a batch, in order, and why:
 
 1. Authentication and the application user are checked once, for the batch, exactly as for a
    direct request (401 / 403 ``0x80072560``): the batch request's bearer token applies to every
    operation, and ``Authorization`` headers inside parts are ignored. Impersonation headers on
-   the batch apply to the batch; on a part, to that operation.
+   the batch apply to the batch; on a part, to that operation. Each operation reads only its
+   own part's headers (``Prefer: odata.maxpagesize``, annotations, …); of the batch request's
+   ``Prefer`` only ``odata.continue-on-error`` means something (it is about the batch).
 2. A malformed batch, more than 1,000 operations, a change set or any non-GET operation is a
    400 for the whole batch before anything runs (multipart.py lists the texts).
 3. Service protection: the batch is **one request** for the request-count and concurrency
