@@ -15,7 +15,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-from sync.store.schema import metadata as target_metadata
+from sync.store.control import metadata as target_metadata
 
 config = context.config
 

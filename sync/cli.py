@@ -17,12 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from sync import __version__
-from sync.errors import ConfigError, DvmirrorError
-
-EXIT_OK = 0
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
-EXIT_AUTH = 3
+from sync.errors import ConfigError, DvmirrorError, ExitCode
 
 PIPED_WIDTH = 180
 DEFAULT_CONFIG_LOCATIONS = (Path("dvmirror.toml"), Path("/etc/dvmirror/dvmirror.toml"))
@@ -40,7 +35,7 @@ class State:
 
     def load(self, *, resolve_secrets: bool = True) -> Any:
         """Load the configuration (and configure logging from it)."""
-        from sync.config import load_config
+        from sync.config.model import load_config
         from sync.logs import configure_logging
 
         path = self.config_path
@@ -80,7 +75,7 @@ def run_async(state: State, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(factory())
     except KeyboardInterrupt:
         click.echo("dvmirror: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     except DvmirrorError:
         raise
     except Exception as exc:  # an unexpected failure still gets one line, not a traceback
@@ -93,7 +88,7 @@ def run_async(state: State, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
             "(run with --debug for a traceback)",
             err=True,
         )
-        sys.exit(EXIT_FAILURES)
+        sys.exit(ExitCode.FAILURES)
 
 
 class DvmirrorGroup(click.Group):
@@ -228,7 +223,7 @@ def status(state: State, as_json: bool) -> None:
     """
     config = state.load(resolve_secrets=False)
 
-    from sync.status import run_status
+    from sync.commands.status import run_status
 
     sys.exit(run_async(state, lambda: run_status(config, as_json=as_json, console=table_console())))
 
@@ -250,7 +245,7 @@ def check(state: State) -> None:
 def consent_url(state: State, tenant_name: str) -> None:
     """Print the admin-consent URL a customer's administrator opens to consent the app."""
     config = state.load(resolve_secrets=False)
-    from sync.auth import consent_url as build
+    from sync.dataverse.auth import consent_url as build
 
     click.echo(build(config, tenant_name))
 
@@ -325,12 +320,12 @@ def bench(
     configure_logging(state.log_level or "warning")  # the figures are the output
     console = Console()
     if pipeline:
-        from sync.bench_pipeline import run_pipeline_bench
+        from sync.bench.pipeline import run_pipeline_bench
 
         sys.exit(run_pipeline_bench(rows, console=console, rss_rows=rss_rows))
     if scenario is None:
         raise click.UsageError("give --scenario FILE (e.g. throttled) or --pipeline")
-    from sync.bench import run_bench
+    from sync.bench.throttled import run_bench
 
     sys.exit(
         run_async(
@@ -349,7 +344,7 @@ def run(state: State) -> None:
     and WATCHDOG. /metrics and /healthz listen on daemon.metrics_listen.
     """
     config = state.load()
-    from sync.daemon import run_daemon
+    from sync.runtime.daemon import run_daemon
 
     sys.exit(run_async(state, lambda: run_daemon(config)))
 
@@ -369,7 +364,7 @@ def demo(state: State, duration: float, directory: Path) -> None:
     """Run the daemon against the built-in simulator with churn, then show the result."""
     from rich.console import Console
 
-    from sync.demo import run_demo
+    from sync.commands.demo import run_demo
     from sync.logs import configure_logging
 
     # The live table is the demo's output; keep the daemon's log to warnings and errors.

@@ -10,7 +10,7 @@
     │   ├── UnknownTenantError        tenant id or domain does not exist
     │   ├── NoApplicationUserError    token fine, but no application user in the environment
     │   └── PrivilegeError            the application user lacks a privilege
-    ├── EnvironmentError_           park the environment (unknown org, metadata unusable)
+    ├── UnusableEnvironmentError           park the environment (unknown org, metadata unusable)
     ├── TableError                  park this table, the others go on
     │   ├── HostileResponseError      malformed JSON, missing key, wrong type, unsafe identifier
     │   ├── ForeignLinkError          a nextLink/deltaLink that leaves the environment's origin
@@ -31,11 +31,23 @@ one-line message that already says what to do. Messages never contain secrets or
 
 from __future__ import annotations
 
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """The process exit codes, the one home of the contract users and scripts rely on."""
+
+    OK = 0
+    FAILURES = 1  # a run finished, but some tables or environments failed
+    USAGE = 2  # bad arguments or configuration
+    AUTH = 3  # authentication or authorization failed
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
 
 class DvmirrorError(Exception):
     """Base of everything dvmirror raises on purpose."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILURES
 
     def __init__(
         self,
@@ -76,13 +88,13 @@ def _restore(
 class ConfigError(DvmirrorError):
     """The configuration or the command line is wrong; nothing was started."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class AuthError(DvmirrorError):
     """Authentication or authorization failed for a tenant or environment."""
 
-    exit_code = 3
+    exit_code = ExitCode.AUTH
 
     def __init__(self, message: str, *, fix: str | None = None, **context: object) -> None:
         super().__init__(message, **context)  # type: ignore[arg-type]
@@ -109,7 +121,7 @@ class PrivilegeError(AuthError):
     """The application user lacks a privilege it needs."""
 
 
-class EnvironmentError_(DvmirrorError):
+class UnusableEnvironmentError(DvmirrorError):
     """The environment as a whole cannot be synced right now."""
 
 

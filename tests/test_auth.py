@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from sync.auth import (
+from sync.dataverse.auth import (
     PinnedSession,
     TokenProviders,
     auth_error_from,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sync.bench import run_bench
+from sync.bench.throttled import run_bench
 
 SCENARIO = Path(__file__).parent / "scenarios" / "bench_tiny.toml"
 

@@ -9,7 +9,6 @@ import pytest
 from sync.dataverse.classify import Kind, classify, error_fields, to_error
 from sync.errors import (
     DeltaTokenExpired,
-    EnvironmentError_,
     ImpersonationError,
     NoApplicationUserError,
     PrivilegeError,
@@ -17,6 +16,7 @@ from sync.errors import (
     ServerError,
     TableError,
     ThrottledError,
+    UnusableEnvironmentError,
 )
 
 
@@ -113,7 +113,7 @@ def test_error_fields_tolerate_any_shape(document: object) -> None:
         (403, body("0x80040220"), "account", TableError),
         (403, body("0x80040220"), None, PrivilegeError),
         (404, body("0x8006088a"), "account", TableError),
-        (404, body("0x8006088a"), None, EnvironmentError_),
+        (404, body("0x8006088a"), None, UnusableEnvironmentError),
     ],
 )
 def test_translation_into_the_exception_tree(

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sync.auth import TokenProviders
-from sync.config import Config, Environment, Tenant
+from sync.config.model import Config, Environment, Tenant
+from sync.dataverse.auth import TokenProviders
 from sync.dataverse.client import DataverseClient, RetryPolicy
 from sync.dataverse.odata import collection_url
 from sync.errors import (
@@ -24,7 +24,7 @@ from sync.errors import (
     ImpersonationError,
     TableError,
 )
-from sync.governor import Governor
+from sync.governor.gate import Governor
 from tests.h3_helpers import write_config
 from tests.simfixtures import admin, running_simulator, user_stats
 

@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync import cursor as cur
 from sync.errors import ForeignLinkError, HostileResponseError, TableError
-from sync.page import DecodedPage
-from sync.typemap import TableSchema, build_schema
+from sync.mirror import cursor as cur
+from sync.mirror.page import DecodedPage
+from sync.mirror.typemap import build_schema
+from sync.store.layout import TableSchema
 
 BASE = "https://org.example.com"
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -1,11 +1,11 @@
-"""Which running environment groups a reload restarts (`sync.scheduler.group_key`, pure)."""
+"""Which running environment groups a reload restarts (`sync.runtime.scheduler.group_key`, pure)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sync.config import Config, load_config
-from sync.scheduler import group_key
+from sync.config.model import Config, load_config
+from sync.runtime.scheduler import group_key
 
 BASE = """
 [app]

@@ -20,11 +20,11 @@ import orjson
 import pytest
 
 from sync.errors import HostileResponseError
-from sync.page import decode_page
-from sync.rowshape import RowShaper
+from sync.mirror.page import decode_page
+from sync.mirror.rowshape import RowShaper
+from sync.mirror.typemap import build_schema
 from sync.simulator.dataset import TableSpec
 from sync.simulator.webapi import ApiRequest, DataverseModel
-from sync.typemap import build_schema
 from tests import mirror_compare as compare
 from tests.cli import clean_env
 from tests.simfixtures import _no_ca_env, running_simulator  # noqa: F401

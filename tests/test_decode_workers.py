@@ -14,9 +14,7 @@ import orjson
 import psutil
 import pytest
 
-from sync.bench_pipeline import bench_pages, bench_schema
-from sync.dataverse.exact import decode_rows
-from sync.decode_pool import DEFAULT_POOL, OFF_PROCESS_BYTES, DecodePool
+from sync.bench.pipeline import bench_pages, bench_schema
 from sync.errors import (
     AuthError,
     CredentialError,
@@ -25,8 +23,10 @@ from sync.errors import (
     NetworkError,
     ThrottledError,
 )
-from sync.page import NotJsonError, decode_page
-from sync.rowshape import RowShaper
+from sync.mirror.decode_workers import DEFAULT_POOL, OFF_PROCESS_BYTES, DecodePool
+from sync.mirror.fetch import decode_rows
+from sync.mirror.page import NotJsonError, decode_page
+from sync.mirror.rowshape import RowShaper
 
 SHAPER = RowShaper(bench_schema())
 PAGE = bench_pages(300)[0]  # 300 account rows, well above OFF_PROCESS_BYTES
@@ -182,7 +182,7 @@ def test_the_worker_ignores_sigint_and_stops_on_shutdown() -> None:
 
 PARENT = """
 import os, sys
-from sync.decode_pool import DEFAULT_POOL
+from sync.mirror.decode_workers import DEFAULT_POOL
 DEFAULT_POOL.start()
 print(DEFAULT_POOL.worker_pids()[0], flush=True)
 os._exit(0)  # no shutdown, no atexit: as if the parent were killed

@@ -13,19 +13,14 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sync.governor import Governor, GovernorClosedError, InMemoryBudgetStore, TenantBudget
-from sync.governor_core import GovernorCore
-from sync.governor_signals import (
-    DailyBudget,
-    RateObservation,
-    normalize_code,
-    observation_from,
-    parse_number,
-)
-from sync.governor_store import SqlBudgetStore
-from sync.governor_window import CostEstimate
+from sync.dataverse.headers import normalize_code, parse_number
+from sync.governor.budget_store import SqlBudgetStore
+from sync.governor.core import GovernorCore
+from sync.governor.gate import Governor, GovernorClosedError, InMemoryBudgetStore, TenantBudget
+from sync.governor.signals import DailyBudget, RateObservation, observation_from
+from sync.governor.window import CostEstimate
 from sync.simulator.protection import Limits, ServiceProtection, Throttle
-from sync.store.schema import metadata
+from sync.store.control import metadata
 
 
 def ok(

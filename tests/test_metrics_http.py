@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sync import __version__
 from sync.errors import ConfigError, CredentialError, NetworkError
-from sync.httpserver import HealthCheck, HttpServer, parse_listen, start_http_server
-from sync.metrics import Metrics, request_outcome, throttle_code_label, token_failure_reason
+from sync.runtime.http import HealthCheck, HttpServer, parse_listen, start_http_server
+from sync.runtime.metrics import Metrics, request_outcome, throttle_code_label, token_failure_reason
 
 
 class FakeClock:

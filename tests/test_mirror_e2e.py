@@ -19,7 +19,7 @@ from rich.console import Console
 
 from sync.commands.backfill import run_backfill
 from sync.commands.sync_once import run_sync_once
-from sync.config import Config, load_config
+from sync.config.model import Config, load_config
 from tests import mirror_compare as compare
 from tests.cli import clean_env
 from tests.mirror_compare import database_path
@@ -196,7 +196,7 @@ import asyncio, sys
 from io import StringIO
 from rich.console import Console
 from sync.commands.backfill import run_backfill
-from sync.config import load_config
+from sync.config.model import load_config
 config = load_config(sys.argv[1])
 asyncio.run(run_backfill(config, env=None, table=None, console=Console(file=StringIO())))
 """

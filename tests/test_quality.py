@@ -32,3 +32,18 @@ def test_mypy_strict() -> None:
     """mypy --strict passes on the whole package."""
     result = _run("mypy")
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+@pytest.mark.skipif(find_spec("importlinter") is None, reason="import-linter is in the test extra")
+def test_layers_import_only_downwards() -> None:
+    """The import-linter contracts in pyproject.toml hold: cli → bench → commands → runtime →
+    mirror → governor → dataverse | store → config → errors | logs | limits, and the simulator
+    and the product stay apart."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports"))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]

@@ -14,11 +14,11 @@ from rich.console import Console
 from sqlalchemy import insert
 
 from sync.cli import cli
-from sync.config import Config, load_config
-from sync.status import run_status
-from sync.store.engine import create_engine
+from sync.commands.status import run_status
+from sync.config.model import Config, load_config
+from sync.store.connect import create_engine
+from sync.store.control import environments, request_budget, run_history, sync_state
 from sync.store.migrate import upgrade
-from sync.store.schema import environments, request_budget, run_history, sync_state
 from tests.cli import run_cli
 
 SECRET = "status-test-secret-value"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sync import notify
+from sync.runtime import systemd as notify
 
 
 @pytest.fixture(name="listener")

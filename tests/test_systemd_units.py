@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import Daemon, parse_interval
+from sync.config.model import Daemon, parse_interval
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 DAEMON_UNIT = SYSTEMD_DIR / "dvmirror.service"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sync.schedule import Timing, backoff_delay, first_delay, next_delay
+from sync.runtime.timing import Timing, backoff_delay, first_delay, next_delay
 
 
 def test_next_delay_stays_within_jitter() -> None:

@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from sync.errors import HostileResponseError
-from sync.page import decode_page
-from sync.rowshape import RowShaper, protect_decimals
-from sync.typemap import COLUMN_CHECKS, FORMATS, build_schema
+from sync.mirror.page import decode_page
+from sync.mirror.rowshape import RowShaper, protect_decimals
+from sync.mirror.typemap import COLUMN_CHECKS, FORMATS, build_schema
 
 ENTITY = {
     "LogicalName": "account",

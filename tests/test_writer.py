@@ -11,15 +11,16 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from sync.bench_pipeline import run_pipeline_bench
-from sync.cursor import TableState
+from sync.bench.pipeline import run_pipeline_bench
 from sync.errors import HostileResponseError
-from sync.store import state
-from sync.store.engine import create_engine
+from sync.mirror.typemap import build_schema
+from sync.store import checkpoints as state
+from sync.store.checkpoints import TableState
+from sync.store.connect import create_engine
+from sync.store.layout import TableSchema
 from sync.store.migrate import upgrade
-from sync.store.mirror import ensure_mirror, type_change_note
+from sync.store.mirror_tables import ensure_mirror, type_change_note
 from sync.store.writer import PageCounts, PageWrite, commit_page, quote_ident
-from sync.typemap import TableSchema, build_schema
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 K1, K2, K3 = (f"0000000{i}-0000-4000-8000-000000000000" for i in (1, 2, 3))

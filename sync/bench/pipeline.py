@@ -31,16 +31,17 @@ from typing import Any
 import orjson
 from sqlalchemy.sql.expression import Executable
 
-from sync.cursor import TableState
-from sync.dataverse.exact import decode_rows
-from sync.decode_pool import DEFAULT_POOL, shutdown_decode_pool
-from sync.engine import stamp
-from sync.page import DecodedPage, decode_page
-from sync.rowshape import RowShaper
-from sync.store.engine import create_engine
+from sync.mirror.decode_workers import DEFAULT_POOL, shutdown_decode_pool
+from sync.mirror.fetch import decode_rows
+from sync.mirror.job import stamp
+from sync.mirror.page import DecodedPage, decode_page
+from sync.mirror.rowshape import RowShaper
+from sync.mirror.typemap import build_schema
+from sync.store.checkpoints import TableState, checkpoint_statements, ensure
+from sync.store.connect import create_engine
+from sync.store.layout import TableSchema
 from sync.store.migrate import upgrade
-from sync.store.mirror import ensure_mirror
-from sync.store.state import checkpoint_statements, ensure
+from sync.store.mirror_tables import ensure_mirror
 from sync.store.writer import (
     PageCounts,
     PageWrite,
@@ -48,7 +49,6 @@ from sync.store.writer import (
     commit_page,
     create_table_sql,
 )
-from sync.typemap import TableSchema, build_schema
 
 PAGE = 5000
 ENVIRONMENT = "bench"
@@ -303,7 +303,7 @@ def run_pipeline_bench(
     per_round = ", ".join(f"{r:.2f}" for r in figures.ratios)
     console.print(f"ratio: {figures.ratio:.2f} (median of rounds: {per_round}; aim ≥ 0.70)")
     if rss_rows > 0:
-        from sync.bench_rss import measure_backfill_rss
+        from sync.bench.rss import measure_backfill_rss
 
         peak = measure_backfill_rss(rss_rows, console=console)
         if peak is not None:

@@ -2,10 +2,10 @@
 
 The simulator runs as its own process; the backfill runs in a child that reports its own peak
 when done, so neither the simulator nor this process is counted, and the peak of its decode
-worker (read by sync.decode_pool when it stops the worker). Both are the kernel's VmHWM, not
-`ru_maxrss`, which inherits the spawning process's memory (this bench process, large after the
-pipeline measurement). The two peaks need not coincide, so their sum is an upper bound of the
-process tree's peak.
+worker (read by sync.mirror.decode_workers when it stops the worker). Both are the kernel's
+VmHWM, not `ru_maxrss`, which inherits the spawning process's memory (this bench process, large
+after the pipeline measurement). The two peaks need not coincide, so their sum is an upper bound
+of the process tree's peak.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ import asyncio, os, resource, sys
 from io import StringIO
 from rich.console import Console
 from sync.commands.backfill import run_backfill
-from sync.config import load_config
-from sync.decode_pool import DEFAULT_POOL, peak_rss_mb
+from sync.config.model import load_config
+from sync.mirror.decode_workers import DEFAULT_POOL, peak_rss_mb
 code = asyncio.run(run_backfill(load_config(sys.argv[1]), env=None, table=None,
                                 console=Console(file=StringIO())))
 own_kb = round(peak_rss_mb(os.getpid()) * 1024)

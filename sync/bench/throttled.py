@@ -29,11 +29,11 @@ import aiohttp
 import orjson
 from rich.table import Table
 
-from sync.auth import TokenProviders
-from sync.config import Config, Environment, Tenant, load_config
+from sync.config.model import Config, Environment, Tenant, load_config
+from sync.dataverse.auth import TokenProviders
 from sync.dataverse.client import DataverseClient, ssl_context
 from sync.dataverse.odata import api_url, collection_url, request_headers
-from sync.governor import Governor, GovernorClosedError
+from sync.governor.gate import Governor, GovernorClosedError
 from sync.logs import configure_logging
 from sync.simulator.process import start_simulator, stop_simulator
 

@@ -26,15 +26,15 @@ from rich.progress import (
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config import Config, Environment, Tenant
-from sync.dataverse.exact import ExactClient
-from sync.dataverse.metadata import estimate_total, list_tables
-from sync.decode_pool import shutdown_decode_pool
-from sync.engine import JobResult, PageProgress, TableJob, Until, run_job
-from sync.errors import AuthError, ConfigError, DvmirrorError
-from sync.store import state
+from sync.config.model import Config, Environment, Tenant
+from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
+from sync.mirror.decode_workers import shutdown_decode_pool
+from sync.mirror.discovery import estimate_total, list_tables
+from sync.mirror.fetch import ExactClient
+from sync.mirror.job import JobResult, PageProgress, TableJob, Until, run_job
+from sync.runtime.wiring import Wiring
+from sync.store import checkpoints as state
 from sync.store.open import open_store
-from sync.wiring import Wiring
 
 
 class RateColumn(ProgressColumn):
@@ -88,8 +88,8 @@ def select(config: Config, env: str | None, table: str | None) -> list[Selection
 def exit_code(results: Iterable[JobResult]) -> int:
     results = list(results)
     if any(r.auth_failed for r in results):
-        return 3
-    return 0 if all(r.ok for r in results) else 1
+        return ExitCode.AUTH
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.FAILURES
 
 
 async def _environment(

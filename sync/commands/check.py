@@ -13,11 +13,11 @@ from typing import Any
 
 from rich.table import Table
 
-from sync.auth import TokenProviders
-from sync.config import Config, Environment, Tenant
+from sync.config.model import Config, Environment, Tenant
+from sync.dataverse.auth import TokenProviders
 from sync.dataverse.client import DataverseClient, RetryPolicy
-from sync.errors import AuthError, DvmirrorError
-from sync.governor import Governor
+from sync.errors import AuthError, DvmirrorError, ExitCode
+from sync.governor.gate import Governor
 
 CHECK_RETRY = RetryPolicy(attempts=3, max_delay=30.0, throttle_retries=3)
 
@@ -96,8 +96,8 @@ def render(results: list[CheckResult]) -> Table:
 
 def exit_code(results: list[CheckResult]) -> int:
     if any(r.auth_failure for r in results):
-        return 3
-    return 0 if all(r.ok for r in results) else 1
+        return ExitCode.AUTH
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.FAILURES
 
 
 async def run_check(config: Config, *, console: Any) -> int:

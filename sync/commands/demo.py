@@ -24,12 +24,12 @@ from rich.text import Text
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from sync.config import Config, load_config
-from sync.daemon import Daemon
-from sync.engine import PageProgress
+from sync.commands.status import run_status
+from sync.config.model import Config, load_config
+from sync.mirror.job import PageProgress
+from sync.runtime.daemon import Daemon
 from sync.simulator.process import start_simulator, stop_simulator
-from sync.status import run_status
-from sync.store.engine import create_engine
+from sync.store.connect import create_engine
 from sync.store.writer import mirror_table_name, quote_ident
 
 CHURN_EVERY = 2.0

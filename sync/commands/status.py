@@ -19,10 +19,10 @@ from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config import Config
+from sync.config.model import Config
 from sync.logs import mask_text
+from sync.store.control import environments, request_budget, run_history, sync_state
 from sync.store.open import open_store, redact_url
-from sync.store.schema import environments, request_budget, run_history, sync_state
 
 RECENT_WINDOW = dt.timedelta(hours=24)
 BUDGET_WINDOW = dt.timedelta(hours=24)

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from sync.commands.backfill import run_tables
-from sync.config import Config
+from sync.config.model import Config
 
 # A one-shot command promises convergence, so it reconciles keys every time; the daemon
 # reconciles on its own, slower schedule (engine default: daily).

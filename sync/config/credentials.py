@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from sync.config_values import GUID, FrozenModel, check_url, validation_context
+from sync.config.values import GUID, FrozenModel, check_url, validation_context
 
 
 class SecretRef(FrozenModel):

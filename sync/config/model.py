@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from sync.config_values import (
+from sync.config.credentials import AppRegistration, Certificate, SecretRef
+from sync.config.values import (
     DOMAIN,
     GUID,
     SAFE_NAME,
@@ -34,8 +35,8 @@ from sync.config_values import (
     parse_interval,
     validation_context,
 )
-from sync.credentials import AppRegistration, Certificate, SecretRef
 from sync.errors import ConfigError
+from sync.limits import CONCURRENT_REQUESTS_PER_USER, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 __all__ = [
     "AppRegistration",
@@ -90,8 +91,8 @@ class Environment(FrozenModel):
     # Tables without change tracking find deletions by scanning their keys; that costs a full
     # key read, so it runs on its own, longer interval.
     reconcile_interval: float = 86400.0
-    page_size: int = Field(default=5000, ge=1, le=5000)
-    max_concurrency: int | None = Field(default=None, ge=1, le=52)
+    page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    max_concurrency: int | None = Field(default=None, ge=1, le=CONCURRENT_REQUESTS_PER_USER)
     table_options: dict[str, TableOptions] = Field(default_factory=dict)
 
     @field_validator("name")

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import requests
 
-from sync.config import AppRegistration, Config, Tenant
+from sync.config.model import AppRegistration, Config, Tenant
 from sync.errors import (
     AuthError,
     ConsentError,

@@ -14,7 +14,8 @@ dvmirror understands (sync/errors.py). The client calls both, once, at the HTTP 
 | 403 other (0x80040220 missing privilege, …)     | PRIVILEGE      | TableError (reading a table) |
 |                                                 |                | / PrivilegeError (otherwise) |
 | 408, 5xx, SQL deadlock/timeout, query throttling| TRANSIENT      | ServerError(retry_after)     |
-| 501, other 4xx (bad query, unknown entity set)  | TABLE          | TableError / EnvironmentError_|
+| 501, other 4xx (bad query, unknown entity set)  | TABLE          | TableError (reading a table) |
+|                                                 |                | / UnusableEnvironmentError   |
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sync.dataverse.headers import DEFAULT_RETRY_AFTER, normalize_code, retry_after
 from sync.errors import (
     DeltaTokenExpired,
     DvmirrorError,
-    EnvironmentError_,
     ImpersonationError,
     NoApplicationUserError,
     PrivilegeError,
@@ -35,8 +36,8 @@ from sync.errors import (
     ServerError,
     TableError,
     ThrottledError,
+    UnusableEnvironmentError,
 )
-from sync.governor_signals import DEFAULT_RETRY_AFTER, normalize_code, parse_number
 
 EXPIRED_DELTA = "0x80044352"
 NOT_MEMBER = "0x80072560"
@@ -88,15 +89,12 @@ def error_fields(body: object) -> tuple[str | None, str]:
 def classify(status: int, headers: Mapping[str, str], body: object) -> Decision:
     """Decide what a response means. `body` is the parsed JSON (or None)."""
     code, message = error_fields(body)
-    retry_after = parse_number(headers.get("Retry-After"))
     if 200 <= status < 300:
         return Decision(Kind.OK, status)
     if code == EXPIRED_DELTA:
         return Decision(Kind.DELTA_EXPIRED, status, code, message)
     kind = _kind_for(status, code, message)
-    if kind is Kind.THROTTLED and retry_after is None:
-        retry_after = DEFAULT_RETRY_AFTER
-    return Decision(kind, status, code, message, retry_after)
+    return Decision(kind, status, code, message, retry_after(headers, status))
 
 
 def _kind_for(status: int, code: str | None, message: str) -> Kind:
@@ -171,7 +169,9 @@ def to_error(
             "privilege (Organization-level Read) to its security role",
         ),
     }
-    error_class, message = messages.get(kind, (TableError if table else EnvironmentError_, http))
+    error_class, message = messages.get(
+        kind, (TableError if table else UnusableEnvironmentError, http)
+    )
     return error_class(message, **context)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,8 +42,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from sync.auth import scope_for
-from sync.config import Environment, Tenant
+from sync.config.model import Environment, Tenant
+from sync.dataverse.auth import scope_for
 from sync.dataverse.classify import Kind, classify, to_error
 from sync.dataverse.odata import (
     LinkTracker,
@@ -60,7 +61,6 @@ from sync.errors import (
     ThrottledError,
     TransientError,
 )
-from sync.governor import Governor
 from sync.logs import get_logger
 
 log = get_logger("dvmirror.dataverse")
@@ -86,7 +86,7 @@ class RetryPolicy:
 
 
 class TokenSource(Protocol):
-    """What the client needs from auth (sync.auth.TokenProvider is the real one)."""
+    """What the client needs from auth (sync.dataverse.auth.TokenProvider is the real one)."""
 
     async def token(self, scope: str, *, force_refresh: bool = False) -> str: ...
 
@@ -102,6 +102,23 @@ def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+class RequestSlot(Protocol):
+    """One request's place under the governor; it is told what the response said."""
+
+    def observe(self, status: int, headers: Mapping[str, str], error_code: object = None) -> None:
+        """Report a response (599 and no headers when none came)."""
+
+
+class RequestGate(Protocol):
+    """What the client needs of the governor (sync.governor.gate.Governor): a slot per request.
+
+    A protocol, so the Web API layer does not depend on the governor that sits above it."""
+
+    def slot(self) -> AbstractAsyncContextManager[RequestSlot]:
+        """Wait for a slot (pauses, pacing, concurrency) and hold it for one request."""
+        ...
+
+
 class DataverseClient:
     """GETs against one environment's Web API, under its governor."""
 
@@ -110,7 +127,7 @@ class DataverseClient:
         tenant: Tenant,
         environment: Environment,
         tokens: TokenSource,
-        governor: Governor,
+        governor: RequestGate,
         *,
         ca_bundle: Path | None = None,
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,

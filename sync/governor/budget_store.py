@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.errors import StoreError
-from sync.store.schema import request_budget
+from sync.store.control import request_budget
 
 
 class SqlBudgetStore:

@@ -15,7 +15,7 @@ leave*. `decide(now)` applies, in order:
    *anchor*: the budget now is what it reported, minus what we sent (and still had running)
    since, plus our own requests that have left the window since (sends age by send time,
    execution by finish time). Execution is counted in requests of the learned cost
-   (`sync.governor_window.CostEstimate`). When a budget is spent we wait for our oldest counted
+   (`sync.governor.window.CostEstimate`). When a budget is spent we wait for our oldest counted
    request to age out. Once the window is known, sends are spaced evenly at window ÷ what a
    window allows (the tighter budget), so a steady run sits just under the limit instead of
    spending a window's budget at once and then waiting a window.
@@ -37,10 +37,11 @@ import math
 from bisect import bisect_left, bisect_right, insort
 from typing import Any
 
-from sync.governor_signals import DEFAULT_RETRY_AFTER, RateObservation
-from sync.governor_window import Anchor, CostEstimate, GovernorStats, SendLog, TimeLog
+from sync.dataverse.headers import DEFAULT_RETRY_AFTER
+from sync.governor.signals import RateObservation
+from sync.governor.window import Anchor, CostEstimate, GovernorStats, SendLog, TimeLog
+from sync.limits import CONCURRENT_REQUESTS_PER_USER
 
-CONCURRENCY_LIMIT = 52
 INITIAL_CONCURRENCY = 4
 UNLEARNED_RESERVE = 6  # extra request margin while the window is unknown: probes come from it
 KEEP_SENDS = 4096  # once learned, keep at least this many recent send times
@@ -53,14 +54,14 @@ class GovernorCore:
     def __init__(
         self,
         *,
-        cap: int = CONCURRENCY_LIMIT,
+        cap: int = CONCURRENT_REQUESTS_PER_USER,
         initial_concurrency: int | None = None,
         window_hint: float = 300.0,
         margin_fraction: float = 0.02,
         min_margin: int = 2,
         first_probe_delay: float = 0.5,
     ) -> None:
-        self.cap = max(1, min(cap, CONCURRENCY_LIMIT))
+        self.cap = max(1, min(cap, CONCURRENT_REQUESTS_PER_USER))
         self.limit = float(min(self.cap, initial_concurrency or INITIAL_CONCURRENCY))
         self.ceiling = self.cap
         self.window = window_hint

@@ -2,7 +2,7 @@
 
 Every request of that user goes through `async with governor.slot() as slot:` and reports its
 response with `slot.observe(status, headers, error_code)`. The arithmetic lives in
-`sync.governor_core` (pure, clock injected); this module only waits, wakes waiters, and keeps
+`sync.governor.core` (pure, clock injected); this module only waits, wakes waiters, and keeps
 the optional per-tenant daily budget (`TenantBudget`) persisted through a `BudgetStore`.
 """
 
@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sync.errors import DvmirrorError
-from sync.governor_core import GovernorCore
-from sync.governor_signals import DailyBudget, observation_from
+from sync.governor.core import GovernorCore
+from sync.governor.signals import DailyBudget, observation_from
+from sync.limits import CONCURRENT_REQUESTS_PER_USER
 from sync.logs import get_logger
 
 log = get_logger("dvmirror.governor")
@@ -153,7 +154,7 @@ class Governor:
         self,
         name: str,
         *,
-        cap: int = 52,
+        cap: int = CONCURRENT_REQUESTS_PER_USER,
         initial_concurrency: int | None = None,
         window_hint: float = 300.0,
         daily: TenantBudget | None = None,

@@ -1,53 +1,12 @@
-"""What responses tell the governor, parsed leniently (pure), and the daily entitlement counter.
-
-Header values come as Dataverse writes them: `x-ms-ratelimit-time-remaining-xrm-requests:
-1,200.00` (seconds, thousands separator), `x-ms-ratelimit-burst-remaining-xrm-requests: 5999`,
-`x-ms-dop-hint: 48`, `Retry-After: 7`. Throttling codes come in hex (Web API) or signed decimal
-(what Microsoft's ServiceClient compares); both are normalized to lower-case hex.
-"""
+"""What responses tell the governor (pure; headers parsed by sync.dataverse.headers), and the
+daily entitlement counter."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-THROTTLE_CODES = {
-    "0x80072322": "requests",
-    "0x80072321": "execution_time",
-    "0x80072326": "concurrency",
-}
-_DECIMAL_TO_HEX = {str(int(code, 16) - (1 << 32)): code for code in THROTTLE_CODES}
-DEFAULT_RETRY_AFTER = 5.0
-MAX_RETRY_AFTER = 3600.0
-
-
-def parse_number(value: str | None) -> float | None:
-    """Parse a header number leniently: "1,200.00", " 5999 ", "12.5"; None when unusable."""
-    if value is None:
-        return None
-    text = value.strip().replace(",", "").replace("_", "")
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
-
-
-def normalize_code(code: object) -> str | None:
-    """Error codes come as hex ("0x80072322") or signed decimal ("-2147015902"); return hex."""
-    if isinstance(code, int) and not isinstance(code, bool):
-        return f"0x{code & 0xFFFFFFFF:08x}"
-    if not isinstance(code, str) or not code.strip():
-        return None
-    text = code.strip().lower()
-    if text in _DECIMAL_TO_HEX:
-        return _DECIMAL_TO_HEX[text]
-    try:
-        number = int(text, 16) if text.startswith("0x") else int(text)
-    except ValueError:
-        return None
-    return f"0x{number & 0xFFFFFFFF:08x}"
+from sync.dataverse.headers import THROTTLE_CODES, normalize_code, parse_number, retry_after
 
 
 @dataclass(frozen=True)
@@ -76,12 +35,9 @@ def observation_from(
     """Read the service-protection headers of a response (a case-insensitive mapping)."""
     burst = parse_number(headers.get("x-ms-ratelimit-burst-remaining-xrm-requests"))
     dop = parse_number(headers.get("x-ms-dop-hint"))
-    retry_after = parse_number(headers.get("Retry-After"))
-    if status == 429 and retry_after is None:
-        retry_after = DEFAULT_RETRY_AFTER
     return RateObservation(
         status=status,
-        retry_after=min(retry_after, MAX_RETRY_AFTER) if retry_after is not None else None,
+        retry_after=retry_after(headers, status),
         throttle_code=normalize_code(error_code) if status == 429 else None,
         burst_remaining=int(burst) if burst is not None else None,
         time_remaining=parse_number(headers.get("x-ms-ratelimit-time-remaining-xrm-requests")),

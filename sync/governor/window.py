@@ -1,7 +1,7 @@
 """The governor's bookkeeping (pure): what responses reported, our own send and finish times,
 and the execution cost per request learned from `x-ms-ratelimit-time-remaining-xrm-requests`.
 
-`GovernorCore` (sync.governor_core) turns these into decisions.
+`GovernorCore` (sync.governor.core) turns these into decisions.
 """
 
 from __future__ import annotations

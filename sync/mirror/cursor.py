@@ -28,37 +28,17 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from sync.dataverse.odata import check_link
 from sync.errors import HostileResponseError, TableError
-from sync.page import DecodedPage
-from sync.typemap import UUID_TEXT, TableSchema
+from sync.mirror.page import DecodedPage
+from sync.mirror.typemap import UUID_TEXT
+from sync.store.checkpoints import TableState
+from sync.store.layout import TableSchema
 
-Phase = Literal["new", "backfill", "resync", "delta", "watermark", "reconcile"]
 RequestKind = Literal["rows", "delta", "keys"]
 API_PATH = "/api/data/v9.2"
 DEFAULT_OVERLAP = timedelta(minutes=5)
 DEFAULT_RECONCILE_EVERY = timedelta(hours=24)
 FULL_PASSES: frozenset[str] = frozenset({"backfill", "resync"})
 QUERY_SAFE = ",()':"
-
-
-@dataclass(frozen=True)
-class TableState:
-    """The checkpoint of one table: exactly what dv_sync_state stores about the cursor."""
-
-    phase: Phase = "new"
-    next_link: str | None = None
-    delta_link: str | None = None
-    watermark: str | None = None
-    signpost: str | None = None
-    resync_started_at: datetime | None = None
-    last_reconcile: datetime | None = None
-
-    @property
-    def idle(self) -> bool:
-        return (
-            self.phase in ("delta", "watermark")
-            and self.next_link is None
-            and self.signpost is None
-        )
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ overlapping. A worker process has its own GIL and runs on the second core; the p
 unpickles the typed tuples (row dicts are not sent back unless the shaper keeps them).
 
 The worker is a plain `python -c` child (not multiprocessing): it imports this module and the
-decoding modules only (orjson, sync.page and what it needs), never the parent's `__main__`, so it
-stays small. Requests and answers are pickles on its stdin and stdout. It starts on the first
-large page and stops on `shutdown_decode_pool()` (commands, daemon and benchmark on exit;
-`atexit` as the last resort). It ignores SIGINT and SIGHUP (Ctrl-C reaches the whole process
-group: the parent decides) and exits when its stdin closes, which includes the parent's death.
-Should the worker die (SIGTERM to the whole service, out of memory), the page in flight is
-decoded in the caller and the next large page starts a new worker.
+decoding modules only (orjson, sync.mirror.page and what it needs), never the parent's
+`__main__`, so it stays small. Requests and answers are pickles on its stdin and stdout. It
+starts on the first large page and stops on `shutdown_decode_pool()` (commands, daemon and
+benchmark on exit; `atexit` as the last resort). It ignores SIGINT and SIGHUP (Ctrl-C reaches
+the whole process group: the parent decides) and exits when its stdin closes, which includes the
+parent's death. Should the worker die (SIGTERM to the whole service, out of memory), the page in
+flight is decoded in the caller and the next large page starts a new worker.
 
 Pages under `OFF_PROCESS_BYTES` are decoded in the caller: shipping them costs more than it
 saves (the same threshold under which the client decodes on the event loop); so is a page that
@@ -34,14 +34,17 @@ import threading
 from typing import IO, Any
 
 from sync.errors import DvmirrorError
-from sync.page import DecodedPage, decode_page
-from sync.rowshape import RowShaper
-from sync.typemap import TableSchema
+from sync.mirror.page import DecodedPage, decode_page
+from sync.mirror.rowshape import RowShaper
+from sync.store.layout import TableSchema
 
 OFF_PROCESS_BYTES = 64 * 1024
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds the sync package
-_ENTRY = f"import sys; sys.path.insert(0, {_ROOT!r}); from sync.decode_pool import serve; serve()"
+_ENTRY = (
+    f"import sys; sys.path.insert(0, {_ROOT!r}); "
+    "from sync.mirror.decode_workers import serve; serve()"
+)
 
 
 class DecodePool:

@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 from sync.dataverse.odata import api_url
 from sync.errors import HostileResponseError, TableError, TransientError
-from sync.typemap import SAFE_COLUMN as TABLE_NAME
-from sync.typemap import TableSchema, build_schema
+from sync.mirror.typemap import SAFE_COLUMN as TABLE_NAME
+from sync.mirror.typemap import build_schema
+from sync.store.layout import TableSchema
 
 ENTITY_SELECT = "LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnabled"
 ATTRIBUTE_SELECT = (

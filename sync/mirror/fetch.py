@@ -1,11 +1,11 @@
-"""A DataverseClient that hands row pages back decoded, typed and exact (see sync.rowshape).
+"""A DataverseClient that hands row pages back decoded, typed and exact (see sync.mirror.rowshape).
 
 The stock decoder is orjson, which turns Money/Decimal values into floats (rounding past 15
 significant digits) and would cost a second full parse of every page. `fetch_page()` passes the
 page's `RowShaper` as the client's decoder instead (exact decimals, typed tuples), so the one
 HTTP policy of `DataverseClient.get()` applies unchanged: a body cut short is retried as a network
 error, while a well-formed but hostile page raises HostileResponseError at once. Large pages are
-decoded in the process's decode worker (sync.decode_pool), beside the SQLite write.
+decoded in the process's decode worker (sync.mirror.decode_workers), beside the SQLite write.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from functools import partial
 
 from sync.dataverse.client import DataverseClient
 from sync.dataverse.odata import request_headers
-from sync.decode_pool import decode_pooled
 from sync.errors import HostileResponseError
-from sync.page import DecodedPage, NotJsonError
-from sync.rowshape import RowShaper
+from sync.mirror.decode_workers import decode_pooled
+from sync.mirror.page import DecodedPage, NotJsonError
+from sync.mirror.rowshape import RowShaper
 
 
 def decode_rows(shaper: RowShaper, body: bytes) -> DecodedPage | None:

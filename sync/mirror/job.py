@@ -17,24 +17,24 @@ from typing import Literal, Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from sync import cursor as cur
-from sync.config import Environment
-from sync.dataverse.metadata import JsonSource, discover_table
+from sync.config.model import Environment
 from sync.errors import AuthError, DeltaTokenExpired, DvmirrorError
 from sync.logs import get_logger
-from sync.page import DecodedPage
-from sync.rowshape import RowShaper
-from sync.store import state
-from sync.store.mirror import MirrorLayout, ensure_mirror, type_change_note
+from sync.mirror import cursor as cur
+from sync.mirror.discovery import JsonSource, discover_table
+from sync.mirror.page import DecodedPage
+from sync.mirror.rowshape import RowShaper
+from sync.store import checkpoints as state
+from sync.store.layout import TableSchema
+from sync.store.mirror_tables import MirrorLayout, ensure_mirror, type_change_note
 from sync.store.writer import PageCounts, PageWrite, commit_page
-from sync.typemap import TableSchema
 
 log = get_logger("dvmirror.engine")
 Until = Literal["cycle", "backfill"]
 
 
 class PageClient(JsonSource, Protocol):
-    """What a table job needs from the Web API client (sync.dataverse.exact.ExactClient)."""
+    """What a table job needs from the Web API client (sync.mirror.fetch.ExactClient)."""
 
     async def fetch_page(
         self,
@@ -260,8 +260,11 @@ class TableJob:
         if self.run_id is not None:
             await state.finish_run(self.store, self.run_id, status="interrupted", now=self.clock())
 
-    async def finish(self, error: DvmirrorError | None = None) -> JobResult:
-        """Record the outcome: success clears the park, an error parks the table."""
+    async def finish(
+        self, error: DvmirrorError | None = None, *, retry_in: float | None = None
+    ) -> JobResult:
+        """Record the outcome: success clears the park, an error parks the table until the
+        caller's next attempt (`retry_in` seconds; None when no retry is scheduled)."""
         await self.cancel_prefetch()
         now = self.clock()
         env = self.environment.name
@@ -270,8 +273,15 @@ class TableJob:
             if error is None:
                 await state.record_success(self.store, env, self.table, now=now)
             else:
+                retry_at = None if retry_in is None else now + timedelta(seconds=retry_in)
                 await state.record_error(
-                    self.store, env, self.table, message or "", now=now, attempts=self._attempts
+                    self.store,
+                    env,
+                    self.table,
+                    message or "",
+                    now=now,
+                    attempts=self._attempts,
+                    retry_at=retry_at,
                 )
             if self.run_id is not None:
                 await state.finish_run(

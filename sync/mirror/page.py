@@ -14,8 +14,8 @@ import orjson
 
 from sync.dataverse.odata import parse_page
 from sync.errors import HostileResponseError
-from sync.rowshape import InexactNumbers, RowShaper, decode_exact, protect_decimals
-from sync.typemap import UUID_TEXT
+from sync.mirror.rowshape import InexactNumbers, RowShaper, decode_exact, protect_decimals
+from sync.mirror.typemap import UUID_TEXT
 
 DELETED_MARK = b"$deletedEntity"
 

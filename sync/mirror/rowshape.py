@@ -12,9 +12,10 @@ numeric column and the page is decoded again, exactly, by `decode_exact()` — s
 Speed. Everything per value runs in C, set up once per schema: rows become tuples through one
 `itemgetter`; types are checked on the page's distinct row type signatures (usually one or two),
 each position against its allowed types; text formats (GUIDs, timestamps, dates, ETags) are
-checked per column as a whole by `sync.textcheck` (strided slices and one `bytes.translate` for
-the fixed layouts, one regular expression otherwise). No value is converted: JSON already gives
-the stored types (booleans bind as 0/1), timestamps must be UTC (`Z`), decimals stay text.
+checked per column as a whole by `sync.mirror.textcheck` (strided slices and one
+`bytes.translate` for the fixed layouts, one regular expression otherwise). No value is
+converted: JSON already gives the stored types (booleans bind as 0/1), timestamps must be UTC
+(`Z`), decimals stay text.
 """
 
 from __future__ import annotations
@@ -28,15 +29,8 @@ from itertools import repeat
 from typing import Any
 
 from sync.errors import HostileResponseError
-from sync.typemap import (
-    ALLOWED,
-    COLUMN_CHECKS,
-    ETAG_CHECK,
-    FORMATS,
-    SAFE_ROW_KEY,
-    MirrorColumn,
-    TableSchema,
-)
+from sync.mirror.typemap import ALLOWED, COLUMN_CHECKS, ETAG_CHECK, FORMATS, SAFE_ROW_KEY
+from sync.store.layout import MirrorColumn, TableSchema
 
 ETAG_KEY = "@odata.etag"
 _NONE = type(None)

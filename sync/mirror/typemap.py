@@ -7,23 +7,23 @@ Pure: no I/O. Two jobs:
   list and a hash that changes when the schema does. Every identifier is checked against
   `SAFE_COLUMN`; an unsafe one raises `HostileResponseError` (the table is parked).
 * the value rules per mirror type (`ALLOWED`, `FORMATS`, `COLUMN_CHECKS`), used by
-  `sync.rowshape` to turn a page's rows into typed tuples.
+  `sync.mirror.rowshape` to turn a page's rows into typed tuples.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from sync.errors import HostileResponseError
-from sync.textcheck import DIGITS, HEX_DIGITS, ColumnCheck, FirstOf, FixedLayout, Pattern
-
-SqlType = Literal[
-    "text", "integer", "bigint", "numeric", "float", "boolean", "timestamp", "date", "uuid"
-]
+from sync.mirror.textcheck import DIGITS, HEX_DIGITS, ColumnCheck, FirstOf, FixedLayout, Pattern
+from sync.store.layout import (
+    RESERVED_COLUMNS,
+    MirrorColumn,
+    SqlType,
+    TableSchema,
+)
 
 SAFE_COLUMN = re.compile(r"[a-z][a-z0-9_]{0,127}")
 SAFE_ENTITY_SET = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
@@ -42,11 +42,6 @@ ANNOTATIONS_PREFER = (
     'Microsoft.Dynamics.CRM.lookuplogicalname"'
 )
 
-# Reserved mirror columns, appended to every row tuple in this order.
-VERSION_COLUMN = "_dv_version"
-SYNCED_COLUMN = "_dv_synced_at"
-DELETED_COLUMN = "_dv_deleted_at"
-RESERVED_COLUMNS = (VERSION_COLUMN, SYNCED_COLUMN, DELETED_COLUMN)
 
 _SIMPLE_TYPES: dict[str, SqlType] = {
     "String": "text",
@@ -68,7 +63,7 @@ ALLOWED: dict[SqlType, frozenset[type]] = {
     "uuid": frozenset({str}),
     "integer": frozenset({int}),
     "bigint": frozenset({int}),
-    "numeric": frozenset({str}),  # exact text, see sync.rowshape
+    "numeric": frozenset({str}),  # exact text, see sync.mirror.rowshape
     "float": frozenset({int, float}),
     "boolean": frozenset({bool}),
     "timestamp": frozenset({str}),
@@ -80,64 +75,13 @@ FORMATS: dict[SqlType, str] = {
     "timestamp": TIMESTAMP_PATTERN,
     "date": DATE_PATTERN,
 }
-# The same formats as whole-column checks (sync.textcheck), a fast fixed layout where there is one.
+# The same formats as whole-column checks (sync.mirror.textcheck), fixed layouts where possible.
 COLUMN_CHECKS: dict[SqlType, ColumnCheck] = {
     "uuid": FixedLayout("########-####-####-####-############", HEX_DIGITS),
     "timestamp": FirstOf(FixedLayout("####-##-##T##:##:##Z", DIGITS), Pattern(TIMESTAMP_PATTERN)),
     "date": FixedLayout("####-##-##", DIGITS),
 }
 ETAG_CHECK = Pattern(ETAG_PATTERN)
-
-
-@dataclass(frozen=True, slots=True)
-class MirrorColumn:
-    """One column of a mirror table and where its value comes from in the row JSON."""
-
-    name: str
-    source_key: str
-    sql_type: SqlType
-    attribute: str
-    attribute_type: str
-    # How the attribute was declared ("AttributeType DateTime, Format DateOnly, DateTimeBehavior
-    # UserLocal"), named when a value does not fit; not part of the schema hash.
-    declared: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True)
-class TableSchema:
-    """What discovery knows about one table; the mirror and the requests are built from it."""
-
-    table: str
-    entity_set: str
-    primary_key: str
-    change_tracking: bool
-    columns: tuple[MirrorColumn, ...]  # primary key first
-    skipped: tuple[str, ...] = ()
-    numeric_keys: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        keys = tuple(c.source_key for c in self.columns if c.sql_type == "numeric")
-        object.__setattr__(self, "numeric_keys", keys)
-
-    @property
-    def select(self) -> tuple[str, ...]:
-        """The `$select` names: each attribute once, lookups by their Web API name."""
-        names: list[str] = []
-        for column in self.columns:
-            if "@" not in column.source_key and column.source_key not in names:
-                names.append(column.source_key)
-        return tuple(names)
-
-    @property
-    def has_modifiedon(self) -> bool:
-        return any(c.name == "modifiedon" and c.sql_type == "timestamp" for c in self.columns)
-
-    @property
-    def schema_hash(self) -> str:
-        text = "|".join(f"{c.name}:{c.sql_type}:{c.source_key}" for c in self.columns)
-        return hashlib.sha256(
-            f"{self.entity_set}|{self.change_tracking}|{text}".encode()
-        ).hexdigest()
 
 
 def _text(item: Mapping[str, Any], key: str, *, table: str) -> str:

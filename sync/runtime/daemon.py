@@ -14,18 +14,18 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync import notify
-from sync.config import Config, load_config
-from sync.decode_pool import shutdown_decode_pool
-from sync.engine import PageProgress
+from sync.config.model import Config, load_config
 from sync.errors import ConfigError
-from sync.httpserver import HealthCheck, HttpServer, start_http_server
 from sync.logs import get_logger
-from sync.metrics import Metrics
-from sync.scheduler import Scheduler, sleep_or_stop
+from sync.mirror.decode_workers import shutdown_decode_pool
+from sync.mirror.job import PageProgress
+from sync.runtime import systemd as notify
+from sync.runtime.http import HealthCheck, HttpServer, start_http_server
+from sync.runtime.metrics import Metrics
+from sync.runtime.scheduler import Scheduler, sleep_or_stop
+from sync.runtime.wiring import Wiring
+from sync.store.checkpoints import statuses
 from sync.store.open import open_store
-from sync.store.state import statuses
-from sync.wiring import Wiring
 
 log = get_logger("dvmirror.daemon")
 

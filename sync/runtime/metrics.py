@@ -24,18 +24,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from sync import __version__
+from sync.dataverse.headers import THROTTLE_CODES
 
-# 429 error codes Dataverse documents for service protection; anything else is "other".
-THROTTLE_CODES = frozenset({"0x80072322", "0x80072321", "0x80072326"})
 TOKEN_FAILURE_REASONS = frozenset(
     {"credential", "consent", "unknown_tenant", "network", "server", "other"}
 )
 # The governor counts 429s by kind; each kind is one documented code.
-_CODE_BY_THROTTLE_KIND = {
-    "requests": "0x80072322",
-    "execution_time": "0x80072321",
-    "concurrency": "0x80072326",
-}
+_CODE_BY_THROTTLE_KIND = {kind: code for code, kind in THROTTLE_CODES.items()}
 _REASON_BY_ERROR = {
     "CredentialError": "credential",
     "ConsentError": "consent",

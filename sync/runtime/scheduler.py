@@ -20,18 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sync.config import Config, Environment, Tenant
-from sync.dataverse.exact import ExactClient
-from sync.dataverse.metadata import list_tables
-from sync.engine import PageProgress, TableJob
+from sync.config.model import Config, Environment, Tenant
 from sync.errors import AuthError, DvmirrorError
-from sync.governor import Governor
+from sync.governor.gate import Governor
 from sync.logs import get_logger, mask_text
-from sync.metrics import Metrics
-from sync.schedule import FIRST_RUN_SPREAD, Timing, backoff_delay, first_delay, next_delay
-from sync.store import state
+from sync.mirror.discovery import list_tables
+from sync.mirror.fetch import ExactClient
+from sync.mirror.job import PageProgress, TableJob
+from sync.runtime.metrics import Metrics
+from sync.runtime.timing import FIRST_RUN_SPREAD, Timing, backoff_delay, first_delay, next_delay
+from sync.runtime.wiring import Wiring
+from sync.store import checkpoints as state
 from sync.store.environments import record_environment
-from sync.wiring import Wiring
 
 log = get_logger("dvmirror.scheduler")
 
@@ -108,10 +108,10 @@ class EnvironmentGroup:
             except DvmirrorError as exc:
                 attempts += 1
                 self.status.last_error = exc.message
-                await self._park_all(exc)
+                delay = backoff_delay(self.timing, attempts, self.rng)
+                await self._park_all(exc, retry_in=delay)
                 if isinstance(exc, AuthError) and self.metrics is not None:
                     self.metrics.token_failure(self.tenant.name, exc)
-                delay = backoff_delay(self.timing, attempts, self.rng)
                 log.error(
                     "environment_parked",
                     environment=self.name,
@@ -153,15 +153,22 @@ class EnvironmentGroup:
                     break
         return None
 
-    async def _park_all(self, error: DvmirrorError) -> None:
+    async def _park_all(self, error: DvmirrorError, *, retry_in: float) -> None:
         if self.environment.tables == "all":
             return
         now = datetime.now(UTC)
+        retry_at = now + timedelta(seconds=retry_in)
         for table in self.environment.tables:
             with contextlib.suppress(DvmirrorError):
                 await state.ensure(self.wiring.store, self.name, table, now=now)
                 await state.record_error(
-                    self.wiring.store, self.name, table, error.message, now=now, attempts=0
+                    self.wiring.store,
+                    self.name,
+                    table,
+                    error.message,
+                    now=now,
+                    attempts=0,
+                    retry_at=retry_at,
                 )
             if self.metrics is not None:
                 self.metrics.table_parked(self.name, table, True)
@@ -188,7 +195,9 @@ class EnvironmentGroup:
                 # Interrupted between pages: the checkpoint is committed; resume next start.
                 await asyncio.shield(job.interrupt())
                 return
-            result = await job.finish(error)
+            # The retry is decided before the outcome is stored, so status shows what will happen.
+            retry_in = None if error is None else backoff_delay(self.timing, attempts + 1, self.rng)
+            result = await job.finish(error, retry_in=retry_in)
             if self.metrics is not None:
                 self.metrics.table_run_finished(self.name, table, ok=result.ok)
                 self.metrics.table_parked(self.name, table, not result.ok)
@@ -197,7 +206,7 @@ class EnvironmentGroup:
                 delay = next_delay(self.timing, self.rng)
             else:
                 attempts += 1
-                delay = backoff_delay(self.timing, attempts, self.rng)
+                delay = retry_in if retry_in is not None else next_delay(self.timing, self.rng)
                 log.warning("table_retry_scheduled", table=table, retry_in=round(delay, 1))
             if await sleep_or_stop(self.stopping, delay):
                 return

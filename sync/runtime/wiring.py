@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.auth import TokenProviders
-from sync.config import Config, Environment, Tenant
-from sync.dataverse.exact import ExactClient
-from sync.governor import Governor, TenantBudget
-from sync.governor_store import SqlBudgetStore
-from sync.metrics import Metrics
+from sync.config.model import Config, Environment, Tenant
+from sync.dataverse.auth import TokenProviders
+from sync.governor.budget_store import SqlBudgetStore
+from sync.governor.gate import Governor, TenantBudget
+from sync.limits import CONCURRENT_REQUESTS_PER_USER
+from sync.mirror.fetch import ExactClient
+from sync.runtime.metrics import Metrics
 
-SERVICE_CONCURRENCY_LIMIT = 52  # the documented per-user concurrency limit
 NO_RESPONSE = 599
 
 
@@ -49,7 +49,7 @@ class Wiring:
 
         return Governor(
             name,
-            cap=environment.max_concurrency or SERVICE_CONCURRENCY_LIMIT,
+            cap=environment.max_concurrency or CONCURRENT_REQUESTS_PER_USER,
             initial_concurrency=environment.max_concurrency,
             daily=self.budget(tenant),
             on_response=count if metrics is not None else None,

@@ -9,18 +9,40 @@ table resumes where it stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from sync.cursor import Phase, TableState
-from sync.store.schema import run_history, sync_state
+from sync.store.control import run_history, sync_state
+
+Phase = Literal["new", "backfill", "resync", "delta", "watermark", "reconcile"]
+
+
+@dataclass(frozen=True)
+class TableState:
+    """The checkpoint of one table: exactly what dv_sync_state stores about the cursor."""
+
+    phase: Phase = "new"
+    next_link: str | None = None
+    delta_link: str | None = None
+    watermark: str | None = None
+    signpost: str | None = None
+    resync_started_at: datetime | None = None
+    last_reconcile: datetime | None = None
+
+    @property
+    def idle(self) -> bool:
+        return (
+            self.phase in ("delta", "watermark")
+            and self.next_link is None
+            and self.signpost is None
+        )
+
 
 PHASES: frozenset[str] = frozenset({"new", "backfill", "resync", "delta", "watermark", "reconcile"})
-MAX_PARK = timedelta(hours=1)
 
 
 def utc(moment: datetime | None) -> datetime | None:
@@ -226,10 +248,17 @@ async def set_total_estimate(
 
 
 async def record_error(
-    engine: AsyncEngine, environment: str, table: str, message: str, *, now: datetime, attempts: int
+    engine: AsyncEngine,
+    environment: str,
+    table: str,
+    message: str,
+    *,
+    now: datetime,
+    attempts: int,
+    retry_at: datetime | None = None,
 ) -> None:
-    """Park the table: keep its checkpoint, note the error and when to try again (backoff)."""
-    backoff = min(MAX_PARK, timedelta(seconds=30 * 2 ** min(attempts, 10)))
+    """Park the table: keep its checkpoint, note the error and when the scheduler will try
+    again (`retry_at`, None when nothing will retry it: a one-off command)."""
     await _update(
         engine,
         environment,
@@ -237,7 +266,7 @@ async def record_error(
         last_error=message[:2000],
         last_error_at=now,
         attempts=attempts + 1,
-        parked_until=now + backoff,
+        parked_until=retry_at,
         updated_at=now,
     )
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config import Environment, Tenant
-from sync.store.schema import environments
+from sync.config.model import Environment, Tenant
+from sync.store.control import environments
 
 
 async def record_environment(

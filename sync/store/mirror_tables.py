@@ -23,7 +23,8 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.logs import get_logger
-from sync.store.schema import mirror_columns
+from sync.store.control import mirror_columns
+from sync.store.layout import MirrorColumn, SqlType, TableSchema
 from sync.store.writer import (
     TableStatements,
     add_column_sql,
@@ -34,7 +35,6 @@ from sync.store.writer import (
     mirror_table_name,
     rename_column_sql,
 )
-from sync.typemap import MirrorColumn, SqlType, TableSchema
 
 log = get_logger(__name__)
 

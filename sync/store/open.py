@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config import Config
+from sync.config.model import Config
 from sync.errors import StoreError
-from sync.store.engine import create_engine
+from sync.store.connect import create_engine
 from sync.store.migrate import upgrade
 
 

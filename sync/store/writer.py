@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 from sync.errors import HostileResponseError, StoreError, TransientError
-from sync.typemap import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, SqlType
+from sync.store.layout import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, SqlType
 
 SAFE_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,254}")
 STORAGE: dict[SqlType, str] = {
