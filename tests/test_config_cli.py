@@ -118,6 +118,12 @@ def _env(**overrides: str) -> str:
 CASES = [
     Case("missing-file", None, 2, ("configuration file not found",)),
     Case("bad-toml", "[app\nclient_id=1", 2, ("not valid TOML",)),
+    Case(
+        "postgres-store-not-yet-served",
+        base_config().replace("sqlite+aiosqlite:///mirror.db", "postgresql+asyncpg://u@db/mirror"),
+        2,
+        ("store.url", "PostgreSQL stores are not supported by this version yet"),
+    ),
     Case("unknown-top-key", base_config(extra_top='colour = "blue"'), 2, ("colour", "unknown key")),
     Case(
         "unknown-env-key",

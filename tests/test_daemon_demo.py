@@ -21,5 +21,5 @@ def test_demo_exits_zero_and_says_where_the_mirror_is(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     database = directory / "simulator" / "dvmirror" / "mirror.db"
     assert f"The mirror is {database}" in result.stdout
-    assert "every mirror table matches its source." in result.stdout
+    assert "every mirror table matches its source, column by column" in result.stdout
     assert database.is_file()

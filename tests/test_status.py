@@ -262,6 +262,20 @@ async def test_human_output_is_a_table(tmp_path: Path) -> None:
     assert "abc.def-ghi" not in text
 
 
+async def test_an_80_column_terminal_wraps_but_never_cuts(tmp_path: Path) -> None:
+    """On an 80-column console every environment, table and error is shown whole (wrapped in
+    its cell), never cut to "cont…"."""
+    config = config_for(write_config(tmp_path))
+    await seed(config)
+    out = io.StringIO()
+    await run_status(config, as_json=False, console=Console(file=out, width=80), now=NOW)
+    text = out.getvalue()
+    assert "…" not in text
+    joined = "".join(text.split())  # folded cells: join the pieces back
+    for word in ("contoso_prod", "account", "contact", "opportunity(notconfigured)"):
+        assert word in joined
+
+
 async def test_status_reads_while_a_writer_holds_the_database(tmp_path: Path) -> None:
     """A write transaction left open by the daemon neither blocks status nor leaks into it."""
     config = config_for(write_config(tmp_path))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from rich.console import Console, Group
+from rich.console import Console, Group, JustifyMethod
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from sync.commands.status import run_status
+from sync.commands.verify import Comparison, compare_table
 from sync.config.model import Config, load_config
 from sync.mirror.job import PageProgress
 from sync.runtime.daemon import Daemon
@@ -56,7 +57,8 @@ class DemoProgress:
     def render(self, daemon: Daemon, elapsed: float, duration: float, stage: str) -> Group:
         table = Table(title=f"dvmirror demo — {stage}", expand=False)
         for column in ("environment", "table", "phase", "rows upserted", "deleted", "pages"):
-            table.add_column(column, justify="right" if column[0] in "rdp" else "left")
+            justify: JustifyMethod = "right" if column[0] in "rdp" else "left"
+            table.add_column(column, justify=justify, overflow="fold")  # wrap, never cut ids
         for (env, name), rows in sorted(self.rows.items()):
             key = (env, name)
             table.add_row(
@@ -199,10 +201,19 @@ async def _with_simulator(console: Console, ready: dict[str, Any], duration: flo
         "ORDER BY CAST(revenue AS REAL) DESC LIMIT 5"
     )
     console.print(f"  sqlite3 {database} \\\n    '{example}'", soft_wrap=True, highlight=False)
-    if not converged:
+    if converged is None:
         console.print("[red]some tables did not catch up with the source in time")
         return 1
-    console.print("[green]every mirror table matches its source.")
+    if converged.problems:
+        console.print("[red]the mirror differs from its source:", soft_wrap=True)
+        for problem in converged.problems:
+            console.print(f"  {problem}", soft_wrap=True, highlight=False)
+        return 1
+    console.print(
+        f"[green]every mirror table matches its source, column by column "
+        f"({converged.rows:,} rows, {converged.values:,} values compared).",
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -214,13 +225,37 @@ async def _catch_up(
     *,
     live: Live,
     duration: float,
-) -> bool:
-    """Give the daemon one more interval after churn stops; compare row counts meanwhile."""
+) -> Comparison | None:
+    """Give the daemon time to catch up after churn stops: once every row count matches, compare
+    every table column by column (and keep waiting while values still differ). None when the
+    counts never matched in time; otherwise the last comparison (its problems, if any)."""
     deadline = time.monotonic() + CATCH_UP_LIMIT
+    last: Comparison | None = None
     while time.monotonic() < deadline:
         live.update(progress.render(daemon, duration, duration, "catching up"))
         counts = await compare(config, ready)
         if all(source == mirror for _, _, source, mirror in counts):
-            return True
+            last = await compare_columns(config, ready)
+            if not last.problems:
+                return last
         await asyncio.sleep(1.0)
-    return False
+    return last
+
+
+async def compare_columns(config: Config, ready: dict[str, Any]) -> Comparison:
+    """Every table of every environment against its source, column by column."""
+    total = Comparison()
+    engine = create_engine(config.store_url)
+    try:
+        for tenant in ready["tenants"]:
+            for env in tenant["environments"]:
+                for table in env["tables"]:
+                    found = await compare_table(
+                        engine, ready["admin_url"], env["name"], table, key=f"{table}id"
+                    )
+                    total.rows += found.rows
+                    total.values += found.values
+                    total.problems += found.problems
+    finally:
+        await engine.dispose()
+    return total

@@ -229,8 +229,54 @@ def _short_time(iso: str | None) -> str:
     return "—" if iso is None else iso[:19].replace("T", " ") + "Z"
 
 
+# The start of a table's last error in the table view (the whole error is in `status --json`).
+ERROR_SHOWN = 300
+
+
+# Below this width the table would squeeze ids into "cont…": print one block per table instead.
+WIDE_ENOUGH = 150
+
+
+def render_compact(report: Mapping[str, Any], console: Console) -> None:
+    """The report for narrow terminals: one line per table, nothing cut (long lines wrap)."""
+    console.print(f"dvmirror status — {report['store']}", soft_wrap=True, highlight=False)
+    for env in report["environments"]:
+        label = env["name"] if env["configured"] else f"{env['name']} (not configured)"
+        console.print(f"\n[bold]{label}[/bold]", soft_wrap=True, highlight=False)
+        if not env["tables"]:
+            console.print("  no tables yet", soft_wrap=True)
+        for entry in env["tables"]:
+            name = entry["table"] if entry["configured"] else f"{entry['table']} (not configured)"
+            parts = [
+                f"  {name}: {entry['phase']}",
+                f"{entry['rows']:,} rows",
+                f"last success {_short_time(entry['last_success'])}",
+                f"lag {_duration(entry['lag_seconds'])}",
+                f"attempts {entry['attempts']}",
+                f"429s (24h) {entry['throttled_recent']}",
+            ]
+            if entry["parked_until"]:
+                parts.append(f"parked until {_short_time(entry['parked_until'])}")
+            console.print(", ".join(parts), soft_wrap=True, highlight=False)
+            if entry["last_error"]:
+                console.print(f"    error: {entry['last_error']}", soft_wrap=True, highlight=False)
+    for budget in report["budgets"]:
+        if budget["limit"] is None and not budget["used"]:
+            continue
+        limit = "—" if budget["limit"] is None else f"{budget['limit']:,}"
+        console.print(
+            f"\nbudget {budget['tenant']}: {budget['used']:,} of {limit} requests used",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
 def render(report: Mapping[str, Any], console: Console) -> None:
-    """Print the report as rich tables: one row per table, then the request budgets."""
+    """Print the report as rich tables: one row per table, then the request budgets; on a
+    narrow terminal, one line per table instead."""
+    if console.width < WIDE_ENOUGH:
+        render_compact(report, console)
+        return
     tables = Table(title=f"dvmirror status — {report['store']}", title_justify="left")
     columns: list[tuple[str, JustifyMethod]] = [
         ("Environment", "left"),
@@ -245,7 +291,8 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         ("Last error", "left"),
     ]
     for header, justify in columns:
-        tables.add_column(header, justify=justify)
+        # fold, never "…": on an 80-column terminal a long id wraps inside its cell, whole.
+        tables.add_column(header, justify=justify, overflow="fold")
     for env in report["environments"]:
         env_label = env["name"] if env["configured"] else f"{env['name']} (not configured)"
         if not env["tables"]:
@@ -264,14 +311,14 @@ def render(report: Mapping[str, Any], console: Console) -> None:
                 str(entry["attempts"]),
                 str(entry["throttled_recent"]),
                 _short_time(entry["parked_until"]) if entry["parked_until"] else "",
-                (error[:77] + "…") if len(error) > 80 else error,
+                (error[:ERROR_SHOWN] + "…") if len(error) > ERROR_SHOWN else error,
             )
     console.print(tables)
     budgets = [b for b in report["budgets"] if b["limit"] is not None or b["used"]]
     if budgets:
         table = Table(title="Daily request budgets", title_justify="left")
         for header in ("Tenant", "Used", "Limit", "Remaining", "Window ends"):
-            table.add_column(header)
+            table.add_column(header, overflow="fold")
         for budget in budgets:
             table.add_row(
                 budget["tenant"],

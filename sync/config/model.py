@@ -201,10 +201,13 @@ class Store(FrozenModel):
     def _url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        if value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
             raise ValueError(
-                "store.url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+                "PostgreSQL stores are not supported by this version yet; "
+                "use sqlite+aiosqlite:///PATH (or leave store.url out for data_dir/mirror.db)"
             )
+        if not value.startswith("sqlite+aiosqlite://"):
+            raise ValueError("store.url must start with sqlite+aiosqlite:///")
         return value
 
 

@@ -26,7 +26,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -119,6 +119,24 @@ class RequestGate(Protocol):
         ...
 
 
+@dataclass
+class RequestTally:
+    """Responses per table (requests and 429s), so each run can record what it cost."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    throttled: dict[str, int] = field(default_factory=dict)
+
+    def count(self, table: str | None, status: int) -> None:
+        key = table or ""
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if status == 429:
+            self.throttled[key] = self.throttled.get(key, 0) + 1
+
+    def of(self, table: str) -> tuple[int, int]:
+        """(requests, 429s) of one table so far."""
+        return self.requests.get(table, 0), self.throttled.get(table, 0)
+
+
 class DataverseClient:
     """GETs against one environment's Web API, under its governor."""
 
@@ -140,6 +158,7 @@ class DataverseClient:
         self.scope = scope_for(environment.url)
         self.governor = governor
         self.retry = retry or RetryPolicy()
+        self.tally = RequestTally()
         self._tokens = tokens
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, ssl=ssl_context(ca_bundle)),
@@ -286,6 +305,7 @@ class DataverseClient:
         while True:
             token = await self._tokens.token(self.scope, force_refresh=refreshed)
             status, response_headers, document = await self._send(url, headers, token, decoder)
+            self.tally.count(table, status)
             decision = classify(status, response_headers, document)
             if decision.kind is Kind.OK:
                 if document is None:

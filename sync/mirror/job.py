@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 from sync.config.model import Environment
+from sync.dataverse.client import RequestTally
 from sync.errors import AuthError, DeltaTokenExpired, DvmirrorError
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
@@ -35,6 +36,8 @@ Until = Literal["cycle", "backfill"]
 
 class PageClient(JsonSource, Protocol):
     """What a table job needs from the Web API client (sync.mirror.fetch.ExactClient)."""
+
+    tally: RequestTally
 
     async def fetch_page(
         self,
@@ -109,6 +112,7 @@ class TableJob:
         self.layout: MirrorLayout | None = None
         self.cursor = cur.TableState()
         self.run_id: int | None = None
+        self._tally_start = (0, 0)
         self.total_estimate: int | None = None
         self.pages = self.upserted = self.deleted = 0
         self.reconcile = False
@@ -126,6 +130,7 @@ class TableJob:
         env = self.environment
         stored = await state.ensure(self.store, env.name, self.table, now=now)
         self.run_id = await state.start_run(self.store, env.name, self.table, self.command, now=now)
+        self._tally_start = self.client.tally.of(self.table)
         self._attempts, self.total_estimate = stored.attempts, stored.total_estimate
         schema = await discover_table(
             self.client, env.url, self.table, columns=self.options.columns
@@ -284,12 +289,15 @@ class TableJob:
                     retry_at=retry_at,
                 )
             if self.run_id is not None:
+                requests, throttled = self.client.tally.of(self.table)
                 await state.finish_run(
                     self.store,
                     self.run_id,
                     status="ok" if error is None else "failed",
                     now=now,
                     error=message,
+                    requests=requests - self._tally_start[0],
+                    throttled=throttled - self._tally_start[1],
                 )
         except DvmirrorError as exc:  # the store itself failed: report, do not mask the cause
             log.exception("run_record_failed", environment=env, table=self.table, error=exc.message)

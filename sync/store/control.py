@@ -46,7 +46,8 @@ sync_state = Table(
     metadata,
     Column("environment", String(63), primary_key=True),
     Column("table_name", String(128), primary_key=True),
-    # new | backfill | delta | watermark | resync | parked
+    # new | backfill | resync | delta | watermark | reconcile (sync.store.checkpoints.Phase);
+    # a table is parked when last_error is newer than last_success, whatever its phase.
     Column("phase", String(16), nullable=False, server_default="new"),
     Column("next_link", Text),
     Column("delta_link", Text),
@@ -103,7 +104,8 @@ run_history = Table(
     Index(None, "environment", "table_name", "started_at"),
 )
 
-# Work leases, so that several daemon instances sharing one database split the work.
+# Reserved for leases between daemon instances that share one PostgreSQL database (planned);
+# nothing reads or writes it yet: a SQLite store has one daemon.
 leases = Table(
     "dv_leases",
     metadata,
