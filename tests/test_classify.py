@@ -65,6 +65,29 @@ def body(code: str, message: str = "m") -> dict[str, Any]:
         (504, {}, None, Kind.TRANSIENT, None),
         (500, {}, body("0x80044150", "Generic SQL error. Sql Number: 1205"), Kind.TRANSIENT, None),
         (400, {}, body("0x80048544"), Kind.TRANSIENT, None),  # query throttling
+        # SQL timeout and query throttling exactly as the simulator sends them (reference 8, 6.5)
+        (
+            500,
+            {},
+            body(
+                "0x80044151",
+                "SQL timeout expired. CRM ErrorCode: -2147204783 Sql ErrorCode: -2146232060 "
+                "Sql Number: -2",
+            ),
+            Kind.TRANSIENT,
+            None,
+        ),
+        (
+            400,
+            {},
+            body(
+                "0x80048544",
+                "This query cannot be executed because it conflicts with query throttling.",
+            ),
+            Kind.TRANSIENT,
+            None,
+        ),
+        (500, {}, body("-2147204783"), Kind.TRANSIENT, None),  # the signed decimal spelling
         (
             404,
             {},
