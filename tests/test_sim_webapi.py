@@ -279,8 +279,9 @@ class TestQueries:
         assert expected == got
         assert len(pages) == 8
 
-    def test_default_order_is_primary_key(self, env: DataverseModel) -> None:
-        """Without $orderby rows come in primary-key order."""
+    def test_default_order_is_creation_order(self, env: DataverseModel) -> None:
+        """Without $orderby rows come in creation order, which for the simulator's keys is also
+        their text order (not SQL Server's uniqueidentifier order, which only $orderby uses)."""
         keys = [
             r["opportunityid"]
             for r in rows_of(read_all(env, "opportunities", "$select=name", "odata.maxpagesize=4"))
