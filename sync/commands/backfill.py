@@ -112,25 +112,55 @@ async def _environment(
             return [
                 JobResult(environment.name, "*", False, exc.message, isinstance(exc, AuthError))
             ]
-        for table in tables:
-            task = progress.add_task(f"{environment.name}/{table}", total=None, pages=0)
-            job = TableJob(
-                store=store,
-                client=client,
-                environment=environment,
-                table=table,
-                command=command,
-                reconcile_every=reconcile_every,
-                on_page=_advance(progress, task),
-            )
-            if until == "backfill":
-                await _set_total(job, client, progress, task)
-            result = await run_job(job, until=until)
-            progress.update(task, total=progress.tasks[task].completed)
-            if not result.ok:
-                progress.update(task, description=f"{environment.name}/{table} [red]parked")
-            results.append(result)
+        # The environment's tables run concurrently (a latency-bound service rewards it); the
+        # governor still caps the requests in flight for the application user.
+        slots = asyncio.Semaphore(environment.table_concurrency or max(1, len(tables)))
+
+        async def one(table: str) -> JobResult:
+            async with slots:
+                return await _table(
+                    client,
+                    store,
+                    environment,
+                    table,
+                    until=until,
+                    command=command,
+                    reconcile_every=reconcile_every,
+                    progress=progress,
+                )
+
+        results.extend(await asyncio.gather(*(one(table) for table in tables)))
     return results
+
+
+async def _table(
+    client: ExactClient,
+    store: AsyncEngine,
+    environment: Environment,
+    table: str,
+    *,
+    until: Until,
+    command: str,
+    reconcile_every: timedelta | None,
+    progress: Progress,
+) -> JobResult:
+    task = progress.add_task(f"{environment.name}/{table}", total=None, pages=0)
+    job = TableJob(
+        store=store,
+        client=client,
+        environment=environment,
+        table=table,
+        command=command,
+        reconcile_every=reconcile_every,
+        on_page=_advance(progress, task),
+    )
+    if until == "backfill":
+        await _set_total(job, client, progress, task)
+    result = await run_job(job, until=until)
+    progress.update(task, total=progress.tasks[task].completed)
+    if not result.ok:
+        progress.update(task, description=f"{environment.name}/{table} [red]parked")
+    return result
 
 
 async def _set_total(job: TableJob, client: ExactClient, progress: Progress, task: TaskID) -> None:

@@ -93,6 +93,9 @@ class Environment(FrozenModel):
     reconcile_interval: float = 86400.0
     page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     max_concurrency: int | None = Field(default=None, ge=1, le=CONCURRENT_REQUESTS_PER_USER)
+    # How many of the environment's tables run at once (default: all); requests stay capped by
+    # the governor and max_concurrency either way.
+    table_concurrency: int | None = Field(default=None, ge=1)
     table_options: dict[str, TableOptions] = Field(default_factory=dict)
 
     @field_validator("name")

@@ -81,6 +81,7 @@ class EnvironmentGroup:
         self.status = GroupStatus()
         self.governor: Governor = wiring.governor(tenant, environment)
         self.timing = Timing(interval=environment.interval)
+        self.table_slots = asyncio.Semaphore(environment.table_concurrency or 1_000_000)
 
     @property
     def name(self) -> str:
@@ -95,6 +96,10 @@ class EnvironmentGroup:
             tables = await self._tables(client)
             if tables is None:
                 return
+            # How many of the tables may be in a cycle at once (table_concurrency, default all).
+            self.table_slots = asyncio.Semaphore(
+                self.environment.table_concurrency or max(1, len(tables))
+            )
             async with asyncio.TaskGroup() as group:
                 for table in tables:
                     group.create_task(self._table_loop(client, table), name=f"{self.name}/{table}")
@@ -190,7 +195,8 @@ class EnvironmentGroup:
                 reconcile_every=timedelta(seconds=self.environment.reconcile_interval),
                 on_page=self._page_done,
             )
-            error = await self._cycle(job)
+            async with self.table_slots:
+                error = await self._cycle(job)
             if error is None and self.stopping.is_set():
                 # Interrupted between pages: the checkpoint is committed; resume next start.
                 await asyncio.shield(job.interrupt())
