@@ -81,7 +81,8 @@ class EnvironmentGroup:
         self.status = GroupStatus()
         self.governor: Governor = wiring.governor(tenant, environment)
         self.timing = Timing(interval=environment.interval)
-        self.table_slots = asyncio.Semaphore(environment.table_concurrency or 1_000_000)
+        # Sized in run() once the tables are known (table_concurrency, default all of them).
+        self.table_slots = asyncio.Semaphore(environment.table_concurrency or 1)
 
     @property
     def name(self) -> str:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -45,17 +45,9 @@ FaultKind = Literal[
     "sql_timeout",
     "query_throttling",
 ]
-#: Draw order; new kinds go last so existing scenarios draw exactly what they drew before.
-FAULT_KINDS: tuple[FaultKind, ...] = (
-    "http_502",
-    "http_503",
-    "http_504",
-    "sql_deadlock",
-    "reset_mid_body",
-    "truncated_json",
-    "sql_timeout",
-    "query_throttling",
-)
+#: Draw order (the Literal's order); new kinds go last so existing scenarios draw exactly what
+#: they drew before.
+FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 #: Kinds that are an error of the operation itself (the query failed in SQL), not of transport.
 OPERATION_ERRORS: frozenset[FaultKind] = frozenset(
     {"sql_deadlock", "sql_timeout", "query_throttling"}
