@@ -96,6 +96,10 @@ class Environment(FrozenModel):
     # How many of the environment's tables run at once (default: all); requests stay capped by
     # the governor and max_concurrency either way.
     table_concurrency: int | None = Field(default=None, ge=1)
+    # A backfill of a table above `split_rows` rows is read as up to `range_workers` primary-key
+    # ranges at once (each its own chain); 1 turns that off.
+    split_rows: int = Field(default=200_000, ge=1)
+    range_workers: int = Field(default=8, ge=1, le=CONCURRENT_REQUESTS_PER_USER)
     table_options: dict[str, TableOptions] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -219,6 +223,8 @@ class Daemon(FrozenModel):
     metrics_listen: str = "127.0.0.1:9464"
     shutdown_grace: float = 30.0
     max_concurrency: int = Field(default=16, ge=1, le=1024)
+    # Processes that decode large pages off the event loop (0: decode in the event loop).
+    decode_workers: int = Field(default=1, ge=0, le=16)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("shutdown_grace", mode="before")
