@@ -289,25 +289,31 @@ def sync_command(state: State, once: bool) -> None:
 @cli.command()
 @click.option(
     "--scenario",
-    type=click.Path(path_type=Path),
-    help="Simulator scenario for the throttling benchmark (e.g. throttled).",
+    help=(
+        "Compare `dvmirror backfill` with a plain concurrent reader under this simulator "
+        "scenario: latency, throttled, or a scenario file."
+    ),
 )
-@click.option("--duration", type=float, default=45.0, show_default=True, help="Seconds per client.")
-@click.option("--workers", type=int, default=8, show_default=True, help="Governed workers.")
+@click.option(
+    "--rows-scale",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Shrink tables, page size and per-request time by this factor for a quick run.",
+)
 @click.option("--pipeline", is_flag=True, help="Benchmark the local parse → upsert → commit path.")
 @click.option("--rows", type=int, default=200_000, show_default=True, help="Rows for --pipeline.")
 @click.option(
     "--rss-rows",
     type=int,
     default=0,
-    help="Also backfill a table of this many rows from the simulator and report peak RSS.",
+    help="With --pipeline: also backfill a table of this many rows and report peak RSS.",
 )
 @click.pass_obj
 def bench(
     state: State,
-    scenario: Path | None,
-    duration: float,
-    workers: int,
+    scenario: str | None,
+    rows_scale: float,
     pipeline: bool,
     rows: int,
     rss_rows: int,
@@ -318,19 +324,18 @@ def bench(
     from sync.logs import configure_logging
 
     configure_logging(state.log_level or "warning")  # the figures are the output
-    console = Console()
     if pipeline:
         from sync.bench.pipeline import run_pipeline_bench
 
-        sys.exit(run_pipeline_bench(rows, console=console, rss_rows=rss_rows))
+        sys.exit(run_pipeline_bench(rows, console=Console(), rss_rows=rss_rows))
     if scenario is None:
-        raise click.UsageError("give --scenario FILE (e.g. throttled) or --pipeline")
-    from sync.bench.throttled import run_bench
+        raise click.UsageError("give --scenario latency|throttled|FILE, or --pipeline")
+    from sync.bench.backfill import run_side_by_side
 
     sys.exit(
         run_async(
             state,
-            lambda: run_bench(scenario, console=console, duration=duration, workers=workers),
+            lambda: run_side_by_side(scenario, console=table_console(), rows_scale=rows_scale),
         )
     )
 

@@ -1,0 +1,362 @@
+"""`dvmirror bench --scenario latency|throttled|FILE`: dvmirror backfill against a plain reader.
+
+One run, one simulator (sync.bench.world builds its scenario), parts measured one after the
+other, each with its own application user, so no part eats another's service-protection budget:
+
+- *tables*: a plain concurrent reader (sync.bench.reader: one nextLink chain per table, all at
+  once, writing nothing) is the reference for `dvmirror backfill` of the same tables;
+- *big table* (when the scenario has a second environment): its one table read by one plain
+  chain, against `dvmirror backfill` of it (which reads key ranges concurrently when the table
+  is above `split_rows`).
+
+`dvmirror backfill` is the real command line in a child process, with a generated
+configuration and a fresh data directory; its seconds are the child's wall time, start-up,
+migrations and discovery included. For each side the bench prints rows, seconds, rows/s, the
+ratio to the part's reference, the share of the ceiling the simulator's limits allow (sustained
+full pages: a read shorter than the window can burst above it), requests, peak concurrency,
+429s and Retry-After violations (the simulator's /stats for that user), dvmirror's peak RSS,
+and whether each mirror equals its source, column by column (sync.commands.verify).
+Exit 1 when a mirror differs, a read is short, dvmirror fails or any Retry-After was violated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from rich.table import Table
+from sqlalchemy import text
+
+from sync.bench.child import ChildRun, run_dvmirror
+from sync.bench.reader import ReadResult, read_tables
+from sync.bench.world import MIRROR_APP, READER_APP, Part, World, build_world, mirror_config
+from sync.commands.verify import compare_table
+from sync.errors import ExitCode
+from sync.simulator.process import start_simulator, stop_simulator
+from sync.store.connect import create_engine
+from sync.store.layout import TableSchema
+from sync.store.writer import mirror_table_name, quote_ident
+
+T = TypeVar("T")
+NOTES = (
+    "seconds: the plain reader's from its first page request to its last page (its columns were "
+    "discovered beforehand); dvmirror's for the whole command, start-up included.",
+    "ceiling: what the limits allow a sustained read of full pages; a read shorter than the "
+    "window can burst above it.",
+)
+
+
+@dataclass
+class Side:
+    """One column of the table: a reader or dvmirror on one part."""
+
+    part: Part
+    name: str
+    rows: int = 0
+    seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    reference: Side | None = None
+    child: ChildRun | None = None
+    check: str = ""
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    @property
+    def violations(self) -> int:
+        return int(self.stats.get("violations", 0))
+
+
+def say(console: Any, line: str) -> None:
+    """A progress line, printed as it is (no rich markup: names have brackets)."""
+    console.print(line, markup=False, highlight=False)
+
+
+async def admin(ready: Mapping[str, Any], path: str) -> Any:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{ready['admin_url']}{path}") as response,
+    ):
+        return await response.json()
+
+
+async def user_stats(ready: Mapping[str, Any], environment: str, client_id: str) -> dict[str, Any]:
+    """The simulator's counters for one application user in one environment."""
+    for entry in (await admin(ready, "/stats"))["users"]:
+        if entry["environment"] == environment and entry["client_id"] == client_id:
+            return dict(entry)
+    return {}
+
+
+async def with_progress(
+    work: Awaitable[T],
+    *,
+    ready: Mapping[str, Any],
+    side: Side,
+    client_id: str,
+    console: Any,
+    every: float,
+) -> T:
+    """Await `work`, printing the rows the simulator served to that user every `every` s."""
+    started = time.monotonic()
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(every)
+            served = (await user_stats(ready, side.part.environment, client_id)).get(
+                "rows_served", 0
+            )
+            say(
+                console,
+                f"  … {side.name}: {served:,} of {side.part.rows:,} rows served after "
+                f"{time.monotonic() - started:.0f} s",
+            )
+
+    ticker = asyncio.create_task(report())
+    try:
+        return await work
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await ticker
+
+
+async def measure_reader(
+    ready: Mapping[str, Any], world: World, part: Part, *, console: Any, every: float
+) -> tuple[Side, dict[str, TableSchema]]:
+    chains = "one chain" if len(part.tables) == 1 else f"{len(part.tables)} chains at once"
+    side = Side(part, f"plain reader ({chains})")
+    say(console, f"[{part.title}] {side.name} …")
+    result, schemas = await with_progress(
+        read_tables(
+            ready,
+            environment=part.environment,
+            tables=[name for name, _ in part.tables],
+            client_id=READER_APP,
+            page_size=world.page_size,
+        ),
+        ready=ready,
+        side=side,
+        client_id=READER_APP,
+        console=console,
+        every=every,
+    )
+    side.rows, side.seconds = result.total, result.seconds
+    side.stats = await user_stats(ready, part.environment, READER_APP)
+    side.check = _reader_check(part, result, side.failures)
+    say(console, f"[{part.title}] {side.name}: {side.rows:,} rows in {side.seconds:.1f} s")
+    return side, schemas
+
+
+def _reader_check(part: Part, result: ReadResult, failures: list[str]) -> str:
+    short = [
+        f"{t} {result.rows.get(t, 0):,}/{rows:,}"
+        for t, rows in part.tables
+        if result.rows.get(t, 0) != rows
+    ]
+    if short:
+        failures.append(f"the plain reader read too few or too many rows: {', '.join(short)}")
+        return "SHORT: " + ", ".join(short)
+    return "every row read"
+
+
+async def measure_dvmirror(
+    ready: Mapping[str, Any],
+    world: World,
+    part: Part,
+    reference: Side,
+    workdir: Path,
+    *,
+    console: Any,
+    every: float,
+    max_seconds: float,
+) -> Side:
+    how = "" if part.split_rows is None else f", split_rows {part.split_rows:,}"
+    side = Side(part, f"dvmirror backfill{how}", reference=reference)
+    directory = workdir / part.key
+    directory.mkdir(parents=True)
+    config = directory / "dvmirror.toml"
+    config.write_text(
+        mirror_config(ready, part, directory / "data", page_size=world.page_size), encoding="utf-8"
+    )
+    say(console, f"[{part.title}] {side.name} …")
+    args = ["--config", str(config), "--log-level", "warning", "backfill"]
+    child = await with_progress(
+        run_dvmirror(
+            [*args, "--env", part.environment],
+            log=directory / "output.log",
+            max_seconds=max_seconds,
+        ),
+        ready=ready,
+        side=side,
+        client_id=MIRROR_APP,
+        console=console,
+        every=every,
+    )
+    side.child, side.seconds = child, child.seconds
+    side.stats = await user_stats(ready, part.environment, MIRROR_APP)
+    if child.returncode != 0:
+        side.failures.append(
+            f"dvmirror backfill exited with {child.returncode}:\n{child.log_tail()}"
+        )
+    say(console, f"[{part.title}] {side.name}: exit {child.returncode} after {side.seconds:.1f} s")
+    return side
+
+
+async def check_mirror(
+    ready: Mapping[str, Any], side: Side, schemas: Mapping[str, TableSchema], data_dir: Path
+) -> None:
+    """Count the mirror's rows and compare it with the source, column by column."""
+    engine = create_engine(f"sqlite+aiosqlite:///{data_dir / 'mirror.db'}")
+    environment = side.part.environment
+    try:
+        values = 0
+        problems: list[str] = []
+        for table, _ in side.part.tables:
+            name = quote_ident(mirror_table_name(environment, table))
+            try:
+                async with engine.connect() as conn:
+                    count = (await conn.execute(text(f"SELECT count(*) FROM {name}"))).scalar_one()  # noqa: S608
+            except Exception:  # noqa: BLE001 - no mirror table is a difference like any other
+                count = 0
+            side.rows += int(count)
+            found = await compare_table(
+                engine, ready["admin_url"], environment, table, key=schemas[table].primary_key
+            )
+            values += found.values
+            problems += found.problems
+    finally:
+        await engine.dispose()
+    if problems:
+        side.failures.append("the mirror differs from its source: " + "; ".join(problems[:5]))
+        side.check = f"DIFFERS ({len(problems)}+ problems)"
+    else:
+        side.check = f"equal ({values:,} values)"
+
+
+async def run_side_by_side(
+    scenario: str | Path,
+    *,
+    console: Any,
+    rows_scale: float = 1.0,
+    progress_every: float = 30.0,
+    max_seconds: float = 4 * 3600,
+) -> int:
+    """Run every part of the bench; print the figures. 0, or 1 if anything is wrong."""
+    world = build_world(scenario, scale=rows_scale)
+    _describe(world, console)
+    sides: list[Side] = []
+    with tempfile.TemporaryDirectory(prefix="dvmirror-bench-") as tmp:
+        workdir = Path(tmp)
+        scenario_file = workdir / "scenario.toml"
+        scenario_file.write_text(world.scenario_toml(), encoding="utf-8")
+        process, ready = await start_simulator(scenario_file, workdir / "simulator")
+        try:
+            checks: list[Callable[[], Awaitable[None]]] = []
+            for part in world.parts:
+                reader, schemas = await measure_reader(
+                    ready, world, part, console=console, every=progress_every
+                )
+                mirror = await measure_dvmirror(
+                    ready,
+                    world,
+                    part,
+                    reader,
+                    workdir,
+                    console=console,
+                    every=progress_every,
+                    max_seconds=max_seconds,
+                )
+                sides += [reader, mirror]
+                data_dir = workdir / part.key / "data"
+                checks.append(partial(check_mirror, ready, mirror, schemas, data_dir))
+            say(console, "comparing each mirror with its source, column by column …")
+            for check in checks:
+                await check()
+        finally:
+            await stop_simulator(process)
+    console.print(render(world, sides))
+    for note in NOTES:
+        say(console, note)
+    failures = [f"{s.part.title}, {s.name}: {f}" for s in sides for f in s.failures]
+    failures += [
+        f"{s.part.title}, {s.name}: {s.violations} Retry-After violations"
+        for s in sides
+        if s.violations
+    ]
+    for failure in failures:
+        say(console, f"FAILED: {failure}")
+    return ExitCode.FAILURES if failures else ExitCode.OK
+
+
+def _describe(world: World, console: Any) -> None:
+    say(
+        console,
+        f"dvmirror bench: scenario {world.name}, rows scale {world.scale:g}, "
+        f"page size {world.page_size:,}",
+    )
+    for part in world.parts:
+        limits = part.limits
+        tables = ", ".join(f"{t} {rows:,}" for t, rows in part.tables)
+        say(console, f"  {part.title}, environment {part.environment}: {tables} rows")
+        say(
+            console,
+            f"    a full page takes {limits.execution_time(world.page_size):.2f} s of server time "
+            f"({limits.base_ms:g} ms + {limits.per_row_ms:g} ms per row); per user "
+            f"{limits.requests:,} requests and {limits.execution_seconds:,g} s of execution per "
+            f"{limits.window:g} s, {limits.concurrency} concurrent: a ceiling of "
+            f"{limits.ceiling_rows_per_second(world.page_size):,.0f} rows/s",
+        )
+
+
+def render(world: World, sides: list[Side]) -> Table:
+    """One row per figure, one column per side."""
+    table = Table(title=f"dvmirror bench --scenario {world.name} (rows scale {world.scale:g})")
+    table.add_column("figure")
+    for side in sides:
+        table.add_column(f"{side.part.title}\n{side.name}", justify="right")
+
+    def ratio(side: Side) -> str:
+        if side.reference is None:
+            return "reference"
+        reference = side.reference.rate
+        return f"{side.rate / reference:.2f}" if reference else "n/a"
+
+    def ceiling(side: Side) -> float:
+        return side.part.limits.ceiling_rows_per_second(world.page_size)
+
+    def rss(side: Side) -> str:
+        child = side.child
+        if child is None:
+            return "—"
+        if child.total_mb is None or child.own_mb is None or child.descendants_mb is None:
+            return "n/a"
+        return f"{child.total_mb:.0f} MB ({child.own_mb:.0f} + {child.descendants_mb:.0f} worker)"
+
+    figures: list[tuple[str, Callable[[Side], str]]] = [
+        ("rows", lambda s: f"{s.rows:,}"),
+        ("seconds", lambda s: f"{s.seconds:.1f}"),
+        ("rows/s", lambda s: f"{s.rate:,.0f}"),
+        ("ratio to reference", ratio),
+        ("ceiling rows/s (full pages)", lambda s: f"{ceiling(s):,.0f}"),
+        ("share of ceiling", lambda s: f"{s.rate / ceiling(s):.2f}" if ceiling(s) else "n/a"),
+        ("requests", lambda s: f"{s.stats.get('requests', 0):,}"),
+        ("peak concurrent requests", lambda s: f"{s.stats.get('max_concurrency', 0)}"),
+        ("429s", lambda s: f"{s.stats.get('throttled_total', 0):,}"),
+        ("Retry-After violations", lambda s: f"{s.violations}"),
+        ("peak RSS", rss),
+        ("data", lambda s: s.check),
+    ]
+    for label, show in figures:
+        table.add_row(label, *(show(side) for side in sides))
+    return table
