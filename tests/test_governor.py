@@ -471,3 +471,59 @@ async def test_sql_budget_store_round_trips(tmp_path: Path) -> None:
     await store.save("contoso", start, 9)
     assert (start, 9) == await store.load("contoso")
     await engine.dispose()
+
+
+async def test_concurrency_grows_while_there_is_demand() -> None:
+    """No dop hint: 12 workers (eight key ranges and four tables) keep every slot busy, so the
+    limit grows from the initial 4, and the requests in flight follow it."""
+    governor = Governor("env")
+    peak = 0
+
+    async def worker() -> None:
+        nonlocal peak
+        for _ in range(12):
+            async with governor.slot() as slot:
+                peak = max(peak, governor.core.in_flight)
+                await asyncio.sleep(0.002)
+                slot.observe(200, {})
+
+    await asyncio.gather(*(worker() for _ in range(12)))
+    assert math.floor(governor.core.limit) >= 8
+    assert peak >= 8
+
+
+async def test_no_growth_without_demand() -> None:
+    """One chain keeps one request in flight: the limit stays where it started."""
+    governor = Governor("env")
+    for _ in range(50):
+        async with governor.slot() as slot:
+            slot.observe(200, {})
+    assert math.floor(governor.core.limit) == 4
+
+
+async def test_process_request_cap_spans_governors_and_a_paused_user_holds_none() -> None:
+    """daemon.max_concurrency: two users share a cap of 3 requests in flight. While one user
+    sits in a Retry-After pause, its waiting requests hold no share of the cap."""
+    cap = asyncio.Semaphore(3)
+    paused = Governor("paused", initial_concurrency=8, request_cap=cap)
+    busy = Governor("busy", initial_concurrency=8, request_cap=cap)
+    async with paused.slot() as slot:
+        slot.observe(429, {"Retry-After": "0.5"}, error_code="0x80072322")
+    in_flight = peak = 0
+    done_while_paused = 0
+
+    async def request(governor: Governor) -> None:
+        nonlocal in_flight, peak, done_while_paused
+        async with governor.slot() as slot:
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.01)
+            in_flight -= 1
+            slot.observe(200, {})
+        if governor is busy and time.monotonic() < paused.core.paused_until:
+            done_while_paused += 1
+
+    await asyncio.gather(*(request(paused) for _ in range(6)), *(request(busy) for _ in range(12)))
+    assert peak <= 3
+    assert done_while_paused == 12  # the busy user was not starved by the paused one
+    assert cap._value == 3  # every share handed back

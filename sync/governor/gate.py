@@ -160,8 +160,13 @@ class Governor:
         daily: TenantBudget | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_response: Callable[[int], None] | None = None,
+        request_cap: asyncio.Semaphore | None = None,
     ) -> None:
         self.name = name
+        # Shared by every governor of the process (daemon.max_concurrency): requests in flight
+        # across all environments. Taken only once this user may send, so a paused user never
+        # holds capacity the others could use.
+        self.request_cap = request_cap
         self.on_response = on_response  # e.g. a metrics counter; sees every HTTP attempt
         self.core = GovernorCore(
             cap=cap, initial_concurrency=initial_concurrency, window_hint=window_hint
@@ -186,32 +191,53 @@ class Governor:
         try:
             yield slot
         finally:
+            self._release_cap()
             self.core.on_release(self._clock(), sent_at)
             self._notify()
             if self.daily is not None:
                 await asyncio.shield(self.daily.maybe_flush())
 
     async def _acquire(self) -> float:
-        while True:
-            if self._closed:
-                raise GovernorClosedError(f"{self.name}: the request governor is closed")
-            if self.daily is not None:
-                renew = await self.daily.wait_until()
-                if renew is not None:
-                    await self._sleep_until_changed(max(0.1, renew - time.time()))
-                    continue
-            now = self._clock()
-            wake = self.core.decide(now)
-            if wake is None:
+        holding = False  # a share of the process-wide cap, taken once this user may send
+        try:
+            while True:
+                if self._closed:
+                    raise GovernorClosedError(f"{self.name}: the request governor is closed")
                 if self.daily is not None:
-                    self.daily.spend()
-                return self.core.on_send(now)
-            paused = now < self.core.paused_until
-            delay = None if wake == math.inf else max(0.0, wake - now)
-            started = self._clock()
-            await self._sleep_until_changed(delay)
-            if paused:
-                self.waited_on_retry_after += self._clock() - started
+                    renew = await self.daily.wait_until()
+                    if renew is not None:
+                        await self._sleep_until_changed(max(0.1, renew - time.time()))
+                        continue
+                now = self._clock()
+                wake = self.core.decide(now)
+                if wake is None:
+                    if self.request_cap is not None and not holding:
+                        waited = self.request_cap.locked()
+                        await self.request_cap.acquire()
+                        holding = True
+                        if waited:
+                            continue  # time passed while waiting: decide again, holding it
+                    if self.daily is not None:
+                        self.daily.spend()
+                    sent_at = self.core.on_send(now)
+                    holding = False  # the slot hands it back
+                    return sent_at
+                if holding:  # paused or paced after all: others may use the share meanwhile
+                    self._release_cap()
+                    holding = False
+                paused = now < self.core.paused_until
+                delay = None if wake == math.inf else max(0.0, wake - now)
+                started = self._clock()
+                await self._sleep_until_changed(delay)
+                if paused:
+                    self.waited_on_retry_after += self._clock() - started
+        finally:
+            if holding:
+                self._release_cap()
+
+    def _release_cap(self) -> None:
+        if self.request_cap is not None:
+            self.request_cap.release()
 
     async def _sleep_until_changed(self, delay: float | None) -> None:
         event = self._changed

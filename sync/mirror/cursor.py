@@ -163,7 +163,8 @@ def plan(
     ), started
 
 
-def _valid_keys(rows: list[dict[str, object]], primary: str, table: str) -> tuple[str, ...]:
+def valid_keys(rows: list[dict[str, object]], primary: str, table: str) -> tuple[str, ...]:
+    """The primary keys of a key-only page; a row without a valid GUID key is hostile."""
     keys: list[str] = []
     for row in rows:
         key = row.get(primary) if isinstance(row, dict) else None
@@ -207,7 +208,7 @@ def advance(
     next_link = page.next_link
     if next_link is not None:
         step_state = replace(state, next_link=next_link)
-        keys = _valid_keys(page.rows, schema.primary_key, table) if request.kind == "keys" else ()
+        keys = valid_keys(page.rows, schema.primary_key, table) if request.kind == "keys" else ()
         return Step(step_state, deleted_ids=tuple(page.deleted_ids), keys_seen=keys)
     # last page of this pass
     if state.phase in FULL_PASSES:
@@ -236,7 +237,7 @@ def advance(
             cycle_done=True,
         )
     if state.phase == "reconcile":
-        keys = _valid_keys(page.rows, schema.primary_key, table)
+        keys = valid_keys(page.rows, schema.primary_key, table)
         final = replace(
             state,
             phase="watermark",

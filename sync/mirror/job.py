@@ -3,7 +3,8 @@
 `TableJob.prepare()` discovers the table, adapts the mirror (drift) and loads the checkpoint;
 `TableJob.step()` fetches and commits exactly ONE page (rows + deletions + checkpoint in one
 transaction) and says whether the current cycle has more pages. A scheduler can interleave the
-steps of many tables; `run_job()` is the simple loop the commands use.
+steps of many tables; sync.mirror.runner drives it for every command, and sync.mirror.ranged
+runs a big table's full pass as parallel key ranges.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from sync.dataverse.client import RequestTally
 from sync.errors import AuthError, DeltaTokenExpired, DvmirrorError
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
-from sync.mirror.discovery import JsonSource, discover_table
+from sync.mirror.discovery import JsonSource, discover_table, estimate_total
+from sync.mirror.keyranges import should_split
 from sync.mirror.page import DecodedPage
 from sync.mirror.rowshape import RowShaper
 from sync.store import checkpoints as state
+from sync.store import key_ranges
 from sync.store.layout import TableSchema
 from sync.store.mirror_tables import MirrorLayout, ensure_mirror, type_change_note
 from sync.store.writer import PageCounts, PageWrite, commit_page
@@ -117,12 +120,27 @@ class TableJob:
         self.pages = self.upserted = self.deleted = 0
         self.reconcile = False
         self._attempts = 0
+        # A parallel key-range full pass (sync.mirror.ranged): its stored ranges, or `split`
+        # when one is to start (a big table whose full pass has not begun).
+        self.ranges: list[key_ranges.RangeState] = []
+        self.split = False
         self._shapers: tuple[RowShaper, RowShaper] | None = None
         self._prefetch: tuple[cur.Request, asyncio.Future[DecodedPage]] | None = None
 
     @property
     def needs_backfill(self) -> bool:
         return self.cursor.phase in ("new", "backfill", "resync")
+
+    @property
+    def ranged(self) -> bool:
+        """The full pass runs (or is to run) as parallel key ranges."""
+        return self.needs_backfill and (bool(self.ranges) or self.split)
+
+    @property
+    def shapers(self) -> tuple[RowShaper, RowShaper]:
+        """(full rows, keys only) for this table's schema; prepare() makes them."""
+        assert self._shapers is not None
+        return self._shapers
 
     async def prepare(self) -> None:
         """Discover the table, adapt the mirror to its schema, load the checkpoint."""
@@ -155,10 +173,57 @@ class TableJob:
                 self.store, env.name, self.table, schema.schema_hash, now=now
             )
         self.schema, self.layout, self.cursor = schema, layout, cursor
+        await self._plan_ranges(widened=bool(widened))
         keys_schema = replace(schema, columns=schema.columns[:1])
         self._shapers = (RowShaper(schema), RowShaper(keys_schema, keep_rows=True))
         if not schema.change_tracking and self.reconcile_every is not None:
             self.reconcile = cur.reconcile_due(cursor, now=now, every=self.reconcile_every)
+
+    async def _plan_ranges(self, *, widened: bool) -> None:
+        """Find a ranged pass under way, or decide whether a full pass about to start splits."""
+        env, cursor = self.environment, self.cursor
+        self.ranges, self.split = [], False
+        if not self.needs_backfill:
+            return
+        self.ranges = await key_ranges.load(self.store, env.name, self.table)
+        if self.ranges:
+            if widened:  # new columns: the ranges' next pages select them too
+                assert self.schema is not None
+                select = self.schema.select
+                self.ranges = [
+                    replace(r, next_link=cur.with_select(r.next_link, select)) if r.next_link else r
+                    for r in self.ranges
+                ]
+            return
+        if cursor.next_link is not None:
+            return  # a single chain under way goes on as one
+        total = await estimate_total(self.client, env.url, self.table)
+        if total is not None:
+            self.total_estimate = total
+            await state.set_total_estimate(
+                self.store, env.name, self.table, total, now=self.clock()
+            )
+        self.split = should_split(
+            total, split_rows=env.split_rows, workers=env.range_workers, page_size=env.page_size
+        )
+
+    def page_committed(self, phase: str, counts: PageCounts, *, cycle_done: bool) -> None:
+        """Count a committed page and report it (progress bars, metrics)."""
+        self.pages += 1
+        self.upserted += counts.upserted
+        self.deleted += counts.deleted
+        if self.on_page is not None:
+            self.on_page(
+                PageProgress(
+                    self.environment.name,
+                    self.table,
+                    phase,
+                    counts.upserted,
+                    counts.deleted,
+                    self.total_estimate,
+                    cycle_done,
+                )
+            )
 
     async def step(self) -> bool:
         """Fetch and commit one page. True while the current cycle has more pages."""
@@ -211,23 +276,9 @@ class TableJob:
             await self.cancel_prefetch()
             raise
         self.cursor = step.state
-        self.pages += 1
-        self.upserted += counts.upserted
-        self.deleted += counts.deleted
         if step.full_pass_done or (step.cycle_done and not schema.change_tracking):
             self.reconcile = False
-        if self.on_page is not None:
-            self.on_page(
-                PageProgress(
-                    env.name,
-                    self.table,
-                    planned.phase,
-                    counts.upserted,
-                    counts.deleted,
-                    self.total_estimate,
-                    step.cycle_done,
-                )
-            )
+        self.page_committed(planned.phase, counts, cycle_done=step.cycle_done)
         return not step.cycle_done
 
     async def _fetch(self, request: cur.Request) -> DecodedPage:
@@ -313,24 +364,3 @@ class TableJob:
             self.upserted,
             self.deleted,
         )
-
-
-async def run_table_step(job: TableJob) -> bool:
-    """Advance `job` by one page (preparing it first if needed); True while more remains."""
-    if job.schema is None:
-        await job.prepare()
-    return await job.step()
-
-
-async def run_job(job: TableJob, *, until: Until = "cycle") -> JobResult:
-    """Run one table to the end of its cycle (or of its backfill); park it on failure."""
-    try:
-        await job.prepare()
-        if until == "backfill" and not job.needs_backfill:
-            return await job.finish()
-        while await job.step():
-            if until == "backfill" and not job.needs_backfill:
-                break
-    except DvmirrorError as exc:  # parks this table (StoreError, AuthError too); others go on
-        return await job.finish(exc)
-    return await job.finish()

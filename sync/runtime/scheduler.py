@@ -1,10 +1,13 @@
 """The daemon's scheduler: one supervised worker group per environment, one loop per table.
 
-Fairness comes from the shape: every table has its own loop and at most one page in flight,
-and all loops of an environment share that application user's governor. A long backfill of
-one table therefore interleaves page by page with the incremental cycles of the others, and
-no environment ever waits for another one. A failing table or environment is parked with its
-error and retried with backoff; nothing it raises reaches its neighbours.
+Fairness comes from the shape: every table has its own loop (a big table's full pass a few key
+ranges, sync.mirror.ranged), and all loops of an environment take their requests from that
+application user's governor; `daemon.max_concurrency` caps the requests in flight across all
+environments. A long backfill of one table therefore interleaves page by page with the
+incremental cycles of the others, and no environment ever waits for another one. Each cycle
+runs through the same table runner as the one-off commands (sync.mirror.runner). A failing
+table or environment is parked with its error and retried with backoff; nothing it raises
+reaches its neighbours.
 
 Stopping is cooperative: `stop()` lets every in-flight page commit (each page and its
 checkpoint are one transaction) and the loops end between pages; whatever is still running
@@ -23,10 +26,11 @@ from datetime import UTC, datetime, timedelta
 from sync.config.model import Config, Environment, Tenant
 from sync.errors import AuthError, DvmirrorError
 from sync.governor.gate import Governor
-from sync.logs import get_logger, mask_text
+from sync.logs import get_logger
 from sync.mirror.discovery import list_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import PageProgress, TableJob
+from sync.mirror.runner import run_cycle
 from sync.runtime.metrics import Metrics
 from sync.runtime.timing import FIRST_RUN_SPREAD, Timing, backoff_delay, first_delay, next_delay
 from sync.runtime.wiring import Wiring
@@ -65,7 +69,6 @@ class EnvironmentGroup:
         environment: Environment,
         wiring: Wiring,
         *,
-        global_slots: asyncio.Semaphore,
         metrics: Metrics | None,
         rng: random.Random,
         on_page: Callable[[PageProgress], None] | None = None,
@@ -73,7 +76,6 @@ class EnvironmentGroup:
         self.tenant = tenant
         self.environment = environment
         self.wiring = wiring
-        self.global_slots = global_slots
         self.metrics = metrics
         self.rng = rng
         self.on_page = on_page
@@ -219,28 +221,12 @@ class EnvironmentGroup:
                 return
 
     async def _cycle(self, job: TableJob) -> DvmirrorError | None:
-        """Prepare and run pages until the cycle ends or the group is told to stop."""
+        """Run pages until the cycle ends or the group is told to stop."""
         self.status.busy_tables.add(job.table)
         try:
-            async with self.global_slots:
-                await job.prepare()
-            while not self.stopping.is_set():
-                async with self.global_slots:
-                    more = await job.step()
-                if not more:
-                    break
-        except DvmirrorError as exc:
-            return exc
-        except Exception as exc:  # a bug (or an untranslated library error) parks this table only
-            log.exception("table_cycle_crashed", environment=self.name, table=job.table)
-            return DvmirrorError(
-                f"unexpected {type(exc).__name__}: {mask_text(str(exc))}",
-                environment=self.name,
-                table=job.table,
-            )
+            return await run_cycle(job, until="cycle", stopping=self.stopping)
         finally:
             self.status.busy_tables.discard(job.table)
-        return None
 
     def _page_done(self, page: PageProgress) -> None:
         if self.metrics is not None:
@@ -287,7 +273,6 @@ class Scheduler:
         self.metrics = metrics
         self.rng = random.Random(seed)
         self.on_page = on_page
-        self.global_slots = asyncio.Semaphore(wiring.config.settings.daemon.max_concurrency)
         self.groups: dict[str, RunningGroup] = {}
 
     def start(self, config: Config) -> None:
@@ -299,7 +284,6 @@ class Scheduler:
             tenant,
             environment,
             self.wiring,
-            global_slots=self.global_slots,
             metrics=self.metrics,
             rng=random.Random(self.rng.random()),
             on_page=self.on_page,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 NAMING = {
@@ -102,6 +104,24 @@ run_history = Table(
     Column("throttled", Integer, nullable=False, server_default="0"),
     Column("error", Text),
     Index(None, "environment", "table_name", "started_at"),
+)
+
+# The key ranges of a table's parallel backfill (sync.mirror.ranged): each range is its own
+# nextLink chain with its own checkpoint, written in the same transaction as each of its pages.
+# The rows exist only while a ranged full pass runs; its last commit deletes them.
+key_ranges = Table(
+    "dv_key_ranges",
+    metadata,
+    Column("environment", String(63), primary_key=True),
+    Column("table_name", String(128), primary_key=True),
+    Column("range_no", Integer, primary_key=True, autoincrement=False),
+    Column("lower_key", String(36)),  # exclusive; NULL: from the first key
+    Column("upper_key", String(36)),  # inclusive; NULL: to the last key
+    Column("next_link", Text),
+    Column("done", Boolean, nullable=False, server_default=false()),
+    Column("rows", BigInteger, nullable=False, server_default="0"),
+    Column("pages", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 # Reserved for leases between daemon instances that share one PostgreSQL database (planned);
