@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from sync.simulator.dataset import TableSpec
+from sync.simulator.guids import sqlserver_guid_key
 from sync.simulator.odata import PagingCookie, encode_skiptoken
 from sync.simulator.templates import TEMPLATES
 from sync.simulator.webapi import ApiRequest, ApiResponse, DataverseModel
@@ -68,15 +70,22 @@ class TestDeterminism:
         assert first == again
         assert first != other
 
-    def test_keys_sort_in_row_order_and_map_back_to_their_index(self) -> None:
-        """Primary keys are lower-case GUIDs whose lexical order is the row order."""
+    def test_keys_count_in_row_order_and_map_back_to_their_index(self) -> None:
+        """Primary keys are lower-case sequential GUIDs whose counter (SQL Server's next most
+        significant bytes after the node) grows with the row; each maps back to its index."""
         target = model(account=300)
         table = target.tables["account"]
         keys = [table.key(i) for i in range(300)]
-        assert keys == sorted(keys)
+        assert all(k == k.lower() and str(uuid.UUID(k)) == k for k in keys)
+        counters = [sqlserver_guid_key(k)[8:] for k in keys]
+        assert counters == sorted(counters) and len(set(counters)) == 300
         assert all(table.index_of(k) == i for i, k in enumerate(keys))
         assert table.index_of(keys[5].upper()) == 5
+        assert table.index_of("{" + keys[5] + "}") == 5
         assert table.index_of("00000005-0000-4000-8000-000000000000") is None
+        other_node = next(k for k in keys if k[18:] != keys[5][18:])
+        assert table.index_of(keys[5][:18] + other_node[18:]) is None  # right counter, wrong node
+        assert table.index_of(target.tables["account"].key(5)[:-1] + "g") is None
         assert keys == [r["accountid"] for r in target.dump_rows("account")]
 
     def test_versions_come_from_one_environment_counter(self) -> None:
@@ -266,7 +275,7 @@ class TestMillionRows:
         finally:
             tracemalloc.stop()
         assert len(set(keys)) == 2000
-        assert keys == sorted(keys)
+        assert keys == sorted(keys, key=lambda k: sqlserver_guid_key(k)[8:])  # creation order
         assert kept < 400_000  # the 2,000 keys collected above, not the model
         assert "$select=name,revenue" in link
 

@@ -5,7 +5,9 @@ keys and lookups through DataverseModel.handle, including range-split paging."""
 from __future__ import annotations
 
 import random
-from itertools import pairwise
+import uuid
+from collections import Counter
+from itertools import combinations, pairwise
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +15,7 @@ import pytest
 
 from sync.simulator.dataset import TableSpec
 from sync.simulator.guids import sqlserver_guid_key
+from sync.simulator.values import index_of, key_for
 from sync.simulator.webapi import DataverseModel
 from tests.test_sim_webapi import Clock, error, get, read_all, rows_of
 
@@ -101,6 +104,70 @@ def test_key_ignores_case_and_braces_and_rejects_garbage() -> None:
         sqlserver_guid_key("not-a-guid")
 
 
+# -- the simulator's keys: sequential GUIDs ---------------------------------------------------
+
+TABLES = ("account", "contact", "opportunity", "new_project", "systemuser")
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_keys_are_sequential_in_sql_order_within_a_node(table: str) -> None:
+    """Like Dataverse's keys: an Azure node (000d3a…) with its clock sequence in the last two
+    groups, 2–3 nodes per table, and within a node SQL Server order is creation order."""
+    keys = [key_for(5, table, index) for index in range(2000)]
+    assert len(set(keys)) == len(keys)
+    nodes: dict[str, list[str]] = {}
+    for key in keys:
+        assert key == str(uuid.UUID(key))  # lower-case, hyphenated
+        nodes.setdefault(key[19:], []).append(key)
+    assert 2 <= len(nodes) <= 3
+    assert len({suffix[5:] for suffix in nodes}) == len(nodes)  # distinct node ids
+    for suffix, run in nodes.items():
+        clock_sequence, node = int(suffix[:4], 16), suffix[5:]
+        assert clock_sequence & 0xC000 == 0x8000 and node.startswith("000d3a")
+        assert run == sorted(run, key=sqlserver_guid_key)  # index order is SQL order
+        assert len(run) > 300  # each node takes a fair share
+    counters = [sqlserver_guid_key(key)[8:] for key in keys]
+    assert counters == sorted(counters)  # the counter is the creation order across nodes too
+    assert all(c[0] == 0x10 for c in counters)  # (1 << 60) | (table base + index)
+
+
+def test_nodes_differ_between_tables_and_seeds() -> None:
+    """Each table (and seed) has its own nodes, so keys never collide across tables."""
+    suffixes = [
+        {key_for(seed, table, i)[19:] for i in range(200)} for seed in (1, 2) for table in TABLES
+    ]
+    assert all(not (a & b) for a, b in combinations(suffixes, 2))
+
+
+def test_an_even_split_of_the_guid_space_puts_the_rows_in_one_range() -> None:
+    """Splitting the GUID space 8 ways by SQL Server's most significant byte (the node's first
+    byte, 00 for every Azure node) leaves >95% of the rows in one range: the careless client's
+    trap, as in a real org."""
+    for table in TABLES:
+        ranges = Counter(sqlserver_guid_key(key_for(3, table, i))[0] // 32 for i in range(5000))
+        assert max(ranges.values()) > 0.95 * 5000
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_index_of_round_trips(table: str) -> None:
+    """index_of(key_for(i)) == i, whatever the case and braces; anything else is None."""
+    rng = random.Random(table)
+    indices = [0, 1, 255, 256, 65_535, 65_536, 2**31, 2**32 - 1]
+    indices += [rng.randrange(2**32) for _ in range(200)]
+    for index in indices:
+        key = key_for(11, table, index)
+        assert index_of(11, table, key) == index
+        assert index_of(11, table, "{" + key.upper() + "}") == index
+        assert index_of(12, table, key) is None  # another seed's table
+    key = key_for(11, table, 77)
+    other_nodes = {key_for(11, table, i)[18:] for i in range(50)} - {key[18:]}
+    assert index_of(11, table, key[:18] + other_nodes.pop()) is None  # the counter, wrong node
+    below_base = with_counter(key, counter(key) - 78)
+    assert index_of(11, table, below_base) is None
+    for garbage in ("", "not-a-guid", key[:-1], key[:8] + "x" + key[9:], key.replace("-", "")):
+        assert index_of(11, table, garbage) is None
+
+
 # -- through the model --------------------------------------------------------------------
 
 
@@ -168,20 +235,54 @@ def range_queries(bounds: list[str]) -> list[str]:
     return [f"$select=name&$filter={f(text)}&$orderby={PK}" for text in filters]
 
 
+def quantile_bounds(keys: list[str], parts: int) -> list[str]:
+    """Split points at the table's own keys (SQL order), as a client that sampled them would."""
+    ordered = sql_sorted(keys)
+    return [ordered[i * len(ordered) // parts] for i in range(1, parts)]
+
+
+def counter(key: str) -> int:
+    """The sequential counter of a key: SQL Server's order after the node and clock sequence."""
+    return int.from_bytes(sqlserver_guid_key(key)[8:], "big")
+
+
+def with_counter(key: str, value: int) -> str:
+    """`key` with another counter (its bytes swapped back into groups 1 to 3), same node."""
+    text = value.to_bytes(8, "little").hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:]}{key[18:]}"
+
+
 def test_range_split_paging_returns_each_row_once(env: DataverseModel) -> None:
     """Splitting the key space at GUIDs (SQL order) and paging each range with $orderby=pk
     covers every row exactly once, in the order of the unsplit read."""
-    bounds = [f"00000000-0000-0000-0000-{i * 2**48 // 5:012x}" for i in range(1, 5)]
+    bounds = quantile_bounds(all_keys(env), 5)
+    bounds[1] = "00000000-0000-0000-0000-000d3a000000"  # below every node: an empty range
+    bounds.sort(key=sqlserver_guid_key)
     parts = [keys_of(env, query, page=7) for query in range_queries(bounds)]
-    assert all(parts)  # every range holds rows, so the split really splits
+    assert sum(1 for part in parts if part) == 4  # the other ranges hold rows: a real split
     assert [k for part in parts for k in part] == sql_sorted(all_keys(env))
+
+
+def test_range_split_at_guids_that_are_no_key_returns_each_row_once(env: DataverseModel) -> None:
+    """Bounds between two keys of a node (not themselves keys) split there, exactly once."""
+    ordered = sql_sorted(all_keys(env))
+    same_node = [
+        (a, b) for a, b in pairwise(ordered) if a[18:] == b[18:] and counter(b) - counter(a) > 1
+    ]
+    assert len(same_node) >= 3  # gaps: the other nodes' rows take the counters in between
+    pairs = [same_node[i * len(same_node) // 3] for i in range(3)]
+    bounds = [with_counter(a, (counter(a) + counter(b)) // 2) for a, b in pairs]
+    assert all(env.tables["account"].index_of(b) is None for b in bounds)
+    parts = [keys_of(env, query, page=11) for query in range_queries(bounds)]
+    assert all(parts)
+    assert [k for part in parts for k in part] == ordered
 
 
 def test_range_split_paging_survives_churn_between_pages(env: DataverseModel) -> None:
     """Rows created, updated and deleted while a range is paged: rows that lived throughout come
     exactly once, nothing comes twice, and every nextLink keeps working."""
     before = set(all_keys(env))
-    bounds = [f"00000000-0000-0000-0000-{i * 2**48 // 3:012x}" for i in range(1, 3)]
+    bounds = quantile_bounds(list(before), 3)
     seen: list[str] = []
     for step, query in enumerate(range_queries(bounds)):
         body: dict[str, Any] = get(env, "accounts", query, "odata.maxpagesize=11").json()

@@ -305,3 +305,68 @@ async def test_injected_server_faults(limits_sim: dict[str, Any]) -> None:
         async with http.get(url, headers=bearer(token)) as response:
             assert response.status == 200
             assert orjson.loads(await response.read())["value"]
+
+
+#: One environment whose pages cost by the row: 50 ms per full row, nothing per request.
+COLUMNS_SCENARIO = """
+seed = 3
+[[apps]]
+client_id = "11111111-1111-1111-1111-111111111111"
+home_tenant = "contoso"
+[[tenants]]
+name = "contoso"
+tenant_id = "aaaaaaaa-0000-0000-0000-000000000001"
+domain = "contoso.onmicrosoft.com"
+[[tenants.environments]]
+name = "columns_env"
+application_users = ["11111111-1111-1111-1111-111111111111"]
+[tenants.environments.limits]
+execution_seconds = 100
+window = 300
+base_ms = 0
+per_row_ms = 50
+[[tenants.environments.tables]]
+name = "account"
+rows = 30
+"""
+
+
+async def test_execution_time_follows_the_columns_selected(tmp_path: Path) -> None:
+    """A key-only page ($select=accountid) of 30 rows is charged one column's share of the full
+    page (22 columns): seen in the time-remaining header, in /stats and in the real delay."""
+    scenario = tmp_path / "columns.toml"
+    scenario.write_text(COLUMNS_SCENARIO)
+    with running_simulator(scenario, tmp_path / "state") as sim:
+        token = token_for(sim, "columns_env")
+        pages = api(sim, "columns_env", "accounts")
+
+        async def remaining(http: aiohttp.ClientSession) -> float:
+            """The time left in the window (a WhoAmI costs nothing here: base_ms = 0)."""
+            async with http.get(api(sim, "columns_env"), headers=bearer(token)) as response:
+                assert response.status == 200
+                header = response.headers["x-ms-ratelimit-time-remaining-xrm-requests"]
+                return float(header.replace(",", ""))
+
+        async def page(http: aiohttp.ClientSession, query: str) -> tuple[float, float]:
+            """(execution seconds charged, wall seconds taken) of one page."""
+            before = user_stats(sim, "columns_env")["execution_seconds"]
+            started = asyncio.get_running_loop().time()
+            async with http.get(f"{pages}{query}", headers=bearer(token)) as response:
+                assert response.status == 200
+                assert len(orjson.loads(await response.read())["value"]) == 30
+            took = asyncio.get_running_loop().time() - started
+            return user_stats(sim, "columns_env")["execution_seconds"] - before, took
+
+        async with session(sim) as http:
+            assert await remaining(http) == 100.0
+            key_only, key_wall = await page(http, "?$select=accountid")
+            after_key = await remaining(http)
+            full, full_wall = await page(http, "")
+            after_full = await remaining(http)
+            two, _ = await page(http, "?$select=name")
+    assert full == pytest.approx(30 * 0.05, abs=0.002)  # every column: the full cost
+    assert key_only == pytest.approx(full / 22, abs=0.002)  # one column of account's 22
+    assert two == pytest.approx(2 * full / 22, abs=0.002)  # name and the key
+    assert 100.0 - after_key == pytest.approx(key_only, abs=0.01)
+    assert after_key - after_full == pytest.approx(full, abs=0.01)
+    assert full_wall >= full and key_wall < full / 2  # the modelled time is really spent

@@ -13,17 +13,45 @@ import pytest
 
 from sync.config.model import load_config
 from sync.errors import ConfigError
+from sync.simulator.faults import FaultRates
 from sync.simulator.scenario import bundled_scenarios, load_scenario
+from sync.simulator.templates import TEMPLATES
 from tests.cli import clean_env
 from tests.simfixtures import REPO, _read_line, running_simulator
 
 
-@pytest.mark.parametrize("name", ["basic", "auth", "demo", "throttled"])
+@pytest.mark.parametrize("name", ["basic", "auth", "demo", "throttled", "realistic", "latency"])
 def test_bundled_scenarios_are_valid(name: str) -> None:
     """Every bundled scenario loads and validates."""
     assert name in bundled_scenarios()
     scenario = load_scenario(name)
     assert scenario.tenants
+
+
+def test_latency_scenario_has_the_figures_its_header_states() -> None:
+    """latency.toml: 15.2 s per full 5,000-row page, ~0.88 s key-only, the real limits on one
+    server, an execution-bound ceiling of ~1,316 rows/s, no faults; four change-tracked tables
+    of 20,000 rows in one environment, one of 200,000 in another."""
+    tables, big = load_scenario("latency").tenants[0].environments
+    columns = sum(1 for attr in TEMPLATES["account"].attributes if attr.in_rows)
+    assert columns == 22  # what the header's key-only figures assume
+    for env in (tables, big):
+        limits = env.limits
+        assert limits.execution_time(5000) == pytest.approx(15.2)
+        assert limits.execution_time(5000, 1, columns) == pytest.approx(0.2 + 15 / 22)
+        assert (limits.requests, limits.window, limits.execution_seconds) == (6000, 300, 1200)
+        assert (limits.concurrency, limits.servers, limits.dop_hint) == (52, 1, 48)
+        assert limits.ceiling_rows_per_second() == pytest.approx(1316, abs=1)
+        assert limits.ceiling_rows_per_second(5000, 1, columns) == pytest.approx(22_680, abs=10)
+        assert env.faults == FaultRates()
+        assert all(t.change_tracking for t in env.tables)
+    assert {t.name: t.rows for t in tables.tables} == {
+        "account": 20_000,
+        "contact": 20_000,
+        "opportunity": 20_000,
+        "new_project": 20_000,
+    }
+    assert {t.name: t.rows for t in big.tables} == {"account": 200_000}
 
 
 def test_unknown_key_is_one_clear_error(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from sync.simulator.protection import (
     ServiceProtection,
     Throttle,
     Ticket,
+    column_share,
 )
 
 USER = "11111111-1111-1111-1111-111111111111"
@@ -188,6 +189,31 @@ def test_ceiling_is_the_tightest_of_the_three_limits() -> None:
     assert limits.ceiling_rows_per_second(100) == pytest.approx(40 / 10 * 100)
     doubled = limits.model_copy(update={"servers": 2})
     assert doubled.ceiling_rows_per_second(100) == pytest.approx(2 * 40 / 10 * 100)
+
+
+def test_execution_time_scales_with_the_share_of_columns_selected() -> None:
+    """base_ms + per_row_ms × rows × max(1, selected) / total: no column counts (or all columns)
+    is the full cost, a key-only page one column's share, never less, never more than full."""
+    limits = Limits(base_ms=200, per_row_ms=3)
+    full = 0.2 + 3 * 5000 / 1000
+    assert limits.execution_time(5000) == pytest.approx(full)
+    assert limits.execution_time(5000, 22, 22) == pytest.approx(full)
+    assert limits.execution_time(5000, None, 22) == pytest.approx(full)
+    assert limits.execution_time(5000, 1, 22) == pytest.approx(0.2 + 15 / 22)
+    assert limits.execution_time(5000, 0, 22) == limits.execution_time(5000, 1, 22)  # the floor
+    assert limits.execution_time(5000, 30, 22) == pytest.approx(full)
+    assert limits.execution_time(5000, 11, 22) == pytest.approx(0.2 + 7.5)
+    assert limits.execution_time(0, 1, 22) == pytest.approx(0.2)
+    assert column_share(1, 22) == pytest.approx(1 / 22) and column_share(3, 0) == 1.0
+
+
+def test_ceiling_of_key_only_pages_is_higher() -> None:
+    """The ceiling describes full-row pages unless column counts say otherwise."""
+    limits = Limits(requests=6000, execution_seconds=1200, base_ms=200, per_row_ms=3)
+    full = limits.ceiling_rows_per_second()
+    assert full == limits.ceiling_rows_per_second(5000, 22, 22)
+    assert full == pytest.approx(1200 / (300 * 15.2) * 5000)
+    assert limits.ceiling_rows_per_second(5000, 1, 22) > 10 * full
 
 
 def test_reset_forgets_windows_and_counters(clock: FakeClock) -> None:

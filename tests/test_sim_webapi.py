@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from sync.simulator.dataset import TableSpec
+from sync.simulator.guids import sqlserver_guid_key
 from sync.simulator.webapi import ApiRequest, ApiResponse, DataverseModel
 
 BASE = "https://127.0.0.1:8443/api/data/v9.2"
@@ -103,6 +104,26 @@ class TestRows:
         assert b'"revenue":' in response.body and re.search(
             rb'"revenue":\d+\.\d{4}[,}]', response.body
         )
+
+    def test_replies_count_the_columns_they_served(self, env: DataverseModel) -> None:
+        """A read reports how many of the table's columns its rows carried (what its execution
+        time is charged by): the key alone, selected ones plus the auto-added, or all."""
+        total = len(env.tables["account"].row_attributes())
+        key = get(env, "accounts", "$select=accountid")
+        assert (key.rows_served, key.columns_selected, key.columns_total) == (45, 1, total)
+        assert list(key.json()["value"][0]) == ["@odata.etag", "accountid"]
+        some = get(env, "accounts", "$select=name,revenue")
+        assert (some.columns_selected, some.columns_total) == (4, total)  # + currency and key
+        full = get(env, "accounts")
+        assert (full.columns_selected, full.columns_total) == (total, total)
+        one = get(env, f"accounts({key.json()['value'][0]['accountid']})", "$select=name")
+        assert (one.rows_served, one.columns_selected, one.columns_total) == (1, 2, total)
+        tracked = get(env, "accounts", "$select=accountid", TRACK)
+        delta = tracked.json()["@odata.deltaLink"].split("?", 1)[1]
+        env.churn("account", creates=2, updates=3, deletes=1, seed=1)
+        changes = get(env, "accounts", delta)
+        assert (changes.rows_served, changes.columns_selected) == (6, 1)
+        assert get(env, "WhoAmI").columns_total == 0  # no rows: nothing to share
 
     def test_typed_values_render_as_documented(self, env: DataverseModel) -> None:
         """Dates, date-only columns, choices, multi-select and GUIDs render per the reference."""
@@ -280,13 +301,15 @@ class TestQueries:
         assert len(pages) == 8
 
     def test_default_order_is_creation_order(self, env: DataverseModel) -> None:
-        """Without $orderby rows come in creation order, which for the simulator's keys is also
-        their text order (not SQL Server's uniqueidentifier order, which only $orderby uses)."""
+        """Without $orderby rows come in creation order: the order of the sequential counter in
+        their keys (not SQL Server's uniqueidentifier order, which puts the node first)."""
         keys = [
             r["opportunityid"]
             for r in rows_of(read_all(env, "opportunities", "$select=name", "odata.maxpagesize=4"))
         ]
-        assert keys == sorted(keys)
+        table = env.tables["opportunity"]
+        assert keys == [table.key(i) for i in range(25)]
+        assert keys == sorted(keys, key=lambda k: sqlserver_guid_key(k)[8:])
         assert len(keys) == 25
 
     def test_top_limits_rows_without_next_link(self, env: DataverseModel) -> None:
@@ -369,10 +392,12 @@ class TestPaging:
 
     def test_tampered_and_re_encoded_links_are_400(self, env: DataverseModel) -> None:
         """A nextLink whose skiptoken was re-encoded or edited is rejected."""
-        link = get(env, "accounts", "", "odata.maxpagesize=5").json()["@odata.nextLink"]
+        page = get(env, "accounts", "", "odata.maxpagesize=5").json()
+        link, last = page["@odata.nextLink"], page["value"][-1]["accountid"].upper()
         head, token = link.split("$skiptoken=")
         assert follow(env, head + "$skiptoken=" + quote(token, safe="")).status == 400
-        forged = token.replace("%257b0000000", "%257b0000001", 1)
+        assert last in token
+        forged = token.replace(last, last[:-1] + ("1" if last[-1] == "0" else "0"), 1)
         assert follow(env, head + "$skiptoken=" + forged).status == 400
 
 

@@ -182,7 +182,7 @@ class Table:
         return factory.make(index, version, state)
 
     def indices(self, after: int = -1, low: int = 0, high: int | None = None) -> Iterator[int]:
-        """Live indices above `after` in key order, lazily.
+        """Live indices above `after` in index (creation) order, lazily.
 
         [low, high) bounds the untouched seeded rows a filter can match (proved from their
         monotone versions, modified dates and keys); rows in the overlay are always visited

@@ -6,10 +6,11 @@ expired, forged or minted for another environment → 401), the application user
 ``0x80072560``), impersonation headers (403 ``0x8004A110`` unless the app user may act on
 behalf of others), per-table privilege denial (403 ``0x80040220``), service protection
 (429), injected faults, and finally the model. The modelled execution time
-(``base_ms + per_row_ms × rows``) is spent as a real delay (less the time the model itself
-took), so concurrency limits bite. The model runs on its environment's own worker thread:
-a large page never blocks the event loop (other environments, ``/stats``, the protection
-accounting), and one thread per environment serializes every read and change of it.
+(``base_ms + per_row_ms × rows × share of the table's columns selected``, protection.py) is
+spent as a real delay (less the time the model itself took), so concurrency limits bite, and a
+key-only page is served far faster than full rows. The model runs on its environment's own
+worker thread: a large page never blocks the event loop (other environments, ``/stats``, the
+protection accounting), and one thread per environment serializes every read and change of it.
 Every response carries ``x-ms-service-request-id``, ``REQ_ID`` and the ``ARRAffinity``
 cookie; every authenticated one also the rate-limit headers. ``POST …/$batch`` takes the same
 road up to the application user, then batch.py runs each of its operations through `operate`,
@@ -264,7 +265,9 @@ class EnvironmentServer:
             status, extra, body = failure
             return Outcome(status, extra, body, fault=decision.kind, injected=True)
         api_response, spent = await env.run_model(_timed(env.model.handle, api_request))
-        execution = env.protection.limits.execution_time(api_response.rows_served)
+        execution = env.protection.limits.execution_time(
+            api_response.rows_served, api_response.columns_selected, api_response.columns_total
+        )
         cost.rows += api_response.rows_served
         cost.execution += execution
         await asyncio.sleep(max(0.0, execution - spent))  # the model's own work counts

@@ -1,14 +1,15 @@
 """Rows in SQL Server order of their primary key, and primary-key ranges as index sets.
 
-The simulator's row index is its creation order, and a table's keys (``key_for``) carry the
-index in their first group, so the text order of keys is the index order. SQL Server orders
-``uniqueidentifier`` by the last group first (guids.py), so ``$orderby=<pk>`` and
-``<pk> gt/ge/lt/le <guid>`` need the rows sorted by `sqlserver_guid_key` of their keys.
+The simulator's row index is its creation order. A table's keys (``key_for``) are sequential
+GUIDs (values.py): SQL Server orders ``uniqueidentifier`` by the last group first (guids.py),
+which is the row's node (one of the table's 2–3), then by the counter in the first three groups,
+which grows with the index. So ``$orderby=<pk>`` and ``<pk> gt/ge/lt/le <guid>`` read the rows
+node by node, each node's rows in index order; the text order of keys is neither.
 
-`KeyOrder` is that sort, built lazily the first time a table is read in key order or filtered by
-a key range (O(N log N) once, then 8 bytes per row), and kept up to date with rows created
-since (keys never change; deleted rows are skipped when read). Pages then cost O(page).
-Tables nobody reads that way never pay for it.
+`KeyOrder` is that order, built lazily the first time a table is read in key order or filtered by
+a key range (O(N) once: each seeded row goes to its node's run, then 8 bytes per row), and kept
+up to date with rows created since (keys never change; deleted rows are skipped when read).
+Pages then cost O(page). Tables nobody reads that way never pay for it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,13 @@ class KeyOrder:
     def __init__(self, table: Table) -> None:
         self._table = table
         ident = identity(table.ctx.seed, table.name)
-        keys = [sqlserver_guid_key(ident.origin_and_key(i)[1]) for i in range(table.base_count)]
-        self._order = array("q", sorted(range(table.base_count), key=keys.__getitem__))
+        runs = [array("q") for _ in ident.nodes]  # per node, in SQL Server order of the nodes
+        rank = ident.node_rank
+        for index in range(table.base_count):
+            runs[rank(index)].append(index)  # within a node the counter is the index order
+        self._order = array("q")
+        for run in runs:
+            self._order.extend(run)
         self._known = table.base_count
 
     def _key(self, index: int) -> bytes:

@@ -40,20 +40,46 @@ class Limits(BaseModel):
     concurrency: int = Field(default=52, ge=1)
     servers: int = Field(default=1, ge=1, le=64, description="web servers, each with own limits")
     base_ms: float = Field(default=5.0, ge=0, description="modelled execution time per request")
-    per_row_ms: float = Field(default=0.01, ge=0, description="... plus this per row served")
+    per_row_ms: float = Field(
+        default=0.01, ge=0, description="... plus this per row served with all its columns"
+    )
     dop_hint: int = Field(default=8, ge=1, description="x-ms-dop-hint")
 
-    def execution_time(self, rows: int) -> float:
-        """Modelled execution seconds of one request serving `rows` rows."""
-        return (self.base_ms + self.per_row_ms * rows) / 1000.0
+    def execution_time(
+        self, rows: int, selected_columns: int | None = None, total_columns: int | None = None
+    ) -> float:
+        """Modelled execution seconds of one request serving `rows` rows.
 
-    def ceiling_rows_per_second(self, page: int = MAX_PAGE) -> float:
-        """The most rows per second these limits allow a client reading `page`-row pages."""
-        cost = self.execution_time(page)
+        ``base_ms + per_row_ms × rows × share``, where the share of the table's columns the
+        rows carried is ``max(1, selected_columns) / total_columns`` (at most 1): a key-only page
+        (``$select=<pk>``) costs one column's share per row, as Microsoft's guidance to select
+        only the columns you need implies; the floor of one column keeps it from being free.
+        Without column counts (no ``$select`` serves every column) the share is 1.
+        """
+        share = column_share(selected_columns, total_columns)
+        return (self.base_ms + self.per_row_ms * rows * share) / 1000.0
+
+    def ceiling_rows_per_second(
+        self,
+        page: int = MAX_PAGE,
+        selected_columns: int | None = None,
+        total_columns: int | None = None,
+    ) -> float:
+        """The most rows per second these limits allow a client reading `page`-row pages of
+        full rows, or of `selected_columns` of `total_columns` columns (`execution_time`)."""
+        cost = self.execution_time(page, selected_columns, total_columns)
         by_requests = self.requests / self.window * page
         by_execution = self.execution_seconds / (self.window * cost) * page if cost else math.inf
         by_concurrency = self.concurrency * page / cost if cost else math.inf
         return min(by_requests, by_execution, by_concurrency) * self.servers
+
+
+def column_share(selected_columns: int | None, total_columns: int | None) -> float:
+    """The share of a table's columns a row carried: ``max(1, selected) / total``, at most 1;
+    1 when either count is unknown (``None`` or a total of 0)."""
+    if selected_columns is None or not total_columns:
+        return 1.0
+    return min(1.0, max(1, selected_columns) / total_columns)
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,18 @@ class ApiRequest:
 
 @dataclass(frozen=True)
 class ApiResponse:
-    """The simulated reply; the HTTPS layer adds rate-limit and request-id headers."""
+    """The simulated reply; the HTTPS layer adds rate-limit and request-id headers.
+
+    A reply serving rows says how many, and how many of the table's columns each carried
+    (``columns_selected`` of ``columns_total``; 0 of 0 when no columns apply): its modelled
+    execution time depends on both (`protection.Limits.execution_time`)."""
 
     status: int
     headers: dict[str, str]
     body: bytes
     rows_served: int = 0
+    columns_selected: int = 0
+    columns_total: int = 0
 
     def json(self) -> Any:
         """The decoded body (for tests and the admin API)."""

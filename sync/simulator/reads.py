@@ -106,15 +106,17 @@ def _applied(prefs: Preferences, page_size_applied: bool) -> list[str]:
 
 
 def _respond(
-    ctx: ReadContext, payload: dict[str, Any], applied: list[str], rows: int
+    ctx: ReadContext, payload: dict[str, Any], applied: list[str], rows: int, columns: int
 ) -> ApiResponse:
+    """The 200 reply of a read that served `rows` rows of `columns` columns each."""
     headers = base_headers()
     if applied:
         headers["Preference-Applied"] = ", ".join(applied)
     body = orjson.dumps(payload)
     if ctx.table.hostile == "malformed_json":
         body = malformed(body)
-    return ApiResponse(200, headers, body, rows)
+    total = len(ctx.table.row_attributes())
+    return ApiResponse(200, headers, body, rows, min(columns, total), total)
 
 
 def _check_tracking(table: Table, query: Query) -> None:
@@ -216,7 +218,7 @@ def read_collection(ctx: ReadContext, query: Query, prefs: Preferences) -> ApiRe
         payload["@odata.nextLink"] = ctx.link(
             (f"{rest}&" if rest else "") + f"$skiptoken={encode_skiptoken(next_cookie)}"
         )
-    return _respond(ctx, payload, _applied(prefs, size_applied), len(rendered))
+    return _respond(ctx, payload, _applied(prefs, size_applied), len(rendered), len(columns))
 
 
 def _select_page(
@@ -342,7 +344,7 @@ def _read_delta(
         )
         rest = query.link_query(drop={"$skiptoken"})
         payload["@odata.nextLink"] = ctx.link(f"{rest}&$skiptoken={encode_skiptoken(next_cookie)}")
-    return _respond(ctx, payload, _applied(prefs, True), len(value))
+    return _respond(ctx, payload, _applied(prefs, True), len(value), len(columns))
 
 
 def _delta_items(
@@ -391,4 +393,4 @@ def read_single(ctx: ReadContext, key: str, query: Query, prefs: Preferences) ->
         raise ApiError(404, "0x80040217", f"{table.name} With Id = {key.lower()} Does Not Exist")
     payload = {"@odata.context": ctx.context(select, "/$entity")}
     payload.update(render_row(table, row, columns, prefs))
-    return _respond(ctx, payload, _applied(prefs, False), 1)
+    return _respond(ctx, payload, _applied(prefs, False), 1, len(columns))

@@ -3,7 +3,8 @@
 A scenario is TOML validated into frozen pydantic models (unknown keys are errors, so a typo
 never silently changes a test). `load_scenario` turns any problem into one `ConfigError`
 line naming the file and the key. `resolve_scenario` accepts a path or the name of a bundled
-scenario (``demo``, ``basic``, ``auth``, ``throttled``). Tables are SIM-B's `TableSpec`.
+scenario (``demo``, ``basic``, ``auth``, ``throttled``, ``realistic``, ``latency``). Tables are
+SIM-B's `TableSpec`. There are no overrides: a variant is its own file (or a ``model_copy``).
 """
 
 from __future__ import annotations

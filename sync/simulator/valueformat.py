@@ -132,6 +132,12 @@ def _lookup_namer(seed: int, target: str) -> Callable[[str], str | None]:
         return lambda guid: CURRENCY_NAME
     if target not in TEMPLATES:
         return lambda guid: None
-    name_of = identity(seed, target).name_of
-    # Lookup values are keys the generator made, so their first group is the row index.
-    return lambda guid: name_of(int(guid[:8], 16))
+    ident = identity(seed, target)
+    name_of, counter_index = ident.name_of, ident.counter_index
+
+    def primary_name(guid: str) -> str | None:
+        # Lookup values are keys the generator made: their counter gives the row index.
+        index = counter_index(guid)
+        return name_of(index) if index is not None else None
+
+    return primary_name

@@ -24,11 +24,12 @@ namespace-qualified forms (``Microsoft.Dynamics.CRM.WhoAmI()``,
 "Resource not found for the segment 'Microsoft.Dynamics.CRM.WhoAmI'." — the unknown-segment
 answer any other name at the service root gets.
 
-Order. Without ``$orderby`` rows come in the simulator's index (creation) order, which is
-also the text order of its keys (their first group is the index). ``$orderby=<pk>`` and key
-comparisons follow SQL Server's GUID order (guids.py), which here differs from the default
-order; in a real org Dataverse's sequential GUIDs make the two coincide. Kept so that the
-pinned default pages stay byte-identical (tests/test_sim_rowgen.py).
+Order. Without ``$orderby`` rows come in the simulator's index (creation) order.
+``$orderby=<pk>`` and key comparisons follow SQL Server's GUID order (guids.py): the keys are
+sequential GUIDs (values.py), so that order is node by node (2–3 per table), each node's rows
+in creation order; the text order of keys is neither. Real Dataverse pages by primary key by
+default, so there the two coincide; the simulator keeps the index order so that a default read
+streams in O(page) without building the key order (keyorder.py).
 """
 
 from __future__ import annotations
