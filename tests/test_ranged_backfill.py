@@ -7,6 +7,7 @@ else (the CLI, the simulator over HTTPS, SQLite) is what users run.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -169,6 +170,13 @@ def test_sigkill_mid_ranges_resumes_every_range_where_it_stopped(
     assert len(progress) == WORKERS, progress
     committed = sum(pages for _, pages, *_ in progress)
     assert 4 <= committed < 4000 // PAGE_SIZE, "the ranges were not caught in the middle"
+
+    # status shows the ranged pass and how far it got
+    shown = run_cli("--config", config, "status", "--json")
+    (entry,) = json.loads(shown.stdout)["environments"][0]["tables"]
+    assert entry["phase"] == "backfill"
+    assert entry["ranges"] == {"done": sum(done for *_, done, _ in progress), "total": WORKERS}
+    assert f"/{WORKERS} ranges" in run_cli("--config", config, "status").stdout
 
     served_before = user_stats(sim, "kill_env")["rows_served"]
     result = run_cli("--config", config, "backfill", timeout=300)

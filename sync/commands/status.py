@@ -16,12 +16,18 @@ from typing import Any
 import orjson
 from rich.console import Console, JustifyMethod
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import Integer, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.config.model import Config
 from sync.logs import mask_text
-from sync.store.control import environments, request_budget, run_history, sync_state
+from sync.store.control import (
+    environments,
+    key_ranges,
+    request_budget,
+    run_history,
+    sync_state,
+)
 from sync.store.open import open_store, redact_url
 
 RECENT_WINDOW = dt.timedelta(hours=24)
@@ -78,6 +84,17 @@ async def read_control_rows(engine: AsyncEngine, *, since: dt.datetime) -> dict[
             "latest": [dict(r._mapping) for r in await conn.execute(latest)],
             "budgets": [dict(r._mapping) for r in await conn.execute(select(request_budget))],
             "environments": [dict(r._mapping) for r in await conn.execute(select(environments))],
+            "ranges": [
+                dict(r._mapping)
+                for r in await conn.execute(
+                    select(
+                        key_ranges.c.environment,
+                        key_ranges.c.table_name,
+                        func.count().label("total"),
+                        func.sum(key_ranges.c.done.cast(Integer)).label("done"),
+                    ).group_by(key_ranges.c.environment, key_ranges.c.table_name)
+                )
+            ],
         }
 
 
@@ -86,6 +103,7 @@ def _table_entry(
     state: Row | None,
     recent: Row | None,
     latest: Row | None,
+    ranges: Row | None,
     *,
     configured: bool,
     now: dt.datetime,
@@ -98,6 +116,10 @@ def _table_entry(
         "configured": configured,
         "phase": state.get("phase") or "new",
         "rows": int(state.get("row_count") or 0),
+        # A ranged full pass under way: how many of its key ranges are done.
+        "ranges": {"done": int(ranges["done"] or 0), "total": int(ranges["total"])}
+        if ranges
+        else None,
         "last_success": _iso(last_success),
         "lag_seconds": round((now - last_success).total_seconds(), 3) if last_success else None,
         "last_error": mask_text(last_error) if last_error else None,
@@ -128,6 +150,7 @@ def _by_table(rows: Iterable[Row]) -> dict[str, dict[str, Row]]:
 def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime) -> dict[str, Any]:
     """The status document: configured environments first (in file order), then leftovers."""
     states, recent, latest = (_by_table(rows[k]) for k in ("state", "recent", "latest"))
+    ranged = _by_table(rows.get("ranges", []))
     known_envs = {row["name"]: row for row in rows["environments"]}
     report_envs: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -141,6 +164,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 env_states.get(table),
                 recent.get(name, {}).get(table),
                 latest.get(name, {}).get(table),
+                ranged.get(name, {}).get(table),
                 configured=configured,
                 now=now,
             )
@@ -300,11 +324,13 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         for entry in env["tables"]:
             phase = entry["phase"]
             style = PHASE_STYLES.get(phase, "")
+            ranges = entry["ranges"]
+            shown = f"{phase} {ranges['done']}/{ranges['total']} ranges" if ranges else phase
             error = entry["last_error"] or ""
             tables.add_row(
                 env_label,
                 entry["table"] if entry["configured"] else f"{entry['table']} (not configured)",
-                f"[{style}]{phase}[/{style}]" if style else phase,
+                f"[{style}]{shown}[/{style}]" if style else shown,
                 f"{entry['rows']:,}",
                 _short_time(entry["last_success"]),
                 _duration(entry["lag_seconds"]),

@@ -173,22 +173,28 @@ class TableJob:
                 self.store, env.name, self.table, schema.schema_hash, now=now
             )
         self.schema, self.layout, self.cursor = schema, layout, cursor
-        await self._plan_ranges(widened=bool(widened))
+        await self.plan_ranges(widened=bool(widened))
         keys_schema = replace(schema, columns=schema.columns[:1])
         self._shapers = (RowShaper(schema), RowShaper(keys_schema, keep_rows=True))
         if not schema.change_tracking and self.reconcile_every is not None:
             self.reconcile = cur.reconcile_due(cursor, now=now, every=self.reconcile_every)
 
-    async def _plan_ranges(self, *, widened: bool) -> None:
+    async def plan_ranges(self, *, widened: bool = False) -> None:
         """Find a ranged pass under way, or decide whether a full pass about to start splits."""
         env, cursor = self.environment, self.cursor
         self.ranges, self.split = [], False
         if not self.needs_backfill:
             return
         self.ranges = await key_ranges.load(self.store, env.name, self.table)
+        assert self.schema is not None
+        tracked = self.schema.change_tracking
+        if self.ranges and (
+            cursor.resync_started_at is None or (tracked and cursor.delta_link is None)
+        ):  # left by a pass that no longer stands (the mirror table was dropped): start afresh
+            await key_ranges.forget(self.store, env.name, self.table)
+            self.ranges = []
         if self.ranges:
             if widened:  # new columns: the ranges' next pages select them too
-                assert self.schema is not None
                 select = self.schema.select
                 self.ranges = [
                     replace(r, next_link=cur.with_select(r.next_link, select)) if r.next_link else r

@@ -84,7 +84,8 @@ class KeySample:
         """`ranges` ranges (fewer when the sample is too small) covering the whole key space."""
         ordered = sorted(set(self.keys), key=sql_order_key)
         count = max(1, min(ranges, len(ordered)))
-        bounds = [ordered[i * len(ordered) // count] for i in range(1, count)]
+        # Upper bounds are inclusive: the last key of each equal share of the sample.
+        bounds = [ordered[i * len(ordered) // count - 1] for i in range(1, count)]
         bounds = sorted(set(bounds), key=sql_order_key)
         edges: list[str | None] = [None, *bounds, None]
         return tuple(

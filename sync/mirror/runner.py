@@ -29,13 +29,16 @@ async def run_cycle(
         if until == "backfill" and not job.needs_backfill:
             return None
         replay = False
-        if job.ranged:
-            if not await run_ranges(job, stop):
-                return None
-            replay = True  # the changes made while the ranges ran, from the token taken first
         while not stop.is_set():
+            if job.ranged:
+                if not await run_ranges(job, stop):
+                    return None
+                replay = True  # the changes made while the ranges ran, from the token taken first
+                continue
             if not await job.step():
                 break
+            if job.needs_backfill and job.cursor.next_link is None:
+                await job.plan_ranges()  # a full pass starts over (an expired delta token)
             if until == "backfill" and not replay and not job.needs_backfill:
                 break
     except DvmirrorError as exc:  # parks this table (StoreError, AuthError too); others go on

@@ -56,6 +56,12 @@ async def summary(engine: AsyncEngine) -> dict[tuple[str, str], tuple[int, int]]
     return found
 
 
+async def forget(engine: AsyncEngine, environment: str, table: str) -> None:
+    """Drop ranges left by a pass that no longer stands (its mirror table was dropped)."""
+    async with engine.begin() as conn:
+        await conn.execute(clear(environment, table))
+
+
 def create(
     environment: str, table: str, ranges: list[RangeState], *, now: datetime
 ) -> list[Executable]:
