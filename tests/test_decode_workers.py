@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import pickle
 import signal
@@ -9,12 +11,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import orjson
 import psutil
 import pytest
 
 from sync.bench.pipeline import bench_pages, bench_schema
+from sync.config.model import load_config
 from sync.errors import (
     AuthError,
     CredentialError,
@@ -23,10 +28,12 @@ from sync.errors import (
     NetworkError,
     ThrottledError,
 )
-from sync.mirror.decode_workers import DEFAULT_POOL, OFF_PROCESS_BYTES, DecodePool
+from sync.mirror.decode_workers import OFF_PROCESS_BYTES, DecodePool
 from sync.mirror.fetch import decode_rows
 from sync.mirror.page import NotJsonError, decode_page
 from sync.mirror.rowshape import RowShaper
+from sync.runtime.wiring import Wiring
+from sync.store.connect import create_engine
 
 SHAPER = RowShaper(bench_schema())
 PAGE = bench_pages(300)[0]  # 300 account rows, well above OFF_PROCESS_BYTES
@@ -140,15 +147,16 @@ def test_a_hostile_page_is_refused_by_the_worker_as_by_the_caller(pool: DecodePo
 
 def test_a_body_that_is_not_json_is_retried_not_refused() -> None:
     """Through the client's decoder a cut body from the worker is None (retried), not hostile."""
+    pool = DecodePool()
     try:
         with pytest.raises(NotJsonError):
-            DEFAULT_POOL.decode(PAGE[:-10], SHAPER)
-        assert DEFAULT_POOL.running
-        assert decode_rows(SHAPER, PAGE[:-10]) is None
-        assert decode_rows(SHAPER, PAGE) == decode_page(PAGE, SHAPER)
+            pool.decode(PAGE[:-10], SHAPER)
+        assert pool.running
+        assert decode_rows(pool, SHAPER, PAGE[:-10]) is None
+        assert decode_rows(pool, SHAPER, PAGE) == decode_page(PAGE, SHAPER)
     finally:
-        DEFAULT_POOL.shutdown()
-    assert not DEFAULT_POOL.running
+        pool.shutdown()
+    assert not pool.running
 
 
 def test_a_lost_worker_costs_no_page_and_is_replaced() -> None:
@@ -182,9 +190,10 @@ def test_the_worker_ignores_sigint_and_stops_on_shutdown() -> None:
 
 PARENT = """
 import os, sys
-from sync.mirror.decode_workers import DEFAULT_POOL
-DEFAULT_POOL.start()
-print(DEFAULT_POOL.worker_pids()[0], flush=True)
+from sync.mirror.decode_workers import DecodePool
+pool = DecodePool(2)
+pool.start()
+print(*pool.worker_pids(), flush=True)
 os._exit(0)  # no shutdown, no atexit: as if the parent were killed
 """
 
@@ -199,8 +208,133 @@ def test_the_worker_exits_when_its_parent_dies() -> None:
         check=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
-    worker = int(parent.stdout.split()[-1])
+    workers = [int(pid) for pid in parent.stdout.split()]
+    assert len(workers) == 2
     deadline = time.monotonic() + 30
-    while not gone(worker) and time.monotonic() < deadline:
+    while not all(map(gone, workers)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert gone(worker)
+    assert all(map(gone, workers))
+
+
+def test_no_workers_decodes_every_page_in_the_caller() -> None:
+    """`decode_workers = 0`: no process is ever started, pages decode in the caller."""
+    pool = DecodePool(0)
+    assert pool.decode(PAGE, SHAPER) == decode_page(PAGE, SHAPER)
+    pool.start()
+    assert not pool.running
+    assert pool.worker_pids() == []
+    pool.shutdown()
+
+
+def test_pages_go_to_idle_workers_and_overflow_to_the_caller() -> None:
+    """Two workers take two pages at once; a third page, all workers busy, decodes in the caller.
+
+    Workers start only as pages overlap: one page at a time keeps a single worker."""
+    pool = DecodePool(2)
+    try:
+        assert pool.decode(PAGE, SHAPER) == decode_page(PAGE, SHAPER)
+        assert pool.decode(PAGE, SHAPER) == decode_page(PAGE, SHAPER)
+        assert len(pool.worker_pids()) == 1  # sequential pages: the idle first worker each time
+        first = pool._slots[0]
+        first.busy.acquire()  # the first worker is busy with another page
+        try:
+            assert pool.decode(PAGE, SHAPER) == decode_page(PAGE, SHAPER)
+            assert len(pool.worker_pids()) == 2  # went to the second worker
+            second = pool._slots[1]
+            second.busy.acquire()  # now every worker is busy
+            try:
+                pids = pool.worker_pids()
+                assert pool.decode(PAGE, SHAPER) == decode_page(PAGE, SHAPER)  # in the caller
+                assert pool.worker_pids() == pids
+            finally:
+                second.busy.release()
+        finally:
+            first.busy.release()
+    finally:
+        pool.shutdown()
+    assert not pool.running
+    assert pool.worker_peak_mb > 0
+
+
+def test_concurrent_pages_are_decoded_by_several_workers() -> None:
+    """Pages from several threads at once land on several worker processes, all exact."""
+    pool = DecodePool(3)
+    expected = decode_page(PAGE, SHAPER)
+    seen: set[int] = set()
+    original = DecodePool._ask
+
+    def ask(worker: subprocess.Popen[bytes], request: object) -> tuple[bool, object]:
+        seen.add(worker.pid)
+        time.sleep(0.2)  # hold the worker so the other threads find it busy
+        return original(worker, request)
+
+    try:
+        pool.start()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(DecodePool, "_ask", staticmethod(ask))
+            with ThreadPoolExecutor(3) as threads:
+                pages = list(threads.map(lambda _: pool.decode(PAGE, SHAPER), range(6)))
+        assert all(page == expected for page in pages)
+        assert len(seen) >= 2
+        assert seen <= set(pool.worker_pids())
+    finally:
+        pool.shutdown()
+
+
+def test_a_collected_pool_stops_its_workers() -> None:
+    """The safety net: a pool dropped without shutdown stops its workers (also at exit)."""
+    pool = DecodePool(2)
+    pool.start()
+    workers = pool.worker_pids()
+    assert len(workers) == 2
+    del pool
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while not all(map(gone, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(map(gone, workers))
+
+
+CONFIG = """
+[app]
+client_id = "11111111-1111-1111-1111-111111111111"
+client_secret = { env = "DVMIRROR_TEST_SECRET" }
+[store]
+url = "sqlite+aiosqlite:///mirror.db"
+[daemon]
+decode_workers = 2
+[[tenants]]
+name = "contoso"
+tenant_id = "contoso.onmicrosoft.com"
+[[tenants.environments]]
+name = "contoso_prod"
+url = "https://contoso.crm.dynamics.com"
+tables = ["account"]
+"""
+
+
+def test_the_wiring_owns_a_pool_sized_by_the_configuration(tmp_path: Path) -> None:
+    """`daemon.decode_workers` sizes the Wiring's pool; its clients share it; close() stops it."""
+    path = tmp_path / "dvmirror.toml"
+    path.write_text(CONFIG)
+    config = load_config(path, {"DVMIRROR_TEST_SECRET": "not-a-real-secret"})
+
+    async def scenario() -> None:
+        store = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'mirror.db'}")
+        wiring = Wiring(config, store)
+        try:
+            assert wiring.decode_pool.workers == 2
+            tenant, environment = next(iter(config.environments()))
+            governor = wiring.governor(tenant, environment)
+            async with wiring.client(tenant, environment, governor) as client:
+                assert client.decode_pool is wiring.decode_pool
+            wiring.decode_pool.start()
+            workers = wiring.decode_pool.worker_pids()
+            assert len(workers) == 2
+        finally:
+            await wiring.close()
+            await store.dispose()
+        assert not wiring.decode_pool.running
+        assert all(map(gone, workers))
+
+    asyncio.run(scenario())

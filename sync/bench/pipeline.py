@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from sqlalchemy.sql.expression import Executable
 
-from sync.mirror.decode_workers import DEFAULT_POOL, shutdown_decode_pool
+from sync.mirror.decode_workers import DecodePool
 from sync.mirror.fetch import decode_rows
 from sync.mirror.job import stamp
 from sync.mirror.page import DecodedPage, decode_page
@@ -54,6 +54,7 @@ PAGE = 5000
 ENVIRONMENT = "bench"
 FORMATTED = "@OData.Community.Display.V1.FormattedValue"
 LOOKUP = "@Microsoft.Dynamics.CRM.lookuplogicalname"
+BENCH_POOL = DecodePool()  # the bench's own decode worker (as a command's Wiring owns one)
 
 
 def bench_schema() -> TableSchema:
@@ -132,7 +133,7 @@ def bench_pages(rows: int, seed: int = 7) -> list[bytes]:
 
 async def _decode(shaper: RowShaper, body: bytes) -> DecodedPage:
     # ExactClient's path for a large body: its decoder (decode_rows) in a worker thread.
-    page = await asyncio.to_thread(decode_rows, shaper, body)
+    page = await asyncio.to_thread(decode_rows, BENCH_POOL, shaper, body)
     if page is None:
         raise RuntimeError("a benchmark page is not JSON")
     return page
@@ -257,7 +258,7 @@ def measure_local(rows: int, workdir: Path, *, rounds: int = 3) -> LocalFigures:
     pipeline: list[float] = []
     plain: list[float] = []
     try:
-        DEFAULT_POOL.start()  # a daemon starts its decode worker once, not once per round
+        BENCH_POOL.start()  # a daemon starts its decode worker once, not once per round
         for number in range(rounds):
             for side in ("plain", "pipeline") if number % 2 == 0 else ("pipeline", "plain"):
                 db = workdir / f"{side}-{number}.db"
@@ -268,7 +269,7 @@ def measure_local(rows: int, workdir: Path, *, rounds: int = 3) -> LocalFigures:
                 for leftover in workdir.glob(f"{side}-{number}.db*"):
                     leftover.unlink()
     finally:
-        shutdown_decode_pool()
+        BENCH_POOL.shutdown()
         gc.unfreeze()
     return LocalFigures(rows, tuple(pipeline), tuple(plain), pragmas)
 

@@ -49,12 +49,15 @@ from io import StringIO
 from rich.console import Console
 from sync.commands.backfill import run_backfill
 from sync.config.model import load_config
-from sync.mirror.decode_workers import DEFAULT_POOL, peak_rss_mb
-code = asyncio.run(run_backfill(load_config(sys.argv[1]), env=None, table=None,
-                                console=Console(file=StringIO())))
+from structlog.testing import capture_logs
+from sync.mirror.decode_workers import peak_rss_mb
+with capture_logs() as logs:  # the Wiring's decode pool logs its workers' peak when it stops
+    code = asyncio.run(run_backfill(load_config(sys.argv[1]), env=None, table=None,
+                                    console=Console(file=StringIO())))
+workers_mb = max([e["worker_peak_mb"] for e in logs if e["event"] == "decode_pool_stopped"] or [0])
 own_kb = round(peak_rss_mb(os.getpid()) * 1024)
 print(code, own_kb or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-      round(DEFAULT_POOL.worker_peak_mb * 1024))
+      round(workers_mb * 1024))
 """
 
 

@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.config.model import Config, Environment, Tenant
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
-from sync.mirror.decode_workers import shutdown_decode_pool
 from sync.mirror.discovery import estimate_total, list_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import JobResult, PageProgress, TableJob, Until, run_job
@@ -216,7 +215,6 @@ async def run_tables(
     finally:
         await wiring.close()
         await store.dispose()
-        await asyncio.to_thread(shutdown_decode_pool)
     results = [r for batch in batches for r in batch]
     for result in results:
         if not result.ok:

@@ -1,29 +1,34 @@
-"""Decode large row pages in one worker process, so that decoding runs beside the SQLite write.
+"""Decode large row pages in worker processes, so that decoding runs beside the SQLite write.
 
-Why a process, not a thread: sqlite3's `executemany` takes the GIL back once per row, and a
+Why processes, not threads: sqlite3's `executemany` takes the GIL back once per row, and a
 thread decoding the next page keeps it busy, so the two convoy and their costs add up instead of
-overlapping. A worker process has its own GIL and runs on the second core; the parent only
+overlapping. A worker process has its own GIL and runs on another core; the parent only
 unpickles the typed tuples (row dicts are not sent back unless the shaper keeps them).
 
-The worker is a plain `python -c` child (not multiprocessing): it imports this module and the
-decoding modules only (orjson, sync.mirror.page and what it needs), never the parent's
-`__main__`, so it stays small. Requests and answers are pickles on its stdin and stdout. It
-starts on the first large page and stops on `shutdown_decode_pool()` (commands, daemon and
-benchmark on exit; `atexit` as the last resort). It ignores SIGINT and SIGHUP (Ctrl-C reaches
-the whole process group: the parent decides) and exits when its stdin closes, which includes the
-parent's death. Should the worker die (SIGTERM to the whole service, out of memory), the page in
-flight is decoded in the caller and the next large page starts a new worker.
+A `DecodePool` has `workers` worker slots (`daemon.decode_workers`, default 1; 0 decodes every
+page in the caller). The commands and the daemon own one through their `Wiring`, which hands it
+to the clients and shuts it down on close; there is no process-wide pool. A large page goes to
+the first idle worker (started on first use, so a pool only grows as far as pages overlap); when
+every worker is busy, the caller decodes it itself, as it does pages under `OFF_PROCESS_BYTES`
+(shipping those costs more than it saves; the same threshold under which the client decodes on
+the event loop). Nothing queues: the pages in flight are those the callers hold.
 
-Pages under `OFF_PROCESS_BYTES` are decoded in the caller: shipping them costs more than it
-saves (the same threshold under which the client decodes on the event loop); so is a page that
-arrives while the worker is busy with another table's page. The worker answers with the
-`DecodedPage` or a `sync.errors` exception (they pickle with their class, message and context),
-so hostile pages fail exactly as they do in the caller; any other failure is retried in the caller.
+A worker is a plain `python -c` child (not multiprocessing): it imports this module and the
+decoding modules only (orjson, sync.mirror.page and what it needs), never the parent's
+`__main__`, so it stays small. Requests and answers are pickles on its stdin and stdout. It stops
+on `DecodePool.shutdown()` (or, as the last resort, when its pool is collected or the interpreter
+exits: a `weakref.finalize` per pool). It ignores SIGINT and SIGHUP (Ctrl-C reaches the whole
+process group: the parent decides) and exits when its stdin closes, which includes the parent's
+death. Should a worker die (SIGTERM to the whole service, out of memory), the page in flight is
+decoded in the caller and the next large page starts a new worker in its slot.
+
+The worker answers with the `DecodedPage` or a `sync.errors` exception (they pickle with their
+class, message and context), so hostile pages fail exactly as they do in the caller; any other
+failure is retried in the caller.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import pickle
@@ -31,6 +36,7 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 from typing import IO, Any
 
 from sync.errors import DvmirrorError
@@ -47,42 +53,94 @@ _ENTRY = (
 )
 
 
-class DecodePool:
-    """Decodes pages of at least `min_bytes` in one lazily started worker process."""
+class _Slot:
+    """One worker: its process (None until the first page it takes) and its busy lock."""
 
-    def __init__(self, *, min_bytes: int = OFF_PROCESS_BYTES) -> None:
+    __slots__ = ("busy", "process")
+
+    def __init__(self) -> None:
+        self.busy = threading.Lock()  # held while a page is in the worker, and to start/stop it
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def started(self) -> subprocess.Popen[bytes]:
+        if self.process is None:
+            self.process = subprocess.Popen(  # noqa: S603 - our interpreter, our constant code
+                [sys.executable, "-c", _ENTRY], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            assert self.process.stdout is not None
+            pickle.load(self.process.stdout)  # noqa: S301 - ready: its signals are set up
+        return self.process
+
+    def discard(self) -> None:
+        from sync.logs import get_logger  # only on this rare path: the worker stays light
+
+        process, self.process = self.process, None
+        if process is not None:
+            get_logger("dvmirror.decode_pool").warning("decode_worker_lost", pid=process.pid)
+            _stop(process, patience=0)
+
+    def stop(self) -> float:
+        """Stop the worker (waits for its page in flight); its peak RSS in MB (0 if none)."""
+        with self.busy:
+            process, self.process = self.process, None
+        if process is None:
+            return 0.0
+        peak = peak_rss_mb(process.pid)
+        _stop(process)
+        return peak
+
+
+def _stop_slots(slots: list[_Slot]) -> None:
+    for slot in slots:
+        slot.stop()
+
+
+class DecodePool:
+    """Decodes pages of at least `min_bytes` in up to `workers` lazily started processes."""
+
+    def __init__(self, workers: int = 1, *, min_bytes: int = OFF_PROCESS_BYTES) -> None:
+        if workers < 0:
+            raise ValueError(f"decode workers must be 0 or more, not {workers}")
+        self.workers = workers
         self.min_bytes = min_bytes
-        self._worker: subprocess.Popen[bytes] | None = None
-        self._busy = threading.Lock()  # held while a page is in the worker, and to start/stop it
+        self._slots = [_Slot() for _ in range(workers)]
         self.worker_peak_mb = 0.0  # the largest peak RSS of a stopped worker (Linux; else 0)
+        # The safety net: workers stop when the pool is collected or at interpreter exit.
+        self._finalizer = weakref.finalize(self, _stop_slots, self._slots)
 
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        return any(slot.process is not None for slot in self._slots)
 
     def worker_pids(self) -> list[int]:
-        """The worker's process id (empty before the first large page)."""
-        worker = self._worker
-        return [] if worker is None else [worker.pid]
+        """The running workers' process ids (empty before the first large page)."""
+        return [p.pid for p in (slot.process for slot in self._slots) if p is not None]
 
     def start(self) -> None:
-        """Start the worker now (it is otherwise started by the first large page)."""
-        with self._busy:
-            self._started()
+        """Start every worker now (they are otherwise started by the large pages)."""
+        for slot in self._slots:
+            with slot.busy:
+                slot.started()
 
     def decode(self, body: bytes, shaper: RowShaper) -> DecodedPage:
-        """`decode_page(body, shaper)`, in the worker when the page is large. Blocks the caller."""
-        if len(body) < self.min_bytes or not self._busy.acquire(blocking=False):
+        """`decode_page(body, shaper)`, in an idle worker when the page is large. Blocks the
+        caller; decodes in the caller when the page is small or every worker is busy."""
+        if len(body) < self.min_bytes:
+            return decode_page(body, shaper)
+        for slot in self._slots:
+            if slot.busy.acquire(blocking=False):
+                break
+        else:
             return decode_page(body, shaper)
         try:
             try:
-                worker = self._started()
+                worker = slot.started()
                 ok, answer = self._ask(worker, (body, shaper.schema, shaper.keep_rows))
             except (OSError, EOFError, pickle.UnpicklingError):
-                self._discard()
+                slot.discard()
                 return decode_page(body, shaper)
         finally:
-            self._busy.release()
+            slot.busy.release()
         if ok:
             return answer  # type: ignore[no-any-return]
         if isinstance(answer, DvmirrorError):
@@ -90,21 +148,17 @@ class DecodePool:
         return decode_page(body, shaper)  # not ours to explain: fails here as it did there
 
     def shutdown(self) -> None:
-        """Stop the worker (waits for a page in flight); the next large page starts a new one."""
-        with self._busy:
-            worker, self._worker = self._worker, None
-        if worker is not None:
-            self.worker_peak_mb = max(self.worker_peak_mb, peak_rss_mb(worker.pid))
-            _stop(worker)
+        """Stop the workers (waits for pages in flight); later large pages start new ones."""
+        peaks = [slot.stop() for slot in self._slots]
+        if any(peaks):
+            from sync.logs import get_logger  # the worker never gets here: it stays light
 
-    def _started(self) -> subprocess.Popen[bytes]:
-        if self._worker is None:
-            self._worker = subprocess.Popen(  # noqa: S603 - our interpreter, our constant code
-                [sys.executable, "-c", _ENTRY], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            self.worker_peak_mb = max(self.worker_peak_mb, *peaks)
+            get_logger("dvmirror.decode_pool").debug(
+                "decode_pool_stopped",
+                workers=self.workers,
+                worker_peak_mb=round(self.worker_peak_mb, 1),
             )
-            assert self._worker.stdout is not None
-            pickle.load(self._worker.stdout)  # noqa: S301 - ready: its signals are set up
-        return self._worker
 
     @staticmethod
     def _ask(worker: subprocess.Popen[bytes], request: object) -> tuple[bool, Any]:
@@ -114,14 +168,6 @@ class DecodePool:
         worker.stdin.flush()
         answer: tuple[bool, Any] = pickle.load(worker.stdout)  # noqa: S301 - our own worker
         return answer
-
-    def _discard(self) -> None:
-        from sync.logs import get_logger  # only on this rare path: the worker stays light
-
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            get_logger("dvmirror.decode_pool").warning("decode_worker_lost", pid=worker.pid)
-            _stop(worker, patience=0)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -189,19 +235,3 @@ def serve(requests: IO[bytes] | None = None, answers: IO[bytes] | None = None) -
             answer = (False, None)
         pickle.dump(answer, answers, protocol=_PROTOCOL)
         answers.flush()
-
-
-DEFAULT_POOL = DecodePool()
-
-
-def decode_pooled(body: bytes, shaper: RowShaper) -> DecodedPage:
-    """Decode one page with the process's pool (the one decode path of daemon, commands, bench)."""
-    return DEFAULT_POOL.decode(body, shaper)
-
-
-def shutdown_decode_pool() -> None:
-    """Stop the process's decode worker, if it runs (idempotent)."""
-    DEFAULT_POOL.shutdown()
-
-
-atexit.register(shutdown_decode_pool)

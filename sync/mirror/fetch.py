@@ -5,31 +5,51 @@ significant digits) and would cost a second full parse of every page. `fetch_pag
 page's `RowShaper` as the client's decoder instead (exact decimals, typed tuples), so the one
 HTTP policy of `DataverseClient.get()` applies unchanged: a body cut short is retried as a network
 error, while a well-formed but hostile page raises HostileResponseError at once. Large pages are
-decoded in the process's decode worker (sync.mirror.decode_workers), beside the SQLite write.
+decoded by the client's decode pool (sync.mirror.decode_workers, owned by the runtime's Wiring)
+in a worker process, beside the SQLite write; without a pool they are decoded in the caller.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
-from sync.dataverse.client import DataverseClient
+from sync.config.model import Environment, Tenant
+from sync.dataverse.client import DataverseClient, RequestGate, TokenSource
 from sync.dataverse.odata import request_headers
 from sync.errors import HostileResponseError
-from sync.mirror.decode_workers import decode_pooled
+from sync.mirror.decode_workers import DecodePool
 from sync.mirror.page import DecodedPage, NotJsonError
 from sync.mirror.rowshape import RowShaper
 
 
-def decode_rows(shaper: RowShaper, body: bytes) -> DecodedPage | None:
+def decode_rows(pool: DecodePool, shaper: RowShaper, body: bytes) -> DecodedPage | None:
     """The decoder of a row page: None (retry, then hostile) when the body is not JSON at all."""
     try:
-        return decode_pooled(body, shaper)
+        return pool.decode(body, shaper)
     except NotJsonError:
         return None
 
 
 class ExactClient(DataverseClient):
-    """DataverseClient whose row pages come back as `DecodedPage` objects."""
+    """DataverseClient whose row pages come back as `DecodedPage` objects.
+
+    `decode_pool` decodes the large pages (the caller's, shared by its clients); without one,
+    every page is decoded in the caller.
+    """
+
+    def __init__(
+        self,
+        tenant: Tenant,
+        environment: Environment,
+        tokens: TokenSource,
+        governor: RequestGate,
+        *,
+        decode_pool: DecodePool | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(tenant, environment, tokens, governor, **options)
+        self.decode_pool = decode_pool if decode_pool is not None else DecodePool(0)
 
     async def fetch_page(
         self,
@@ -46,9 +66,8 @@ class ExactClient(DataverseClient):
             track_changes=track_changes,
             impersonate=impersonate,
         )
-        page = await self.get(
-            url, table=shaper.table, headers=headers, decoder=partial(decode_rows, shaper)
-        )
+        decoder = partial(decode_rows, self.decode_pool, shaper)
+        page = await self.get(url, table=shaper.table, headers=headers, decoder=decoder)
         if not isinstance(page, DecodedPage):  # pragma: no cover - decode_rows returns one
             raise HostileResponseError(f"table {shaper.table}: unexpected page", table=shaper.table)
         return page

@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.config.model import Config, load_config
 from sync.errors import ConfigError
 from sync.logs import get_logger
-from sync.mirror.decode_workers import shutdown_decode_pool
 from sync.mirror.job import PageProgress
 from sync.runtime import systemd as notify
 from sync.runtime.http import HealthCheck, HttpServer, start_http_server
@@ -97,7 +96,6 @@ class Daemon:
             if self.http is not None:
                 await self.http.stop()
             await store.dispose()
-            await asyncio.to_thread(shutdown_decode_pool)
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)

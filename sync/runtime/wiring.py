@@ -1,11 +1,14 @@
 """Per-process wiring shared by the commands and the daemon.
 
 One `TokenProviders` (one MSAL client per tenant authority), one `TenantBudget` per tenant
-that has a daily request budget (persisted in the control database), and one `Governor`
-per environment — the environment's application user — shared by all its table workers.
+that has a daily request budget (persisted in the control database), one `Governor`
+per environment — the environment's application user — shared by all its table workers, and
+one `DecodePool` (`daemon.decode_workers` processes) shared by all clients, stopped on `close()`.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,8 +17,12 @@ from sync.dataverse.auth import TokenProviders
 from sync.governor.budget_store import SqlBudgetStore
 from sync.governor.gate import Governor, TenantBudget
 from sync.limits import CONCURRENT_REQUESTS_PER_USER
+from sync.logs import get_logger
+from sync.mirror.decode_workers import DecodePool
 from sync.mirror.fetch import ExactClient
 from sync.runtime.metrics import Metrics
+
+log = get_logger("dvmirror.wiring")
 
 NO_RESPONSE = 599
 
@@ -27,6 +34,7 @@ class Wiring:
         self.metrics = metrics
         self.tokens = TokenProviders(config)
         self._budgets: dict[str, TenantBudget] = {}
+        self.decode_pool = DecodePool(config.settings.daemon.decode_workers)
 
     def budget(self, tenant: Tenant) -> TenantBudget | None:
         if tenant.daily_request_budget is None:
@@ -63,14 +71,26 @@ class Wiring:
             self.tokens.for_tenant(tenant),
             governor,
             ca_bundle=app.ca_bundle,
+            decode_pool=self.decode_pool,
         )
 
     def reload(self, config: Config) -> None:
         """Use a new configuration: fresh token providers, so changed credentials take effect."""
         self.config = config
         self.tokens = TokenProviders(config)
+        workers = config.settings.daemon.decode_workers
+        if workers != self.decode_pool.workers:
+            log.warning(
+                "reload_decode_workers_change_ignored",
+                running=self.decode_pool.workers,
+                configured=workers,
+                hint="restart to change daemon.decode_workers",
+            )
 
     async def close(self) -> None:
-        """Persist the daily budget counters."""
-        for budget in self._budgets.values():
-            await budget.flush()
+        """Persist the daily budget counters; stop the decode workers (after their pages)."""
+        try:
+            for budget in self._budgets.values():
+                await budget.flush()
+        finally:
+            await asyncio.to_thread(self.decode_pool.shutdown)

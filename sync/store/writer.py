@@ -12,23 +12,49 @@ column is in dv_mirror_columns.sql_type.
 
 Identifiers reach SQL only through `quote_ident()`, which refuses anything but a safe name;
 that is why the f-string statements below carry `noqa: S608` (no value is ever interpolated).
+
+Writes take turns per database file (store.connect.StoreEngine), so this process never fights
+itself for SQLite's write lock. Another process can hold it (a data team's long write
+transaction): then SQLite's busy timeout runs out, the transaction is rolled back, and
+`commit_page` runs the whole transaction again (rows and checkpoint, the counts recomputed, so
+nothing is counted twice) after a jittered exponential backoff, logging a warning each time,
+for up to `COMMIT_PATIENCE` seconds; only then does it give up with a StoreError.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from sync.errors import HostileResponseError, StoreError, TransientError
+from sync.logs import get_logger
 from sync.store.layout import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, SqlType
+
+log = get_logger("dvmirror.store")
+T = TypeVar("T")
+
+# How long a page commit (or a table's DDL) keeps retrying a database that another process holds
+# locked before it fails with a StoreError; each attempt itself first waits out SQLite's busy
+# timeout (store.connect.SQLITE_BUSY_TIMEOUT_MS).
+COMMIT_PATIENCE = 600.0
+BUSY_BACKOFF_INITIAL = 0.5  # seconds; doubles per attempt, full jitter
+BUSY_BACKOFF_MAX = 30.0
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
 SAFE_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,254}")
 STORAGE: dict[SqlType, str] = {
@@ -253,6 +279,69 @@ async def write_page(
     return PageCounts(upserted, deleted, row_count)
 
 
+def database_busy(exc: BaseException) -> bool:
+    """Whether a failure is SQLite's "database is locked" (SQLITE_BUSY/SQLITE_LOCKED)."""
+    if not isinstance(exc, sa_exc.OperationalError):
+        return False
+    for error in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        code = getattr(error, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in _BUSY_CODES:
+            return True
+    detail = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+    return "locked" in detail or "busy" in detail
+
+
+def _log_busy(environment: str, table: str) -> Any:
+    def before_sleep(state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        log.warning(
+            "store_busy_retry",
+            environment=environment or None,
+            table=table,
+            attempt=state.attempt_number,
+            waited=round(state.seconds_since_start or 0.0, 1),
+            wait=round(state.next_action.sleep, 3) if state.next_action else None,
+            error=str(getattr(error, "orig", None) or error).splitlines()[0],
+            hint="another process holds a write transaction on the database",
+        )
+
+    return before_sleep
+
+
+async def patiently(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    environment: str,
+    table: str,
+    patience: float = COMMIT_PATIENCE,
+) -> T:
+    """Run `attempt` (one whole transaction) again while the database is locked by another
+    process, for up to `patience` seconds; then a StoreError. Other failures pass through."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(database_busy),
+        wait=wait_random_exponential(multiplier=BUSY_BACKOFF_INITIAL, max=BUSY_BACKOFF_MAX),
+        stop=stop_after_delay(patience),
+        before_sleep=_log_busy(environment, table),
+        reraise=True,
+    )
+    try:
+        return await retrying(attempt)
+    except sa_exc.OperationalError as exc:
+        if not database_busy(exc):
+            raise
+        detail = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+        where = f"environment {environment}, table {table}" if environment else f"table {table}"
+        raise StoreError(
+            f"{where}: the database stayed locked for more than "
+            f"{patience:g}s ({detail}); another process holds a write transaction on it (a long "
+            "BEGIN IMMEDIATE/EXCLUSIVE or write, e.g. an sqlite3 shell): end it. Nothing was "
+            "written; the table resumes from its last checkpoint",
+            environment=environment or None,
+            table=table,
+        ) from exc
+
+
 async def commit_page(
     engine: AsyncEngine,
     statements: TableStatements,
@@ -260,28 +349,46 @@ async def commit_page(
     *,
     observed_at: str,
     checkpoint: Callable[[PageCounts], Sequence[Executable]],
+    patience: float = COMMIT_PATIENCE,
 ) -> PageCounts:
     """One transaction: the page's upserts, deletions, deletion log and the table's checkpoint.
 
     `checkpoint(counts)` returns the control-table statements (dv_sync_state, dv_run_history,
     built by store.state) once the page's counts are known; they run in the same transaction.
+    It must only build statements: when another process holds the database locked, the whole
+    transaction is rolled back and run again (see `patiently`), calling it again.
     """
-    with map_store_errors(statements.table):
-        async with engine.begin() as conn:
+
+    async def attempt() -> PageCounts:
+        async with engine.begin() as conn:  # waits for the file's write turn (store.connect)
             counts = await write_page(conn, statements, page, observed_at=observed_at)
             for statement in checkpoint(counts):
                 await conn.execute(statement)
-    return counts
+        return counts
+
+    with map_store_errors(statements.table):
+        return await patiently(
+            attempt, environment=statements.environment, table=statements.table, patience=patience
+        )
 
 
 async def execute_ddl(
-    engine: AsyncEngine, statements: Sequence[str | Executable], *, table: str
+    engine: AsyncEngine,
+    statements: Sequence[str | Executable],
+    *,
+    table: str,
+    environment: str = "",
+    patience: float = COMMIT_PATIENCE,
 ) -> None:
     """Run DDL and catalogue changes in one transaction (SQLite DDL is transactional)."""
-    with map_store_errors(table):
+
+    async def attempt() -> None:
         async with engine.begin() as conn:
             for statement in statements:
                 if isinstance(statement, str):
                     await conn.exec_driver_sql(statement)
                 else:
                     await conn.execute(statement)
+
+    with map_store_errors(table):
+        await patiently(attempt, environment=environment, table=table, patience=patience)
