@@ -1,8 +1,9 @@
 """`dvmirror backfill [--env E] [--table T]`: every selected table to the end of its full load.
 
-Rerunning resumes from each table's last committed page. Tables of one environment run one
-after the other (the governor paces that environment's application user); environments run
-concurrently. A failing table is parked with its error while the others go on.
+Rerunning resumes from each table's last committed page (each key range's, for a big table read
+as parallel ranges). The tables of an environment run concurrently (`table_concurrency`,
+default all) and take their requests from that application user's governor; environments run
+concurrently too. A failing table is parked with its error while the others go on.
 Exit code: 0 ok, 1 a table failed, 3 authentication/authorization failed.
 """
 
@@ -28,11 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.config.model import Config, Environment, Tenant
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
-from sync.mirror.discovery import estimate_total, list_tables
+from sync.mirror.discovery import list_tables
 from sync.mirror.fetch import ExactClient
-from sync.mirror.job import JobResult, PageProgress, TableJob, Until, run_job
+from sync.mirror.job import JobResult, PageProgress, TableJob, Until
+from sync.mirror.runner import run_job
 from sync.runtime.wiring import Wiring
-from sync.store import checkpoints as state
 from sync.store.open import open_store
 
 
@@ -153,8 +154,6 @@ async def _table(
         reconcile_every=reconcile_every,
         on_page=_advance(progress, task),
     )
-    if until == "backfill":
-        await _set_total(job, client, progress, task)
     result = await run_job(job, until=until)
     progress.update(task, total=progress.tasks[task].completed)
     if not result.ok:
@@ -162,21 +161,12 @@ async def _table(
     return result
 
 
-async def _set_total(job: TableJob, client: ExactClient, progress: Progress, task: TaskID) -> None:
-    stored = await state.load(job.store, job.environment.name, job.table)
-    if stored is not None and stored.cursor.phase not in ("new", "backfill", "resync"):
-        return
-    try:
-        total = await estimate_total(client, job.environment.url, job.table)
-    except DvmirrorError:
-        total = None
-    if total:
-        progress.update(task, total=total)
-
-
 def _advance(progress: Progress, task: TaskID) -> Callable[[PageProgress], None]:
     def on_page(page: PageProgress) -> None:
-        pages = progress.tasks[task].fields.get("pages", 0) + 1
+        shown = progress.tasks[task]
+        pages = shown.fields.get("pages", 0) + 1
+        if shown.total is None and page.total_estimate and page.phase in ("backfill", "resync"):
+            progress.update(task, total=page.total_estimate)
         progress.update(task, advance=page.rows, pages=pages)
 
     return on_page

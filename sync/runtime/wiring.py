@@ -35,6 +35,8 @@ class Wiring:
         self.tokens = TokenProviders(config)
         self._budgets: dict[str, TenantBudget] = {}
         self.decode_pool = DecodePool(config.settings.daemon.decode_workers)
+        # daemon.max_concurrency: requests in flight across every environment of the process.
+        self.request_cap = asyncio.Semaphore(config.settings.daemon.max_concurrency)
 
     def budget(self, tenant: Tenant) -> TenantBudget | None:
         if tenant.daily_request_budget is None:
@@ -61,6 +63,7 @@ class Wiring:
             initial_concurrency=environment.max_concurrency,
             daily=self.budget(tenant),
             on_response=count if metrics is not None else None,
+            request_cap=self.request_cap,
         )
 
     def client(self, tenant: Tenant, environment: Environment, governor: Governor) -> ExactClient:
@@ -76,6 +79,8 @@ class Wiring:
 
     def reload(self, config: Config) -> None:
         """Use a new configuration: fresh token providers, so changed credentials take effect."""
+        if config.settings.daemon.max_concurrency != self.config.settings.daemon.max_concurrency:
+            self.request_cap = asyncio.Semaphore(config.settings.daemon.max_concurrency)
         self.config = config
         self.tokens = TokenProviders(config)
         workers = config.settings.daemon.decode_workers
