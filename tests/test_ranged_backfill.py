@@ -192,3 +192,62 @@ def test_sigkill_mid_ranges_resumes_every_range_where_it_stopped(
         served_after,
         committed_rows,
     )
+
+
+def test_daemon_runs_ranges_stops_between_pages_on_sigterm_and_resumes(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """`dvmirror run` uses the same runner: a big table's first cycle runs as ranges; SIGTERM
+    lets the in-flight pages commit and exits 0 with the ranges stored; the next start resumes
+    them (no new key scan) and reaches change tracking with a mirror equal to the source."""
+    config = write_config(sim, tmp_path, "kill_env")
+    text = config.read_text().replace(
+        "[daemon]\n", '[daemon]\nmetrics_listen = "127.0.0.1:0"\nshutdown_grace = "60s"\n'
+    )
+    config.write_text(
+        text.replace('tables = ["opportunity"]', 'tables = ["opportunity"]\ninterval = "1h"')
+    )
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sync", "--config", str(config), "run"],
+            cwd=REPO,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def ranges() -> list[tuple[Any, ...]]:
+        try:
+            return query(tmp_path, "SELECT range_no, pages, done FROM dv_key_ranges")
+        except sqlite3.OperationalError:
+            return []
+
+    daemon = start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and daemon.poll() is None:
+        if sum(1 for _, pages, _ in ranges() if pages >= 1) >= 2:
+            break
+        time.sleep(0.05)
+    daemon.send_signal(signal.SIGTERM)
+    _, stderr = daemon.communicate(timeout=90)
+    assert daemon.returncode == 0, stderr[-3000:]
+    stopped = ranges()
+    assert len(stopped) == WORKERS and not all(done for *_, done in stopped), stopped
+    assert query(tmp_path, "SELECT phase FROM dv_sync_state") == [("backfill",)]
+
+    daemon = start()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and daemon.poll() is None:
+            if query(tmp_path, "SELECT phase FROM dv_sync_state") == [("delta",)]:
+                break
+            time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=90)
+    assert daemon.returncode == 0, stderr[-3000:]
+    assert "key_scan_started" not in stderr  # resumed, not started over
+    assert ranges() == []
+    compare.assert_converged(sim, tmp_path / "mirror.db", "kill_env", "opportunity")
