@@ -8,6 +8,7 @@ with a `$select` of a few properties only.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -51,29 +52,24 @@ def _values(document: Any, table: str | None, what: str) -> list[Mapping[str, An
 async def discover_table(
     client: JsonSource, environment_url: str, table: str, *, columns: Sequence[str] | None = None
 ) -> TableSchema:
-    """The mirror schema of one table, from three small metadata requests."""
+    """The mirror schema of one table, from three small metadata requests (sent at once: on a
+    real service each costs a round trip of server time)."""
     path = _entity_path(table)
-    entity = await client.get(
-        api_url(environment_url, f"{path}?$select={ENTITY_SELECT}"), table=table
-    )
-    attributes = _values(
-        await client.get(
+    entity, attribute_page, cast_page = await asyncio.gather(
+        client.get(api_url(environment_url, f"{path}?$select={ENTITY_SELECT}"), table=table),
+        client.get(
             api_url(environment_url, f"{path}/Attributes?$select={ATTRIBUTE_SELECT}"), table=table
         ),
-        table,
-        "Attributes",
-    )
-    cast = _values(
-        await client.get(
+        client.get(
             api_url(
                 environment_url,
                 f"{path}/Attributes/{DATETIME_CAST}?$select=LogicalName,Format,DateTimeBehavior",
             ),
             table=table,
         ),
-        table,
-        "DateTime attributes",
     )
+    attributes = _values(attribute_page, table, "Attributes")
+    cast = _values(cast_page, table, "DateTime attributes")
     date_info = {str(item.get("LogicalName")): item for item in cast}
     merged = [
         {
