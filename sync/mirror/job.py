@@ -124,6 +124,7 @@ class TableJob:
         # when one is to start (a big table whose full pass has not begun).
         self.ranges: list[key_ranges.RangeState] = []
         self.split = False
+        self._counted: tuple[int | None] | None = None  # a row count taken beside discovery
         self._shapers: tuple[RowShaper, RowShaper] | None = None
         self._prefetch: tuple[cur.Request, asyncio.Future[DecodedPage]] | None = None
 
@@ -136,12 +137,6 @@ class TableJob:
         """The full pass runs (or is to run) as parallel key ranges."""
         return self.needs_backfill and (bool(self.ranges) or self.split)
 
-    @property
-    def shapers(self) -> tuple[RowShaper, RowShaper]:
-        """(full rows, keys only) for this table's schema; prepare() makes them."""
-        assert self._shapers is not None
-        return self._shapers
-
     async def prepare(self) -> None:
         """Discover the table, adapt the mirror to its schema, load the checkpoint."""
         now = self.clock()
@@ -150,9 +145,15 @@ class TableJob:
         self.run_id = await state.start_run(self.store, env.name, self.table, self.command, now=now)
         self._tally_start = self.client.tally.of(self.table)
         self._attempts, self.total_estimate = stored.attempts, stored.total_estimate
-        schema = await discover_table(
-            self.client, env.url, self.table, columns=self.options.columns
-        )
+        discovery = discover_table(self.client, env.url, self.table, columns=self.options.columns)
+        if stored.cursor.phase in cur.FULL_PASSES | {"new"} and stored.cursor.next_link is None:
+            # A full pass starts (or resumes its ranges): count the rows beside discovery.
+            schema, counted = await asyncio.gather(
+                discovery, estimate_total(self.client, env.url, self.table)
+            )
+            self._counted = (counted,)
+        else:
+            schema, self._counted = await discovery, None
         layout = await ensure_mirror(
             self.store, env.name, schema, soft=self.options.deletes == "soft", now=now
         )
@@ -203,7 +204,10 @@ class TableJob:
             return
         if cursor.next_link is not None:
             return  # a single chain under way goes on as one
-        total = await estimate_total(self.client, env.url, self.table)
+        if self._counted is not None:
+            (total,), self._counted = self._counted, None
+        else:
+            total = await estimate_total(self.client, env.url, self.table)
         if total is not None:
             self.total_estimate = total
             await state.set_total_estimate(
@@ -273,7 +277,7 @@ class TableJob:
 
         if not step.cycle_done:  # fetch the next page while this one commits
             upcoming, _ = cur.plan(step.state, schema, base_url=env.url, now=now)
-            self._prefetch = (upcoming, asyncio.ensure_future(self._fetch(upcoming)))
+            self._prefetch = (upcoming, asyncio.ensure_future(self.fetch(upcoming)))
         try:
             counts = await commit_page(
                 self.store, self.layout.statements, write, observed_at=synced, checkpoint=checkpoint
@@ -287,7 +291,8 @@ class TableJob:
         self.page_committed(planned.phase, counts, cycle_done=step.cycle_done)
         return not step.cycle_done
 
-    async def _fetch(self, request: cur.Request) -> DecodedPage:
+    async def fetch(self, request: cur.Request) -> DecodedPage:
+        """One page as `request` asks (keys only for a key request), in this table's shape."""
         assert self._shapers is not None
         shaper = self._shapers[1] if request.kind == "keys" else self._shapers[0]
         return await self.client.fetch_page(
@@ -304,7 +309,7 @@ class TableJob:
             self._prefetch = None
             return await prefetched[1]
         await self.cancel_prefetch()
-        return await self._fetch(request)
+        return await self.fetch(request)
 
     async def cancel_prefetch(self) -> None:
         """Drop a page fetched ahead (the job stops, its plan changed or its commit failed)."""

@@ -52,8 +52,8 @@ async def run_ranges(job: TableJob, stopping: asyncio.Event | None = None) -> bo
     return True
 
 
-def _checked(job: TableJob, url: str, page: DecodedPage, *, deletions_allowed: bool) -> None:
-    """Links stay in the environment and never loop; no tombstones outside a delta answer."""
+def _checked(job: TableJob, url: str, page: DecodedPage) -> None:
+    """Links stay in the environment and never loop; no tombstones (no delta answer here)."""
     origin, table = job.environment.origin, job.table
     for link in (page.next_link, page.delta_link):
         if link is not None:
@@ -62,7 +62,7 @@ def _checked(job: TableJob, url: str, page: DecodedPage, *, deletions_allowed: b
         raise HostileResponseError(
             f"table {table}: paging loop (the same nextLink twice)", table=table
         )
-    if page.deleted_ids and not deletions_allowed:
+    if page.deleted_ids:
         raise HostileResponseError(
             f"table {table}: deleted entries outside a delta answer", table=table
         )
@@ -83,14 +83,8 @@ async def _split(job: TableJob) -> None:
     url = cur.collection_url(env.url, schema.entity_set, params)
     log.info("key_scan_started", environment=env.name, table=job.table, ranges=wanted)
     while True:
-        page = await job.client.fetch_page(
-            url,
-            job.shapers[1],
-            track_changes=tracked,
-            impersonate=job.options.impersonate,
-            page_size=env.page_size,
-        )
-        _checked(job, url, page, deletions_allowed=False)
+        page = await job.fetch(cur.Request("keys", url, tracked))
+        _checked(job, url, page)
         sample.add(cur.valid_keys(page.rows, schema.primary_key, job.table))
         if page.next_link is None:
             break
@@ -162,14 +156,8 @@ async def _chain(job: TableJob, stored: key_ranges.RangeState, halt: asyncio.Eve
         env.url, schema.entity_set, range_params(schema, key_range)
     )
     while not halt.is_set():
-        page = await job.client.fetch_page(
-            url,
-            job.shapers[0],
-            track_changes=False,
-            impersonate=job.options.impersonate,
-            page_size=env.page_size,
-        )
-        _checked(job, url, page, deletions_allowed=False)
+        page = await job.fetch(cur.Request("rows", url, False))
+        _checked(job, url, page)
         now = job.clock()
         synced = stamp(cur.synced_at(job.cursor, now))
         link = page.next_link
