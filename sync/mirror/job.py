@@ -222,6 +222,14 @@ class TableJob:
         self.pages += 1
         self.upserted += counts.upserted
         self.deleted += counts.deleted
+        log.debug(
+            "page_committed",
+            environment=self.environment.name,
+            table=self.table,
+            phase=phase,
+            upserted=counts.upserted,
+            deleted=counts.deleted,
+        )
         if self.on_page is not None:
             self.on_page(
                 PageProgress(
