@@ -118,8 +118,8 @@ async def with_progress(
             )
             say(
                 console,
-                f"  … {side.name}: {served:,} of {side.part.rows:,} rows served after "
-                f"{time.monotonic() - started:.0f} s",
+                f"  … {side.name}: {served:,} rows served for a table of {side.part.rows:,}"
+                f" (key-only pages count too) after {time.monotonic() - started:.0f} s",
             )
 
     ticker = asyncio.create_task(report())
