@@ -1,5 +1,9 @@
 """Alembic environment: async, batch mode for SQLite, only dvmirror's own control tables.
 
+PostgreSQL: the control tables live in schema `dvmirror` (created here; the engine's search_path
+points at it, see store.dialects.postgres), and a transaction-scoped advisory lock makes daemons
+that start together migrate one after another instead of racing on the same DDL.
+
 dvmirror calls it with a live connection (cfg.attributes["connection"]); the `alembic` command
 line uses DVMIRROR_STORE_URL or sqlalchemy.url and opens its own async engine.
 """
@@ -27,13 +31,23 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     return True
 
 
+CONTROL_SCHEMA = "dvmirror"
+MIGRATION_LOCK = 0x64766D6972726F72  # "dvmirror": one advisory lock id for every dvmirror database
+
+
 def do_run_migrations(connection: Connection) -> None:
+    postgres = connection.dialect.name == "postgresql"
+    if postgres:
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        connection.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{CONTROL_SCHEMA}"')
+        connection.exec_driver_sql(f'SET LOCAL search_path TO "{CONTROL_SCHEMA}"')
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         include_name=include_name,
         compare_type=True,
+        version_table_schema=CONTROL_SCHEMA if postgres else None,
     )
     with context.begin_transaction():
         context.run_migrations()

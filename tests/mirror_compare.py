@@ -1,4 +1,8 @@
-"""Compare a mirror (a real SQLite file) with the simulator's own rows, column by column.
+"""Compare a mirror (a real SQLite file or PostgreSQL database) with the simulator's own rows,
+column by column.
+
+`database` is a SQLite file's path, or a PostgreSQL store URL (`postgresql+asyncpg://…`), whose
+mirror tables are `"<env>"."<table>"` with native types.
 
 `differences()` returns what differs (empty when the mirror equals the source), so a test can
 poll it while a daemon catches up; `assert_converged()` is the one-shot assertion.
@@ -6,13 +10,16 @@ poll it while a daemon catches up; `assert_converged()` is the one-shot assertio
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import urllib.request
 from collections.abc import Mapping
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 PRIMARY = {
     "account": "accountid",
@@ -27,6 +34,34 @@ def database_path(store_url: str) -> Path:
     return Path(store_url.split("///", 1)[1])
 
 
+def database_of(store_url: str) -> Path | str:
+    """What the functions below take: a SQLite file's path, or the PostgreSQL URL itself."""
+    return store_url if store_url.startswith("postgresql") else database_path(store_url)
+
+
+def query(database: Path | str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one read query on either store; `?` placeholders, control tables unqualified."""
+    if isinstance(database, Path):
+        with sqlite3.connect(database, timeout=10) as conn:
+            return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+    import asyncpg
+
+    parts = sql.split("?")
+    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(
+            database.replace("postgresql+asyncpg://", "postgresql://", 1),
+            server_settings={"search_path": "dvmirror"},
+        )
+        try:
+            return [tuple(r) for r in await conn.fetch(numbered, *params)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
 def source_rows(sim: Mapping[str, Any], env: str, table: str) -> list[dict[str, Any]]:
     """The simulator's dump of one table, decimals exact."""
     url = f"{sim['admin_url']}/environments/{env}/tables/{table}/rows"
@@ -35,8 +70,29 @@ def source_rows(sim: Mapping[str, Any], env: str, table: str) -> list[dict[str, 
     return [json.loads(line, parse_float=Decimal) for line in body.splitlines() if line.strip()]
 
 
-def mirror_rows(database: Path, env: str, table: str) -> dict[str, dict[str, Any]] | None:
+def _postgres_rows(url: str, env: str, table: str) -> list[dict[str, Any]] | None:
+    import asyncpg
+
+    async def fetch() -> list[dict[str, Any]] | None:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            rows = await conn.fetch(f'SELECT * FROM "{env}"."{table}"')
+        except asyncpg.UndefinedTableError:
+            return None
+        finally:
+            await conn.close()
+        return [dict(r) for r in rows]
+
+    return asyncio.run(fetch())
+
+
+def mirror_rows(database: Path | str, env: str, table: str) -> dict[str, dict[str, Any]] | None:
     """The mirror table's rows by primary key; None while the table does not exist yet."""
+    if isinstance(database, str) and database.startswith("postgresql"):
+        found = _postgres_rows(database, env, table)
+        if found is None:
+            return None
+        return {str(r[PRIMARY[table]]): r for r in found}
     with sqlite3.connect(database, timeout=10) as conn:
         conn.row_factory = sqlite3.Row
         try:
@@ -49,9 +105,18 @@ def mirror_rows(database: Path, env: str, table: str) -> dict[str, dict[str, Any
 
 
 def same(mirrored: Any, source: Any) -> bool:
-    """One mirrored value equals its source value (SQLite keeps decimals as exact text)."""
+    """One mirrored value equals its source value (SQLite keeps decimals as exact text;
+    PostgreSQL has native numeric, timestamptz, date, uuid, boolean and integer[])."""
     if source is None or mirrored is None:
         return source is mirrored
+    if isinstance(mirrored, datetime):
+        return isinstance(source, str) and mirrored == datetime.fromisoformat(source)
+    if isinstance(mirrored, date):
+        return isinstance(source, str) and mirrored == date.fromisoformat(source)
+    if isinstance(mirrored, UUID):
+        return isinstance(source, str) and mirrored == UUID(source)
+    if isinstance(mirrored, list):
+        return source == ",".join(map(str, mirrored))
     if isinstance(source, bool):
         return bool(mirrored == int(source))
     if isinstance(source, Decimal) or (isinstance(source, int) and isinstance(mirrored, str)):
@@ -62,7 +127,7 @@ def same(mirrored: Any, source: Any) -> bool:
 
 
 def differences(
-    sim: Mapping[str, Any], database: Path, env: str, table: str, *, limit: int = 5
+    sim: Mapping[str, Any], database: Path | str, env: str, table: str, *, limit: int = 5
 ) -> list[str]:
     """What differs between the mirror and the source (soft-deleted rows left aside)."""
     source = source_rows(sim, env, table)
@@ -92,7 +157,7 @@ def differences(
     return problems
 
 
-def assert_converged(sim: Mapping[str, Any], database: Path, env: str, table: str) -> None:
+def assert_converged(sim: Mapping[str, Any], database: Path | str, env: str, table: str) -> None:
     """The mirror equals the source, column by column."""
     problems = differences(sim, database, env, table)
     assert not problems, problems

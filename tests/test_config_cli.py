@@ -119,10 +119,18 @@ CASES = [
     Case("missing-file", None, 2, ("configuration file not found",)),
     Case("bad-toml", "[app\nclient_id=1", 2, ("not valid TOML",)),
     Case(
-        "postgres-store-not-yet-served",
-        base_config().replace("sqlite+aiosqlite:///mirror.db", "postgresql+asyncpg://u@db/mirror"),
+        "postgres-driver-not-served",
+        base_config().replace("sqlite+aiosqlite:///mirror.db", "postgresql+psycopg://u@db/mirror"),
         2,
-        ("store.url", "PostgreSQL stores are not supported by this version yet"),
+        ("store.url", "must start with sqlite+aiosqlite:/// or postgresql+asyncpg://"),
+    ),
+    Case(
+        "postgres-reserved-schema",
+        base_config(env=_env(name='"dvmirror"')).replace(
+            "sqlite+aiosqlite:///mirror.db", "postgresql://u@db/mirror"
+        ),
+        2,
+        ("tenants[0].environments[0].name", "reserved schema name"),
     ),
     Case("unknown-top-key", base_config(extra_top='colour = "blue"'), 2, ("colour", "unknown key")),
     Case(

@@ -1,11 +1,11 @@
-"""The mirror engine end to end: the simulator over real HTTPS, real MSAL, real SQLite files."""
+"""The mirror engine end to end: the simulator over real HTTPS, real MSAL, and each test on both
+stores: a real SQLite file and a real (throwaway) PostgreSQL database."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +22,7 @@ from sync.commands.sync_once import run_sync_once
 from sync.config.model import Config, load_config
 from tests import mirror_compare as compare
 from tests.cli import clean_env
-from tests.mirror_compare import database_path
+from tests.mirror_compare import database_of, query
 from tests.simfixtures import _no_ca_env, admin, running_simulator, user_stats  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("no_ca_env"), pytest.mark.slow]
@@ -43,13 +43,22 @@ def _sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield ready
 
 
-def write_config(sim: dict[str, Any], directory: Path, envs: tuple[str, ...]) -> Config:
+@pytest.fixture(name="store_url", params=["sqlite", "postgres"])
+def _store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite+aiosqlite:///{tmp_path / 'mirror.db'}"
+
+
+def write_config(
+    sim: dict[str, Any], directory: Path, envs: tuple[str, ...], store_url: str
+) -> Config:
     """A configuration for some of the simulator's environments, with a small page size."""
     generated = Path(sim["config_file"]).read_text()
     app = generated[generated.index("[app]") : generated.index("[store]")]
     lines = [
         app,
-        f'[store]\nurl = "sqlite+aiosqlite:///{directory / "mirror.db"}"\n',
+        f'[store]\nurl = "{store_url}"\n',
         f'[daemon]\ndata_dir = "{directory}"\n',
     ]
     for tenant in sim["tenants"]:
@@ -91,14 +100,14 @@ def sync_once(config: Config) -> tuple[int, str]:
 
 
 def mirror_rows(config: Config, env: str, table: str) -> dict[str, dict[str, Any]]:
-    rows = compare.mirror_rows(database_path(config.store_url), env, table)
+    rows = compare.mirror_rows(database_of(config.store_url), env, table)
     assert rows is not None, f"{env}/{table}: no mirror table"
     return rows
 
 
 def assert_converged(sim: dict[str, Any], config: Config, env: str, table: str) -> None:
     """The mirror equals the source, column by column; soft-deleted rows left aside."""
-    compare.assert_converged(sim, database_path(config.store_url), env, table)
+    compare.assert_converged(sim, database_of(config.store_url), env, table)
 
 
 def churn(sim: dict[str, Any], env: str, table: str, seed: int, **counts: int) -> None:
@@ -106,10 +115,12 @@ def churn(sim: dict[str, Any], env: str, table: str, seed: int, **counts: int) -
     admin(sim, "POST", f"/environments/{env}/tables/{table}/churn", body)
 
 
-def test_backfill_churn_new_column_then_sync_converges(sim: dict[str, Any], tmp_path: Path) -> None:
+def test_backfill_churn_new_column_then_sync_converges(
+    sim: dict[str, Any], tmp_path: Path, store_url: str
+) -> None:
     """Backfill, churn (creates, updates, deletes, a new column), sync --once: mirrors equal the
     source in both delete modes, the non-change-tracked table included."""
-    config = write_config(sim, tmp_path, ("hard_env", "soft_env"))
+    config = write_config(sim, tmp_path, ("hard_env", "soft_env"), store_url)
     assert backfill(config)[0] == 0
     for env in ("hard_env", "soft_env"):
         for table in TABLES[env]:
@@ -133,28 +144,31 @@ def test_backfill_churn_new_column_then_sync_converges(sim: dict[str, Any], tmp_
     )
     soft = mirror_rows(config, "soft_env", "account")
     assert 0 < sum(1 for r in soft.values() if r["_dv_deleted_at"] is not None) <= 5
-    with sqlite3.connect(config.store_url.split("///", 1)[1]) as conn:
-        logged = conn.execute(
-            'SELECT count(*) FROM "_dv_deletions" WHERE environment = ? AND "table" = ?',
-            ("hard_env", "new_project"),
-        ).fetchone()[0]
+    [(logged,)] = query(
+        database_of(config.store_url),
+        'SELECT count(*) FROM "_dv_deletions" WHERE environment = ? AND "table" = ?',
+        "hard_env",
+        "new_project",
+    )
     assert logged == len(projects_before - set(mirror_rows(config, "hard_env", "new_project")))
     assert logged > 0
 
 
-def test_expired_delta_token_resyncs_without_ghosts(sim: dict[str, Any], tmp_path: Path) -> None:
+def test_expired_delta_token_resyncs_without_ghosts(
+    sim: dict[str, Any], tmp_path: Path, store_url: str
+) -> None:
     """An expired delta token turns into a full resync that also removes rows gone meanwhile."""
-    config = write_config(sim, tmp_path, ("hard_env",))
+    config = write_config(sim, tmp_path, ("hard_env",), store_url)
     assert backfill(config)[0] == 0
     churn(sim, "hard_env", "contact", seed=21, creates=4, updates=6, deletes=8)
     admin(sim, "POST", "/environments/hard_env/tables/contact/expire-delta-tokens", {})
     code, output = sync_once(config)
     assert code == 0, output
     assert_converged(sim, config, "hard_env", "contact")
-    with sqlite3.connect(config.store_url.split("///", 1)[1]) as conn:
-        phase = conn.execute(
-            "SELECT phase FROM dv_sync_state WHERE environment = 'hard_env' AND table_name = 'contact'"
-        ).fetchone()[0]
+    [(phase,)] = query(
+        database_of(config.store_url),
+        "SELECT phase FROM dv_sync_state WHERE environment = 'hard_env' AND table_name = 'contact'",
+    )
     assert phase == "delta"
 
 
@@ -167,9 +181,11 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
-def test_hostile_page_parks_only_its_table(sim: dict[str, Any], tmp_path: Path, kind: str) -> None:
+def test_hostile_page_parks_only_its_table(
+    sim: dict[str, Any], tmp_path: Path, kind: str, store_url: str
+) -> None:
     """A hostile page parks its table with a clear error, writes nothing, and the others go on."""
-    config = write_config(sim, tmp_path, ("hostile_env",))
+    config = write_config(sim, tmp_path, ("hostile_env",), store_url)
     assert backfill(config)[0] == 0
     before = mirror_rows(config, "hostile_env", "contact")
     churn(sim, "hostile_env", "contact", seed=31)
@@ -182,10 +198,10 @@ def test_hostile_page_parks_only_its_table(sim: dict[str, Any], tmp_path: Path, 
     assert code == 1, output
     assert mirror_rows(config, "hostile_env", "contact") == before
     assert_converged(sim, config, "hostile_env", "account")
-    with sqlite3.connect(config.store_url.split("///", 1)[1]) as conn:
-        error = conn.execute(
-            "SELECT last_error FROM dv_sync_state WHERE table_name = 'contact'"
-        ).fetchone()[0]
+    [(error,)] = query(
+        database_of(config.store_url),
+        "SELECT last_error FROM dv_sync_state WHERE table_name = 'contact'",
+    )
     assert HOSTILE[kind] in error
     assert sync_once(config)[0] == 0
     assert_converged(sim, config, "hostile_env", "contact")
@@ -203,10 +219,10 @@ asyncio.run(run_backfill(config, env=None, table=None, console=Console(file=Stri
 
 
 def test_sigkill_mid_backfill_resumes_fetching_at_most_one_page_again(
-    sim: dict[str, Any], tmp_path: Path
+    sim: dict[str, Any], tmp_path: Path, store_url: str
 ) -> None:
     """SIGKILL in the middle of a backfill, rerun: same mirror, at most one page fetched twice."""
-    config = write_config(sim, tmp_path, ("kill_env",))
+    config = write_config(sim, tmp_path, ("kill_env",), store_url)
     admin(sim, "POST", "/stats/reset", {})
     process = subprocess.Popen(
         [sys.executable, "-c", KILL_SCRIPT, str(config.path)],
@@ -215,17 +231,16 @@ def test_sigkill_mid_backfill_resumes_fetching_at_most_one_page_again(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    database = config.store_url.split("///", 1)[1]
+    database = database_of(config.store_url)
     deadline = time.monotonic() + 60
     pages = 0
     while pages < 5 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
         try:
-            with sqlite3.connect(database, timeout=1) as conn:
-                found = conn.execute("SELECT pages FROM dv_sync_state").fetchone()
-            pages = found[0] if found else 0
-        except sqlite3.OperationalError:
+            found = query(database, "SELECT pages FROM dv_sync_state")
+        except Exception:  # not migrated yet (no such table), in either store
             continue
+        pages = found[0][0] if found else 0
     os.kill(process.pid, signal.SIGKILL)
     process.wait(10)
     assert 5 <= pages < 40, "the backfill was not caught in the middle"

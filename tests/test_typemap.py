@@ -100,7 +100,7 @@ def test_columns_follow_the_documented_type_map() -> None:
         "birthday": "date",
         "industrycode": "integer",
         "industrycode__label": "text",
-        "tags": "text",
+        "tags": "choices",
         "tags__label": "text",
         "_ownerid_value": "uuid",
         "_ownerid_value__type": "text",

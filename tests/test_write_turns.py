@@ -111,7 +111,7 @@ async def test_concurrent_page_commits_take_turns_in_order(db: Path) -> None:
 
             page = PageWrite(rows=[(KEYS[number], f"row {number}", 'W/"1"')], synced_at=T0)
             return await commit_page(
-                engine, layout.statements, page, observed_at=T0, checkpoint=build, patience=0
+                engine, layout.writer, page, observed_at=T0, checkpoint=build, patience=0
             )
 
         results = await asyncio.gather(*(one(n) for n in range(len(KEYS))))
@@ -189,7 +189,7 @@ async def test_a_commit_waits_out_another_process_lock_and_writes_once(db: Path)
             with capture_logs() as logs:
                 counts = await commit_page(
                     engine,
-                    layout.statements,
+                    layout.writer,
                     page,
                     observed_at=T0,
                     checkpoint=checkpoint(cursor),
@@ -224,7 +224,7 @@ async def test_a_lock_that_outlives_the_patience_fails_the_commit_with_nothing_w
             with pytest.raises(StoreError) as failed:
                 await commit_page(
                     engine,
-                    layout.statements,
+                    layout.writer,
                     page,
                     observed_at=T0,
                     checkpoint=checkpoint(cursor),
@@ -259,7 +259,7 @@ async def test_a_lock_met_mid_transaction_reruns_the_whole_page_without_double_c
 
         page = PageWrite(rows=[(KEYS[0], "a", 'W/"5"'), (KEYS[1], "b", 'W/"6"')], synced_at=T0)
         counts = await commit_page(
-            engine, layout.statements, page, observed_at=T0, checkpoint=flaky, patience=30
+            engine, layout.writer, page, observed_at=T0, checkpoint=flaky, patience=30
         )
     assert calls == [2, 2]
     assert counts.upserted == 2

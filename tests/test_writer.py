@@ -75,7 +75,7 @@ def checkpoint(cursor: TableState) -> Any:
 async def commit(engine: Any, layout: Any, cursor: TableState, **page: Any) -> PageCounts:
     write = PageWrite(**page)
     return await commit_page(
-        engine, layout.statements, write, observed_at=write.synced_at, checkpoint=checkpoint(cursor)
+        engine, layout.writer, write, observed_at=write.synced_at, checkpoint=checkpoint(cursor)
     )
 
 
@@ -179,3 +179,31 @@ def test_pipeline_bench_prints_the_ratio() -> None:
     out = StringIO()
     assert run_pipeline_bench(2_000, console=Console(file=out, width=120)) == 0
     assert "ratio:" in out.getvalue()
+
+
+async def test_multiselect_catalogued_as_text_is_not_a_type_change_in_sqlite(engine: Any) -> None:
+    """Multi-select columns were catalogued as `text` before they had a type of their own
+    (`choices`); SQLite keeps the same `1,2` text in the same column, so an existing mirror only
+    has its catalogue updated: no `__old_text` column, no resync, values kept."""
+    tags = {"AttributeType": "Virtual", "AttributeTypeName": {"Value": "MultiSelectPicklistType"}}
+    attrs = [
+        {"LogicalName": "accountid", "AttributeType": "Uniqueidentifier"},
+        {"LogicalName": "tags", **tags},
+    ]
+    entity = {"EntitySetName": "accounts", "PrimaryIdAttribute": "accountid"}
+    wanted = build_schema(entity, attrs, table="account")
+    layout = await ensure_mirror(engine, "env", wanted, soft=False, now=NOW)
+    await commit(
+        engine, layout, TableState("delta"), rows=[(K1, "1,2", "A; B", 'W/"1"')], synced_at=T0
+    )
+    with sqlite3.connect(engine.url.database) as conn:  # as an older dvmirror catalogued it
+        conn.execute("UPDATE dv_mirror_columns SET sql_type = 'text' WHERE column_name = 'tags'")
+    again = await ensure_mirror(engine, "env", wanted, soft=False, now=NOW)
+    assert not again.drift.retyped
+    assert [c.name for c in again.drift.restamped] == ["tags"]
+    assert rows(engine) == [(K1, "1,2", "A; B", 1, T0, None)]
+    with sqlite3.connect(engine.url.database) as conn:
+        catalogued = conn.execute(
+            "SELECT sql_type FROM dv_mirror_columns WHERE column_name = 'tags'"
+        ).fetchone()
+    assert catalogued == ("choices",)

@@ -42,8 +42,8 @@ from sync.commands.verify import compare_table
 from sync.errors import ExitCode
 from sync.simulator.process import start_simulator, stop_simulator
 from sync.store.connect import create_engine
+from sync.store.dialects import dialect_for
 from sync.store.layout import TableSchema
-from sync.store.writer import mirror_table_name, quote_ident
 
 T = TypeVar("T")
 NOTES = (
@@ -223,7 +223,7 @@ async def check_mirror(
         values = 0
         problems: list[str] = []
         for table, _ in side.part.tables:
-            name = quote_ident(mirror_table_name(environment, table))
+            name = dialect_for(engine).table_ref(environment, table)
             try:
                 async with engine.connect() as conn:
                     count = (await conn.execute(text(f"SELECT count(*) FROM {name}"))).scalar_one()  # noqa: S608

@@ -39,16 +39,11 @@ from sync.mirror.rowshape import RowShaper
 from sync.mirror.typemap import build_schema
 from sync.store.checkpoints import TableState, checkpoint_statements, ensure
 from sync.store.connect import create_engine
+from sync.store.dialects.sqlite import SqliteTable, create_table_sql
 from sync.store.layout import TableSchema
 from sync.store.migrate import upgrade
 from sync.store.mirror_tables import ensure_mirror
-from sync.store.writer import (
-    PageCounts,
-    PageWrite,
-    TableStatements,
-    commit_page,
-    create_table_sql,
-)
+from sync.store.writer import PageCounts, PageWrite, commit_page
 
 PAGE = 5000
 ENVIRONMENT = "bench"
@@ -165,7 +160,7 @@ async def _pipeline(db: Path, schema: TableSchema, pages: Sequence[bytes]) -> fl
 
             await commit_page(
                 engine,
-                layout.statements,
+                layout.writer,
                 PageWrite(rows=page.tuples, synced_at=synced),
                 observed_at=synced,
                 checkpoint=checkpoint,
@@ -246,9 +241,9 @@ def measure_local(rows: int, workdir: Path, *, rounds: int = 3) -> LocalFigures:
     pages = bench_pages(rows)
     shaper = RowShaper(schema)
     batches = [decode_page(body, shaper).tuples for body in pages]
-    upsert = TableStatements.build(
+    upsert = SqliteTable.build(
         "x", "x", schema.primary_key, [c.name for c in schema.columns], soft=False
-    ).upsert(stamp(datetime.now(UTC)))
+    ).upsert_sql(stamp(datetime.now(UTC)))
     upsert = upsert.replace('"x__x"', '"plain"', 1)
     pragmas = asyncio.run(store_pragmas(workdir / "settings.db"))
     # The bench's own data (pages, pre-decoded tuples) would otherwise be rescanned by the

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from sync.commands.status import run_status
 from sync.commands.verify import Comparison, compare_table
@@ -31,7 +31,7 @@ from sync.mirror.job import PageProgress
 from sync.runtime.daemon import Daemon
 from sync.simulator.process import start_simulator, stop_simulator
 from sync.store.connect import create_engine
-from sync.store.writer import mirror_table_name, quote_ident
+from sync.store.dialects import dialect_for
 
 CHURN_EVERY = 2.0
 CATCH_UP_LIMIT = 60.0
@@ -125,10 +125,10 @@ async def mirror_count(config: Config, env: str, table: str) -> int | None:
     engine = create_engine(config.store_url)
     try:
         async with engine.connect() as conn:
-            name = quote_ident(mirror_table_name(env, table))
+            name = dialect_for(engine).table_ref(env, table)
             try:
                 result = await conn.execute(text(f"SELECT count(*) FROM {name}"))  # noqa: S608
-            except OperationalError:  # no such table: the environment has not synced yet
+            except (OperationalError, ProgrammingError):  # no such table: not synced yet
                 return None
             return int(result.scalar_one())
     finally:

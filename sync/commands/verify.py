@@ -8,18 +8,20 @@ Soft-deleted mirror rows are left aside; rows missing or extra are differences t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from uuid import UUID
 
 import aiohttp
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sync.store.dialects import dialect_for
 from sync.store.layout import DELETED_COLUMN
-from sync.store.writer import mirror_table_name, quote_ident
 
 
 @dataclass
@@ -31,10 +33,24 @@ class Comparison:
     problems: list[str] = field(default_factory=list)
 
 
+def as_sent(mirrored: Any) -> Any:
+    """PostgreSQL's native moments, dates, GUIDs and choice arrays as the Web API sends them."""
+    if isinstance(mirrored, dt.datetime):
+        return mirrored.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(mirrored, dt.date):
+        return mirrored.isoformat()
+    if isinstance(mirrored, UUID):
+        return str(mirrored)
+    if isinstance(mirrored, list):
+        return ",".join(map(str, mirrored))
+    return mirrored
+
+
 def same(mirrored: Any, source: Any) -> bool:
     """One mirrored value equals its source value."""
     if source is None or mirrored is None:
         return source is mirrored
+    mirrored = as_sent(mirrored)
     if isinstance(source, bool):
         return bool(mirrored == int(source))
     if isinstance(source, Decimal | int):
@@ -62,11 +78,11 @@ async def source_rows(admin_url: str, env: str, table: str) -> list[dict[str, An
 
 async def mirror_rows(engine: AsyncEngine, env: str, table: str) -> list[dict[str, Any]] | None:
     """The mirror table's live rows; None while it does not exist yet."""
-    name = quote_ident(mirror_table_name(env, table))
+    name = dialect_for(engine).table_ref(env, table)
     async with engine.connect() as conn:
         try:
             result = await conn.execute(text(f"SELECT * FROM {name}"))  # noqa: S608
-        except OperationalError:  # no such table yet
+        except (OperationalError, ProgrammingError):  # no such table yet
             return None
         rows = [dict(row._mapping) for row in result]
     return [r for r in rows if r.get(DELETED_COLUMN) is None]

@@ -8,6 +8,7 @@ Nothing here reads `os.environ` at import time: the environment is passed in.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from sync.config.credentials import AppRegistration, Certificate, SecretRef
 from sync.config.values import (
     DOMAIN,
     GUID,
+    RESERVED_SCHEMAS,
     SAFE_NAME,
     TABLE_NAME,
     FrozenModel,
@@ -208,14 +210,24 @@ class Store(FrozenModel):
     def _url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
-            raise ValueError(
-                "PostgreSQL stores are not supported by this version yet; "
-                "use sqlite+aiosqlite:///PATH (or leave store.url out for data_dir/mirror.db)"
-            )
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):  # the driver dvmirror speaks PostgreSQL with
+                value = "postgresql+asyncpg://" + value[len(plain) :]
+        if value.startswith("postgresql+asyncpg://"):
+            if importlib.util.find_spec("asyncpg") is None:
+                raise ValueError(
+                    "a PostgreSQL store needs the asyncpg driver: pip install 'dvmirror[postgres]'"
+                )
+            return value
         if not value.startswith("sqlite+aiosqlite://"):
-            raise ValueError("store.url must start with sqlite+aiosqlite:///")
+            raise ValueError(
+                "store.url must start with sqlite+aiosqlite:/// or postgresql+asyncpg://"
+            )
         return value
+
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None and self.url.startswith("postgresql+asyncpg://")
 
 
 class Daemon(FrozenModel):
@@ -270,6 +282,14 @@ class Settings(FrozenModel):
                         f"duplicate environment name {env.name!r} (also {env_names[env.name]})",
                     )
                 env_names[env.name] = where
+                if self.store.postgres and (
+                    env.name in RESERVED_SCHEMAS or env.name.startswith("pg_")
+                ):
+                    raise _PathError(
+                        where,
+                        f"{env.name!r} is a reserved schema name in a PostgreSQL store "
+                        "(each environment is a schema of its name): rename the environment",
+                    )
         return self
 
 

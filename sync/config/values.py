@@ -11,6 +11,10 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
+# A PostgreSQL store puts each environment in a schema of its name, and its own control tables in
+# schema `dvmirror`: an environment cannot be named after these.
+CONTROL_SCHEMA = "dvmirror"
+RESERVED_SCHEMAS = frozenset({CONTROL_SCHEMA, "public", "information_schema"})
 GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 DOMAIN = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]{2,63}$"

@@ -288,7 +288,7 @@ class TableJob:
             self._prefetch = (upcoming, asyncio.ensure_future(self.fetch(upcoming)))
         try:
             counts = await commit_page(
-                self.store, self.layout.statements, write, observed_at=synced, checkpoint=checkpoint
+                self.store, self.layout.writer, write, observed_at=synced, checkpoint=checkpoint
             )
         except BaseException:
             await self.cancel_prefetch()

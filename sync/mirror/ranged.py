@@ -233,5 +233,5 @@ async def _commit(
 ) -> PageCounts:
     assert job.layout is not None
     return await commit_page(
-        job.store, job.layout.statements, write, observed_at=write.synced_at, checkpoint=checkpoint
+        job.store, job.layout.writer, write, observed_at=write.synced_at, checkpoint=checkpoint
     )

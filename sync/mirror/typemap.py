@@ -33,6 +33,8 @@ UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9
 TIMESTAMP_PATTERN = "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.][0-9]{1,7})?Z"
 DATE_PATTERN = "[0-9]{4}-[0-9]{2}-[0-9]{2}"
 ETAG_PATTERN = 'W/"[0-9]{1,19}"'
+# A multi-select choice value as the Web API sends it: the chosen option values, comma-separated.
+CHOICES_PATTERN = "-?[0-9]{1,10}(?:,-?[0-9]{1,10})*"
 UUID_TEXT = re.compile(UUID_PATTERN)
 
 FORMATTED = "@OData.Community.Display.V1.FormattedValue"
@@ -68,18 +70,21 @@ ALLOWED: dict[SqlType, frozenset[type]] = {
     "boolean": frozenset({bool}),
     "timestamp": frozenset({str}),
     "date": frozenset({str}),
+    "choices": frozenset({str}),
 }
 # Text formats per mirror type (regular expressions, matched in full).
 FORMATS: dict[SqlType, str] = {
     "uuid": UUID_PATTERN,
     "timestamp": TIMESTAMP_PATTERN,
     "date": DATE_PATTERN,
+    "choices": CHOICES_PATTERN,
 }
 # The same formats as whole-column checks (sync.mirror.textcheck), fixed layouts where possible.
 COLUMN_CHECKS: dict[SqlType, ColumnCheck] = {
     "uuid": FixedLayout("########-####-####-####-############", HEX_DIGITS),
     "timestamp": FirstOf(FixedLayout("####-##-##T##:##:##Z", DIGITS), Pattern(TIMESTAMP_PATTERN)),
     "date": FixedLayout("####-##-##", DIGITS),
+    "choices": Pattern(CHOICES_PATTERN),
 }
 ETAG_CHECK = Pattern(ETAG_PATTERN)
 
@@ -155,7 +160,7 @@ def attribute_columns(  # noqa: PLR0911 - one return per family of attribute typ
     name = safe_column(name, table=table)
     if kind == "Virtual" and type_name == "MultiSelectPicklistType":
         return [
-            MirrorColumn(name, name, "text", name, "MultiSelectPicklist"),
+            MirrorColumn(name, name, "choices", name, "MultiSelectPicklist"),
             MirrorColumn(f"{name}__label", name + FORMATTED, "text", name, "MultiSelectPicklist"),
         ]
     if kind in _CHOICE_TYPES:

@@ -1,138 +1,31 @@
-"""Create the async engine: SQLite in WAL mode with a busy timeout, its file private (0600).
+"""Create the async engine of a store URL through its dialect (store.dialects).
 
-One writer per database file: SQLite lets one connection write at a time, and tasks that commit
-pages concurrently (an environment's tables, the key ranges of one table) would otherwise fight
-for that lock through their pooled connections, each one waiting in SQLite's busy handler. So
-the engine of a SQLite store is a `StoreEngine`: its `begin()` (every write transaction of
-dvmirror opens with it) first waits for the database file's *write turn*, an asyncio lock per
-file and event loop, which hands the turn to waiting tasks in the order they asked (FIFO) and
-holds no pooled connection while they wait. Reads (`connect()`) never wait for it and run beside
-the writer (WAL). A task that already holds the turn may open a nested `begin()` without waiting
-for itself. A write outside `begin()` (`connect()` then `commit()`) would bypass the turn: don't.
-
-Other processes (a data team's `sqlite3` shell, a reader holding `BEGIN IMMEDIATE`) are not in
-the turn: the busy timeout waits for them, then the page commit retries (store.writer).
+SQLite: WAL, a busy timeout, private files (0600) and one writer per database file (the write
+turn, store.dialects.sqlite_turns). PostgreSQL: a connection pool whose search_path is the
+control schema `dvmirror`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import weakref
-from collections.abc import AsyncIterator
-from functools import partial
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.errors import ConfigError
+from sync.store.dialects import dialect_for
+from sync.store.dialects.sqlite import SQLITE_BUSY_TIMEOUT_MS, prepare_sqlite_file, sqlite_path
+from sync.store.dialects.sqlite_turns import StoreEngine, WriteTurn, write_turn
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-def sqlite_path(url: str) -> Path | None:
-    parsed = make_url(url)
-    if not parsed.drivername.startswith("sqlite"):
-        return None
-    if not parsed.database or parsed.database == ":memory:":
-        return None
-    return Path(parsed.database)
-
-
-def prepare_sqlite_file(path: Path) -> None:
-    """Create the directory (0700) and an empty database file (0600) before SQLite opens it."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-    except OSError as exc:
-        raise ConfigError(
-            f"store.url: cannot create the database file {path}: {exc.strerror or exc}; "
-            "check daemon.data_dir or store.url"
-        ) from None
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "StoreEngine",
+    "WriteTurn",
+    "create_engine",
+    "prepare_sqlite_file",
+    "sqlite_path",
+    "write_turn",
+]
 
 
-def _sqlite_pragmas(busy_timeout_ms: int, dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-class WriteTurn:
-    """The write turn of one database file in one event loop: FIFO, re-entrant for its holder."""
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()  # wakes its waiters in the order they came
-        self._holder: asyncio.Task[Any] | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._lock.locked()
-
-    @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        task = asyncio.current_task()
-        if task is not None and task is self._holder:
-            yield  # a nested write transaction of the holder: waiting for itself would hang
-            return
-        async with self._lock:
-            self._holder = task
-            try:
-                yield
-            finally:
-                self._holder = None
-
-
-# One turn per database file, per event loop (an asyncio.Lock belongs to one loop).
-_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, WriteTurn]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _file_key(url: URL) -> str:
-    if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
-        return str(Path(url.database).resolve())
-    return url.render_as_string()
-
-
-def write_turn(engine: AsyncEngine) -> WriteTurn:
-    """The write turn of the engine's database file in the running event loop."""
-    turns = _TURNS.setdefault(asyncio.get_running_loop(), {})
-    key = _file_key(engine.url)
-    turn = turns.get(key)
-    if turn is None:
-        turn = turns[key] = WriteTurn()
-    return turn
-
-
-class StoreEngine(AsyncEngine):
-    """An AsyncEngine whose write transactions (`begin()`) take turns per database file."""
-
-    @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
-        async with write_turn(self).hold(), super().begin() as conn:
-            yield conn
-
-
-def create_engine(
-    url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, **kwargs: Any
-) -> AsyncEngine:
-    """An async engine for the store URL, with SQLite tuned for one writer and many readers."""
-    path = sqlite_path(url)
-    if path is not None:
-        prepare_sqlite_file(path)
-        old_umask = os.umask(0o077)  # WAL and SHM files must be private too
-        try:
-            engine: AsyncEngine = StoreEngine(create_async_engine(url, **kwargs).sync_engine)
-        finally:
-            os.umask(old_umask)
-        event.listen(engine.sync_engine, "connect", partial(_sqlite_pragmas, busy_timeout_ms))
-        return engine
-    return create_async_engine(url, pool_pre_ping=True, **kwargs)
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for the store URL, set up by its dialect."""
+    return dialect_for(url).create_engine(url, **kwargs)

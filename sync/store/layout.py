@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 SqlType = Literal[
-    "text", "integer", "bigint", "numeric", "float", "boolean", "timestamp", "date", "uuid"
+    "text",
+    "integer",
+    "bigint",
+    "numeric",
+    "float",
+    "boolean",
+    "timestamp",
+    "date",
+    "uuid",
+    "choices",  # multi-select: the Web API's `1,2,3`; PostgreSQL integer[], SQLite that text
 ]
 
 # Reserved mirror columns, appended to every row tuple in this order.

@@ -7,14 +7,16 @@ Drift rules (decided by the pure `plan_drift()`, applied by `ensure_mirror()` in
 * a column removed at the source → kept with its old values; rows written from then on get NULL
   there (the source no longer has a value); `dv_mirror_columns.removed_at` is set. If it comes
   back with the same type it is revived.
-* a column whose type changed → the old column is renamed `<col>__old_<oldtype>` (old values
-  kept and never written again) and a new `<col>` of the new type is added; `type_changed_at` is
-  set on both and the change is reported (log + a status note). Nothing is lost or converted.
+* a column whose type changed (unless the dialect already stores the new type in the same way:
+  `Dialect.same_storage`, then only the catalogue changes) → the old column is renamed
+  `<col>__old_<oldtype>` (old values kept and never written again) and a new `<col>` of the new
+  type is added; `type_changed_at` is set on both and the change is reported (log + a status
+  note). Nothing is lost or converted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,17 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.logs import get_logger
 from sync.store.control import mirror_columns
+from sync.store.dialects import Dialect, TableWriter, dialect_for
 from sync.store.layout import MirrorColumn, SqlType, TableSchema
-from sync.store.writer import (
-    TableStatements,
-    add_column_sql,
-    create_table_sql,
-    execute_ddl,
-    existing_columns,
-    map_store_errors,
-    mirror_table_name,
-    rename_column_sql,
-)
+from sync.store.writer import execute_ddl, map_store_errors
 
 log = get_logger(__name__)
 
@@ -67,10 +61,20 @@ class DriftPlan:
     revived: tuple[MirrorColumn, ...] = ()
     retyped: tuple[TypeChange, ...] = ()
     still_removed: tuple[str, ...] = field(default=())
+    # Catalogued with an older type name the dialect stores the same way: only the catalogue
+    # changes (SQLite's multi-select text → choices).
+    restamped: tuple[MirrorColumn, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return bool(self.create or self.added or self.removed or self.revived or self.retyped)
+        return bool(
+            self.create
+            or self.added
+            or self.removed
+            or self.revived
+            or self.retyped
+            or self.restamped
+        )
 
 
 def _kept_name(column: str, old_type: str, taken: set[str]) -> str:
@@ -83,7 +87,11 @@ def _kept_name(column: str, old_type: str, taken: set[str]) -> str:
 
 
 def plan_drift(
-    catalogue: Mapping[str, CatalogueEntry], columns: Sequence[MirrorColumn], *, table_exists: bool
+    catalogue: Mapping[str, CatalogueEntry],
+    columns: Sequence[MirrorColumn],
+    *,
+    table_exists: bool,
+    same_storage: Callable[[str, SqlType], bool] = lambda old, new: False,
 ) -> DriftPlan:
     """Compare the catalogue with the wanted columns. Pure."""
     if not table_exists:
@@ -93,10 +101,13 @@ def plan_drift(
     added: list[MirrorColumn] = []
     revived: list[MirrorColumn] = []
     retyped: list[TypeChange] = []
+    restamped: list[MirrorColumn] = []
     for column in columns:
         entry = catalogue.get(column.name)
         if entry is None:
             added.append(column)
+        elif entry.sql_type != column.sql_type and same_storage(entry.sql_type, column.sql_type):
+            restamped.append(column)
         elif entry.sql_type != column.sql_type:
             kept = _kept_name(column.name, entry.sql_type, taken)
             taken.add(kept)
@@ -105,7 +116,9 @@ def plan_drift(
             revived.append(column)
     removed = tuple(sorted(n for n, e in catalogue.items() if n not in wanted and not e.removed))
     still = tuple(sorted(n for n, e in catalogue.items() if n not in wanted and not e.archive))
-    return DriftPlan(False, tuple(added), removed, tuple(revived), tuple(retyped), still)
+    return DriftPlan(
+        False, tuple(added), removed, tuple(revived), tuple(retyped), still, tuple(restamped)
+    )
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,7 @@ class MirrorLayout:
     """The mirror table as the writer sees it: statements plus what drift did."""
 
     name: str
-    statements: TableStatements
+    writer: TableWriter
     drift: DriftPlan
 
 
@@ -150,13 +163,15 @@ def _catalogue_row(
     }
 
 
-def _ddl(environment: str, schema: TableSchema, plan: DriftPlan, now: datetime) -> list[Any]:
-    table, name = schema.table, mirror_table_name(environment, schema.table)
+def _ddl(
+    dialect: Dialect, environment: str, schema: TableSchema, plan: DriftPlan, now: datetime
+) -> list[Any]:
+    table = schema.table
     where = and_(mirror_columns.c.environment == environment, mirror_columns.c.table_name == table)
     steps: list[Any] = []
     if plan.create:
         layout: list[tuple[str, SqlType]] = [(c.name, c.sql_type) for c in schema.columns]
-        steps.append(create_table_sql(name, schema.primary_key, layout))
+        steps += dialect.create_table(environment, table, schema.primary_key, layout)
         steps.append(delete(mirror_columns).where(where))
         steps.append(
             insert(mirror_columns).values(
@@ -165,7 +180,7 @@ def _ddl(environment: str, schema: TableSchema, plan: DriftPlan, now: datetime) 
         )
         return steps
     for column in plan.added:
-        steps.append(add_column_sql(name, column.name, column.sql_type))
+        steps.append(dialect.add_column(environment, table, column.name, column.sql_type))
         steps.append(insert(mirror_columns).values(_catalogue_row(environment, table, column, now)))
     for gone in plan.removed:
         steps.append(
@@ -179,10 +194,16 @@ def _ddl(environment: str, schema: TableSchema, plan: DriftPlan, now: datetime) 
             .where(where, mirror_columns.c.column_name == column.name)
             .values(removed_at=None, attribute_type=column.attribute_type)
         )
+    for column in plan.restamped:
+        steps.append(
+            update(mirror_columns)
+            .where(where, mirror_columns.c.column_name == column.name)
+            .values(sql_type=column.sql_type, attribute_type=column.attribute_type)
+        )
     for change in plan.retyped:
         column = change.column
-        steps.append(rename_column_sql(name, column.name, change.kept_as))
-        steps.append(add_column_sql(name, column.name, column.sql_type))
+        steps.append(dialect.rename_column(environment, table, column.name, change.kept_as))
+        steps.append(dialect.add_column(environment, table, column.name, column.sql_type))
         steps.append(
             update(mirror_columns)
             .where(where, mirror_columns.c.column_name == column.name)
@@ -197,14 +218,21 @@ async def ensure_mirror(
     engine: AsyncEngine, environment: str, schema: TableSchema, *, soft: bool, now: datetime
 ) -> MirrorLayout:
     """Create or adapt the mirror table of `schema`; return how to write it."""
-    name = mirror_table_name(environment, schema.table)
-    with map_store_errors(schema.table):
+    dialect = dialect_for(engine)
+    name = dialect.mirror_name(environment, schema.table)
+    with map_store_errors(schema.table, dialect):
         async with engine.connect() as conn:
-            existing = await existing_columns(conn, name)
+            existing = await dialect.existing_columns(conn, environment, schema.table)
     catalogue = await _catalogue(engine, environment, schema.table)
-    plan = plan_drift(catalogue, schema.columns, table_exists=existing is not None)
+    plan = plan_drift(
+        catalogue,
+        schema.columns,
+        table_exists=existing is not None,
+        same_storage=dialect.same_storage,
+    )
     if plan.changed:
-        await execute_ddl(engine, _ddl(environment, schema, plan, now), table=schema.table)
+        steps = _ddl(dialect, environment, schema, plan, now)
+        await execute_ddl(engine, steps, table=schema.table, environment=environment)
         for change in plan.retyped:
             log.warning(
                 "schema_type_changed",
@@ -226,15 +254,14 @@ async def ensure_mirror(
                 removed=list(plan.removed),
                 revived=[c.name for c in plan.revived],
             )
-    statements = TableStatements.build(
+    writer = dialect.writer(
         environment,
         schema.table,
-        schema.primary_key,
-        [c.name for c in schema.columns],
+        [(c.name, c.sql_type) for c in schema.columns],
         plan.still_removed,
         soft=soft,
     )
-    return MirrorLayout(name, statements, plan)
+    return MirrorLayout(name, writer, plan)
 
 
 def type_change_note(plan: DriftPlan) -> str | None:

@@ -1,29 +1,19 @@
-"""SQLite statements for the mirror tables, and the one-transaction page commit.
+"""The one-transaction page commit, and its retries while another process holds the database.
 
-This is the dialect branch point: every statement that only works in SQLite lives here (STRICT
-tables, `INSERT … ON CONFLICT DO UPDATE` via `executemany`, `PRAGMA table_info`). A PostgreSQL
-writer (schema `<environment>`, table `<table>`, real numeric/timestamptz/uuid types) implements
-the same functions.
+Everything dialect-specific (table names, DDL, the statements of a page) is in store.dialects;
+this module runs them: a page's upserts, deletions, touches, sweep and count, then the table's
+checkpoint, all in one transaction (`commit_page`).
 
-Storage in SQLite (STRICT tables, so SQLite itself refuses a string in an INTEGER/REAL column):
-text, uuid, numeric (exact decimal text), timestamp (`YYYY-MM-DDTHH:MM:SSZ`), date (`YYYY-MM-DD`)
-→ TEXT; integer, bigint, boolean (0/1) → INTEGER; float → REAL. The logical type of every
-column is in dv_mirror_columns.sql_type.
-
-Identifiers reach SQL only through `quote_ident()`, which refuses anything but a safe name;
-that is why the f-string statements below carry `noqa: S608` (no value is ever interpolated).
-
-Writes take turns per database file (store.connect.StoreEngine), so this process never fights
-itself for SQLite's write lock. Another process can hold it (a data team's long write
-transaction): then SQLite's busy timeout runs out, the transaction is rolled back, and
+Writes take turns per database file in SQLite (store.dialects.sqlite_turns), so this process
+never fights itself for SQLite's write lock. Another process can hold it (a data team's long write
+transaction), or PostgreSQL can roll a transaction back (serialization failure, deadlock): then
 `commit_page` runs the whole transaction again (rows and checkpoint, the counts recomputed, so
-nothing is counted twice) after a jittered exponential backoff, logging a warning each time,
-for up to `COMMIT_PATIENCE` seconds; only then does it give up with a StoreError.
+nothing is counted twice) after a jittered exponential backoff, logging a warning each time, for
+up to `COMMIT_PATIENCE` seconds; only then does it give up with a StoreError.
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,156 +33,31 @@ from tenacity import (
 
 from sync.errors import HostileResponseError, StoreError, TransientError
 from sync.logs import get_logger
-from sync.store.layout import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, SqlType
+from sync.store.dialects import Dialect, TableWriter, dialect_for
+from sync.store.dialects.postgres import sqlstate
+from sync.store.dialects.sqlite import SQLITE
+from sync.store.dialects.sqlite import database_busy as sqlite_busy
+from sync.store.identifiers import quote_ident
+
+__all__ = [
+    "PageCounts",
+    "PageWrite",
+    "commit_page",
+    "database_busy",
+    "execute_ddl",
+    "quote_ident",
+    "write_page",
+]
 
 log = get_logger("dvmirror.store")
 T = TypeVar("T")
 
 # How long a page commit (or a table's DDL) keeps retrying a database that another process holds
-# locked before it fails with a StoreError; each attempt itself first waits out SQLite's busy
-# timeout (store.connect.SQLITE_BUSY_TIMEOUT_MS).
+# locked before it fails with a StoreError; each SQLite attempt itself first waits out the busy
+# timeout (store.dialects.sqlite.SQLITE_BUSY_TIMEOUT_MS).
 COMMIT_PATIENCE = 600.0
 BUSY_BACKOFF_INITIAL = 0.5  # seconds; doubles per attempt, full jitter
 BUSY_BACKOFF_MAX = 30.0
-_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
-
-SAFE_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,254}")
-STORAGE: dict[SqlType, str] = {
-    "text": "TEXT",
-    "uuid": "TEXT",
-    "numeric": "TEXT",
-    "timestamp": "TEXT",
-    "date": "TEXT",
-    "integer": "INTEGER",
-    "bigint": "INTEGER",
-    "boolean": "INTEGER",
-    "float": "REAL",
-}
-_LOG_DELETION = (
-    'INSERT INTO "_dv_deletions" ("environment", "table", "id", "observed_at") VALUES (?, ?, ?, ?)'
-)
-
-
-def quote_ident(name: str) -> str:
-    """`"name"` for a safe identifier; anything else is refused before it reaches SQL."""
-    if not isinstance(name, str) or not SAFE_IDENT.fullmatch(name):
-        raise HostileResponseError(f"{str(name)[:80]!r} is not a safe SQL identifier")
-    return f'"{name}"'
-
-
-def mirror_table_name(environment: str, table: str) -> str:
-    """SQLite: `<environment>__<table>` (PostgreSQL: schema `<environment>`, table `<table>`)."""
-    return f"{environment}__{table}"
-
-
-def create_table_sql(name: str, primary_key: str, columns: Sequence[tuple[str, SqlType]]) -> str:
-    parts = [f"{quote_ident(primary_key)} TEXT NOT NULL PRIMARY KEY"]
-    parts += [f"{quote_ident(c)} {STORAGE[t]}" for c, t in columns if c != primary_key]
-    parts += [
-        f"{quote_ident(VERSION_COLUMN)} INTEGER",
-        f"{quote_ident(SYNCED_COLUMN)} TEXT NOT NULL",
-        f"{quote_ident(DELETED_COLUMN)} TEXT",
-    ]
-    return f"CREATE TABLE IF NOT EXISTS {quote_ident(name)} ({', '.join(parts)}) STRICT"
-
-
-def add_column_sql(name: str, column: str, sql_type: SqlType) -> str:
-    return f"ALTER TABLE {quote_ident(name)} ADD COLUMN {quote_ident(column)} {STORAGE[sql_type]}"
-
-
-def rename_column_sql(name: str, old: str, new: str) -> str:
-    return f"ALTER TABLE {quote_ident(name)} RENAME COLUMN {quote_ident(old)} TO {quote_ident(new)}"
-
-
-async def existing_columns(conn: AsyncConnection, name: str) -> list[str] | None:
-    """Column names of a mirror table, or None when it does not exist."""
-    result = await conn.exec_driver_sql(f"PRAGMA table_info({quote_ident(name)})")
-    names = [str(row._mapping["name"]) for row in result.fetchall()]
-    return names or None
-
-
-STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]{6}Z")
-
-
-def stamp_literal(stamp: str) -> str:
-    """A `_dv_synced_at` value as an SQL literal; only our own fixed-format stamps pass."""
-    if not STAMP.fullmatch(stamp):
-        raise ValueError(f"{stamp!r} is not a sync stamp")
-    return f"'{stamp}'"
-
-
-@dataclass(frozen=True)
-class TableStatements:
-    """The prepared SQL of one mirror table for one column layout."""
-
-    environment: str
-    table: str
-    mirror: str
-    primary_key: str
-    upsert_template: str
-    delete: str
-    soft_delete: str
-    touch: str
-    soft: bool
-
-    @classmethod
-    def build(
-        cls,
-        environment: str,
-        table: str,
-        primary_key: str,
-        columns: Sequence[str],
-        removed: Sequence[str] = (),
-        *,
-        soft: bool,
-    ) -> TableStatements:
-        """`columns` in row-tuple order (primary key first, then the raw ETag, see RowShaper).
-
-        `removed` columns are written NULL. The page's sync stamp is inlined as a literal (the
-        same for every row of the page), the row version is cut out of the ETag by SQLite.
-        """
-        mirror = mirror_table_name(environment, table)
-        target = quote_ident(mirror)
-        key = quote_ident(primary_key)
-        names = [*columns, VERSION_COLUMN, SYNCED_COLUMN, DELETED_COLUMN, *removed]
-        values = ["?"] * len(columns) + ["CAST(substr(?, 4) AS INTEGER)", "{stamp}"]
-        values += ["NULL"] * (1 + len(removed))
-        updates = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in names[1:])
-        column_list, value_list = ", ".join(map(quote_ident, names)), ", ".join(values)
-        upsert = (
-            f"INSERT INTO {target} ({column_list}) VALUES ({value_list}) "  # noqa: S608
-            f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
-        )
-        synced, deleted = quote_ident(SYNCED_COLUMN), quote_ident(DELETED_COLUMN)
-        return cls(
-            environment=environment,
-            table=table,
-            mirror=mirror,
-            primary_key=primary_key,
-            upsert_template=upsert,
-            delete=f"DELETE FROM {target} WHERE {key} = ?",  # noqa: S608
-            soft_delete=f"UPDATE {target} SET {deleted} = ? WHERE {key} = ? AND {deleted} IS NULL",  # noqa: S608
-            touch=f"UPDATE {target} SET {synced} = ? WHERE {key} = ?",  # noqa: S608
-            soft=soft,
-        )
-
-    def upsert(self, stamp: str) -> str:
-        return self.upsert_template.replace("{stamp}", stamp_literal(stamp), 1)
-
-    def sweep(self) -> tuple[str, str]:
-        """(log, apply) statements that remove rows not seen since a full pass started."""
-        target, key = quote_ident(self.mirror), quote_ident(self.primary_key)
-        synced, deleted = quote_ident(SYNCED_COLUMN), quote_ident(DELETED_COLUMN)
-        alive = f" AND {deleted} IS NULL" if self.soft else ""
-        gone = f"SELECT ?, ?, {key}, ? FROM {target} WHERE {synced} < ?{alive}"  # noqa: S608
-        log = 'INSERT INTO "_dv_deletions" ("environment", "table", "id", "observed_at") ' + gone
-        if self.soft:
-            return log, f"UPDATE {target} SET {deleted} = ? WHERE {synced} < ?{alive}"  # noqa: S608
-        return log, f"DELETE FROM {target} WHERE {synced} < ?"  # noqa: S608
-
-    def count(self) -> str:
-        alive = f" WHERE {quote_ident(DELETED_COLUMN)} IS NULL" if self.soft else ""
-        return f"SELECT count(*) FROM {quote_ident(self.mirror)}{alive}"  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -214,81 +79,60 @@ class PageCounts:
     row_count: int | None
 
 
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).splitlines()[0]
+
+
 @contextmanager
-def map_store_errors(table: str) -> Iterator[None]:
-    """Translate SQLite failures: bad data → HostileResponseError, locked → TransientError."""
+def map_store_errors(table: str, dialect: Dialect | None = None) -> Iterator[None]:
+    """Translate store failures by what happens next: a value the store refused →
+    HostileResponseError (the table parks), busy or a broken connection → TransientError,
+    anything else → StoreError."""
     try:
         yield
-    except (sa_exc.IntegrityError, sa_exc.ProgrammingError, sa_exc.InterfaceError) as exc:
-        detail = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
-        raise HostileResponseError(
-            f"table {table}: the store refused a value ({detail}); nothing from the page was "
-            "written",
-            table=table,
-        ) from exc
-    except (OverflowError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
-        raise HostileResponseError(
-            f"table {table}: a value cannot be stored ({exc}); nothing from the page was written",
-            table=table,
-        ) from exc
-    except sa_exc.OperationalError as exc:
-        detail = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
-        if "locked" in detail or "busy" in detail:
-            raise TransientError(
-                f"table {table}: the database is busy ({detail})", table=table
+    except (
+        sa_exc.SQLAlchemyError,
+        OverflowError,
+        sqlite3.ProgrammingError,
+        sqlite3.InterfaceError,
+    ) as exc:
+        kind = (dialect or SQLITE).classify(exc)
+        detail = _first_line(exc)
+        if kind == "data":
+            raise HostileResponseError(
+                f"table {table}: the store refused a value ({detail}); nothing from the page was "
+                "written",
+                table=table,
             ) from exc
-        raise StoreError(f"table {table}: the store failed: {detail}", table=table) from exc
-    except sa_exc.SQLAlchemyError as exc:
+        if kind in ("busy", "transient"):
+            raise TransientError(
+                f"table {table}: the database is busy or unreachable ({detail})", table=table
+            ) from exc
+        if isinstance(exc, sa_exc.DBAPIError):
+            raise StoreError(f"table {table}: the store failed: {detail}", table=table) from exc
         raise StoreError(
             f"table {table}: the store failed: {exc.__class__.__name__}", table=table
         ) from exc
 
 
-async def _many(conn: AsyncConnection, sql: str, params: Sequence[tuple[Any, ...]]) -> int:
-    if not params:
-        return 0
-    result = await conn.exec_driver_sql(sql, list(params))
-    return max(result.rowcount, 0)
-
-
 async def write_page(
-    conn: AsyncConnection, statements: TableStatements, page: PageWrite, *, observed_at: str
+    conn: AsyncConnection, writer: TableWriter, page: PageWrite, *, observed_at: str
 ) -> PageCounts:
     """Apply one page inside the caller's transaction (see `commit_page`)."""
-    env, table = statements.environment, statements.table
-    upserted = await _many(conn, statements.upsert(page.synced_at), page.rows)
-    deleted = 0
-    if page.deleted_ids:
-        await _many(conn, _LOG_DELETION, [(env, table, i, observed_at) for i in page.deleted_ids])
-        if statements.soft:
-            deleted = await _many(
-                conn, statements.soft_delete, [(observed_at, i) for i in page.deleted_ids]
-            )
-        else:
-            deleted = await _many(conn, statements.delete, [(i,) for i in page.deleted_ids])
-    await _many(conn, statements.touch, [(page.synced_at, k) for k in page.keys_seen])
+    upserted = await writer.upsert(conn, page.rows, page.synced_at)
+    deleted = await writer.delete(conn, page.deleted_ids, observed_at)
+    await writer.touch(conn, page.keys_seen, page.synced_at)
     if page.sweep_before is not None:
-        log, apply = statements.sweep()
-        await conn.exec_driver_sql(log, (env, table, observed_at, page.sweep_before))
-        params = (observed_at, page.sweep_before) if statements.soft else (page.sweep_before,)
-        result = await conn.exec_driver_sql(apply, params)
-        deleted += max(result.rowcount, 0)
-    row_count = None
-    if page.count_rows:
-        row_count = int((await conn.exec_driver_sql(statements.count())).scalar_one())
+        deleted += await writer.sweep(conn, page.sweep_before, observed_at)
+    row_count = await writer.count(conn) if page.count_rows else None
     return PageCounts(upserted, deleted, row_count)
 
 
 def database_busy(exc: BaseException) -> bool:
-    """Whether a failure is SQLite's "database is locked" (SQLITE_BUSY/SQLITE_LOCKED)."""
-    if not isinstance(exc, sa_exc.OperationalError):
-        return False
-    for error in (exc.orig, getattr(exc.orig, "__cause__", None)):
-        code = getattr(error, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF in _BUSY_CODES:
-            return True
-    detail = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
-    return "locked" in detail or "busy" in detail
+    """Whether the whole transaction should simply run again: SQLite's "database is locked"
+    (another process writes), PostgreSQL's serialization failure or deadlock (class 40)."""
+    return sqlite_busy(exc) or (sqlstate(exc) or "").startswith("40")
 
 
 def _log_busy(environment: str, table: str) -> Any:
@@ -344,7 +188,7 @@ async def patiently(
 
 async def commit_page(
     engine: AsyncEngine,
-    statements: TableStatements,
+    writer: TableWriter,
     page: PageWrite,
     *,
     observed_at: str,
@@ -360,15 +204,15 @@ async def commit_page(
     """
 
     async def attempt() -> PageCounts:
-        async with engine.begin() as conn:  # waits for the file's write turn (store.connect)
-            counts = await write_page(conn, statements, page, observed_at=observed_at)
+        async with engine.begin() as conn:  # SQLite: waits for the file's write turn
+            counts = await write_page(conn, writer, page, observed_at=observed_at)
             for statement in checkpoint(counts):
                 await conn.execute(statement)
         return counts
 
-    with map_store_errors(statements.table):
+    with map_store_errors(writer.table, dialect_for(engine)):
         return await patiently(
-            attempt, environment=statements.environment, table=statements.table, patience=patience
+            attempt, environment=writer.environment, table=writer.table, patience=patience
         )
 
 
@@ -380,7 +224,8 @@ async def execute_ddl(
     environment: str = "",
     patience: float = COMMIT_PATIENCE,
 ) -> None:
-    """Run DDL and catalogue changes in one transaction (SQLite DDL is transactional)."""
+    """Run DDL and catalogue changes in one transaction (DDL is transactional in both SQLite
+    and PostgreSQL)."""
 
     async def attempt() -> None:
         async with engine.begin() as conn:
@@ -390,5 +235,5 @@ async def execute_ddl(
                 else:
                     await conn.execute(statement)
 
-    with map_store_errors(table):
+    with map_store_errors(table, dialect_for(engine)):
         await patiently(attempt, environment=environment, table=table, patience=patience)

@@ -1,0 +1,137 @@
+"""The dialect seam: everything that differs between SQLite and PostgreSQL stores.
+
+A `Dialect` names the mirror tables, writes their DDL, lists their columns, builds one
+`TableWriter` per column layout (the page's upsert, deletions, touches, sweep and count) and
+sorts the database's failures by what happens next. The rest of the store (drift planning, the
+page transaction, its retries, the control tables through SQLAlchemy Core) is the same for both.
+
+* `sqlite` — the embedded default: STRICT tables `<environment>__<table>`, values stored as the
+  Web API sent them (decimals and moments as text), one writer per file (store.connect).
+* `postgres` — schema `<environment>`, table `<table>`, native types (numeric, timestamptz, date,
+  uuid, boolean, bigint, double precision, integer[]); control tables in schema `dvmirror`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sync.errors import ConfigError
+from sync.store.layout import SqlType
+
+# What a failed statement means: a value the store refused (the page was hostile), the database
+# is busy (run the transaction again), the connection broke (retry later), or the store failed.
+Failure = Literal["data", "busy", "transient", "store"]
+
+
+class TableWriter(Protocol):
+    """The prepared statements of one mirror table for one column layout."""
+
+    @property
+    def environment(self) -> str: ...
+
+    @property
+    def table(self) -> str: ...
+
+    @property
+    def primary_key(self) -> str: ...
+
+    @property
+    def soft(self) -> bool: ...
+
+    async def upsert(
+        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], stamp: str
+    ) -> int:
+        """Insert or update `rows` (row tuples: the columns, then the raw ETag)."""
+        ...
+
+    async def delete(self, conn: AsyncConnection, ids: Sequence[str], observed_at: str) -> int:
+        """Log the deletions in `_dv_deletions`, then delete (or soft-delete) the rows."""
+        ...
+
+    async def touch(self, conn: AsyncConnection, keys: Sequence[str], stamp: str) -> None:
+        """Mark rows as seen in this full pass without rewriting them."""
+        ...
+
+    async def sweep(self, conn: AsyncConnection, before: str, observed_at: str) -> int:
+        """Log and remove the rows not seen since the full pass started at `before`."""
+        ...
+
+    async def count(self, conn: AsyncConnection) -> int:
+        """Live rows of the mirror table."""
+        ...
+
+
+class Dialect(Protocol):
+    name: str
+
+    def create_engine(self, url: str, **kwargs: Any) -> AsyncEngine: ...
+
+    def mirror_name(self, environment: str, table: str) -> str:
+        """How data teams name the mirror table (`contoso__account`, `contoso.account`)."""
+        ...
+
+    def table_ref(self, environment: str, table: str) -> str:
+        """The quoted SQL reference of the mirror table."""
+        ...
+
+    def create_table(
+        self,
+        environment: str,
+        table: str,
+        primary_key: str,
+        columns: Sequence[tuple[str, SqlType]],
+    ) -> list[str]: ...
+
+    def add_column(self, environment: str, table: str, column: str, sql_type: SqlType) -> str: ...
+
+    def rename_column(self, environment: str, table: str, old: str, new: str) -> str: ...
+
+    async def existing_columns(
+        self, conn: AsyncConnection, environment: str, table: str
+    ) -> list[str] | None:
+        """Column names of a mirror table, or None when it does not exist."""
+        ...
+
+    def writer(
+        self,
+        environment: str,
+        table: str,
+        columns: Sequence[tuple[str, SqlType]],
+        removed: Sequence[str],
+        *,
+        soft: bool,
+    ) -> TableWriter:
+        """`columns` in row-tuple order, primary key first; `removed` columns are written NULL."""
+        ...
+
+    def same_storage(self, old: str, new: SqlType) -> bool:
+        """Whether a column catalogued as `old` already stores `new` values as they are."""
+        ...
+
+    def classify(self, exc: BaseException) -> Failure: ...
+
+
+def dialect_named(name: str) -> Dialect:
+    if name == "sqlite":
+        from sync.store.dialects.sqlite import SQLITE
+
+        return SQLITE
+    if name == "postgresql":
+        from sync.store.dialects.postgres import POSTGRES
+
+        return POSTGRES
+    raise ConfigError(
+        f"store.url: the {name} database is not supported; use sqlite+aiosqlite:///PATH or "
+        "postgresql+asyncpg://USER@HOST/DATABASE"
+    )
+
+
+def dialect_for(target: AsyncEngine | AsyncConnection | str) -> Dialect:
+    """The dialect of an engine, a connection or a store URL."""
+    if isinstance(target, str):
+        return dialect_named(make_url(target).get_backend_name())
+    return dialect_named(target.dialect.name)

@@ -1,0 +1,297 @@
+"""The PostgreSQL store: schema `<environment>`, table `<table>`, native types.
+
+Types: numeric (exact Money/Decimal), timestamptz, date, uuid, boolean, integer, bigint,
+double precision, text, and multi-select choices as integer[] (their labels stay text in
+`<col>__label`). The control tables live in schema `dvmirror` (the engine's search_path).
+
+A page is one statement per kind of change: its rows travel as one array per column and are
+unnested on the server (`INSERT … SELECT … FROM unnest($1::text[], …) ON CONFLICT DO UPDATE`),
+so a page of 5,000 rows is one round trip, not 5,000. Values arrive as the Web API sent them
+(decimals, moments, GUIDs and choices as text) and PostgreSQL converts them exactly: text →
+numeric keeps every digit. A value that does not fit its type fails the whole page (DataError),
+which parks only its table, as in SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from sync.config.values import CONTROL_SCHEMA
+from sync.store.dialects import Failure
+from sync.store.identifiers import quote_ident
+from sync.store.layout import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, SqlType
+
+COLUMN_TYPE: dict[SqlType, str] = {
+    "text": "text",
+    "uuid": "uuid",
+    "numeric": "numeric",
+    "timestamp": "timestamptz",
+    "date": "date",
+    "choices": "integer[]",
+    "integer": "integer",
+    "bigint": "bigint",
+    "boolean": "boolean",
+    "float": "double precision",
+}
+# How each logical type travels in its parameter array, and how the server turns it into the
+# column's type (`{}` is the unnested value).
+_ARRAY: dict[SqlType, str] = {
+    "text": "text[]",
+    "uuid": "text[]",
+    "numeric": "text[]",
+    "timestamp": "text[]",
+    "date": "text[]",
+    "choices": "text[]",
+    "integer": "integer[]",
+    "bigint": "bigint[]",
+    "boolean": "boolean[]",
+    "float": "float8[]",
+}
+_CONVERT: dict[SqlType, str] = {
+    "uuid": "{}::uuid",
+    "numeric": "{}::numeric",
+    "timestamp": "{}::timestamptz",
+    "date": "{}::date",
+    "choices": "string_to_array({}, ',')::integer[]",
+}
+_DELETIONS = f'{quote_ident(CONTROL_SCHEMA)}."_dv_deletions"'
+# SQLSTATE classes: 21 cardinality (one key twice in a statement), 22 data exception,
+# 23 integrity violation → the page's values;
+# 40 transaction rollback (serialization failure, deadlock) → run the transaction again;
+# 08 connection exception, 57 operator intervention (shutdown, cancel), 53 insufficient
+# resources → retry later.
+_DATA_CLASSES = ("21", "22", "23")
+_BUSY_CLASSES = ("40",)
+_TRANSIENT_CLASSES = ("08", "53", "57")
+
+
+def _convert(sql_type: SqlType, value: str) -> str:
+    return _CONVERT.get(sql_type, "{}").format(value)
+
+
+@dataclass(frozen=True)
+class PostgresTable:
+    """The prepared SQL of one PostgreSQL mirror table for one column layout."""
+
+    environment: str
+    table: str
+    primary_key: str
+    key_type: SqlType
+    soft: bool
+    target: str
+    upsert_sql: str
+
+    @classmethod
+    def build(
+        cls,
+        environment: str,
+        table: str,
+        columns: Sequence[tuple[str, SqlType]],
+        removed: Sequence[str],
+        *,
+        soft: bool,
+    ) -> PostgresTable:
+        target = f"{quote_ident(environment)}.{quote_ident(table)}"
+        primary_key, key_type = columns[0]
+        # $1 … $n: one array per column, then the raw ETags, then the page's stamp.
+        arrays = [f"${i}::{_ARRAY[t]}" for i, (_, t) in enumerate(columns, start=1)]
+        etags = len(columns) + 1
+        arrays.append(f"${etags}::text[]")
+        aliases = [f"c{i}" for i in range(len(columns))] + ["etag"]
+        values = [_convert(t, f"u.c{i}") for i, (_, t) in enumerate(columns)]
+        values += [
+            "split_part(u.etag, '\"', 2)::bigint",  # W/"12345" → 12345
+            f"${etags + 1}::text::timestamptz",
+            "NULL",
+            *(["NULL"] * len(removed)),
+        ]
+        names = [c for c, _ in columns] + [VERSION_COLUMN, SYNCED_COLUMN, DELETED_COLUMN]
+        names += list(removed)
+        updates = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in names[1:])
+        upsert = (
+            f"INSERT INTO {target} ({', '.join(map(quote_ident, names))}) "  # noqa: S608
+            f"SELECT {', '.join(values)} "
+            f"FROM unnest({', '.join(arrays)}) AS u({', '.join(aliases)}) "
+            f"ON CONFLICT ({quote_ident(primary_key)}) DO UPDATE SET {updates}"
+        )
+        return cls(environment, table, primary_key, key_type, soft, target, upsert)
+
+    def _keys(self, parameter: str) -> str:
+        """An array parameter of key text, converted to the key column's type."""
+        return f"{parameter}::text[]::{COLUMN_TYPE[self.key_type]}[]"
+
+    async def upsert(
+        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], stamp: str
+    ) -> int:
+        if not rows:
+            return 0
+        # One statement cannot update a row twice: the last version of a key wins, as it does
+        # when SQLite upserts the rows one after another.
+        rows = list({row[0]: row for row in rows}.values())
+        columns = list(zip(*rows, strict=True))
+        await conn.exec_driver_sql(self.upsert_sql, (*columns, stamp))
+        return len(rows)  # every row is inserted or updated exactly once
+
+    async def delete(self, conn: AsyncConnection, ids: Sequence[str], observed_at: str) -> int:
+        if not ids:
+            return 0
+        key, deleted = quote_ident(self.primary_key), quote_ident(DELETED_COLUMN)
+        await conn.exec_driver_sql(
+            f'INSERT INTO {_DELETIONS} ("environment", "table", "id", "observed_at") '  # noqa: S608
+            "SELECT $1, $2, i, $3::text::timestamptz FROM unnest($4::text[]) AS i",
+            (self.environment, self.table, observed_at, list(ids)),
+        )
+        if self.soft:
+            sql = (
+                f"UPDATE {self.target} SET {deleted} = $1::text::timestamptz "  # noqa: S608
+                f"WHERE {key} = ANY({self._keys('$2')}) AND {deleted} IS NULL"
+            )
+            result = await conn.exec_driver_sql(sql, (observed_at, list(ids)))
+        else:
+            sql = f"DELETE FROM {self.target} WHERE {key} = ANY({self._keys('$1')})"  # noqa: S608
+            result = await conn.exec_driver_sql(sql, (list(ids),))
+        return max(result.rowcount, 0)
+
+    async def touch(self, conn: AsyncConnection, keys: Sequence[str], stamp: str) -> None:
+        if not keys:
+            return
+        key, synced = quote_ident(self.primary_key), quote_ident(SYNCED_COLUMN)
+        sql = (
+            f"UPDATE {self.target} SET {synced} = $1::text::timestamptz "  # noqa: S608
+            f"WHERE {key} = ANY({self._keys('$2')})"
+        )
+        await conn.exec_driver_sql(sql, (stamp, list(keys)))
+
+    async def sweep(self, conn: AsyncConnection, before: str, observed_at: str) -> int:
+        key = quote_ident(self.primary_key)
+        synced, deleted = quote_ident(SYNCED_COLUMN), quote_ident(DELETED_COLUMN)
+        alive = f" AND {deleted} IS NULL" if self.soft else ""
+        stale = f"{synced} < $1::text::timestamptz{alive}"
+        await conn.exec_driver_sql(
+            f'INSERT INTO {_DELETIONS} ("environment", "table", "id", "observed_at") '  # noqa: S608
+            f"SELECT $2, $3, {key}::text, $4::text::timestamptz FROM {self.target} WHERE {stale}",
+            (before, self.environment, self.table, observed_at),
+        )
+        if self.soft:
+            sql = f"UPDATE {self.target} SET {deleted} = $2::text::timestamptz WHERE {stale}"  # noqa: S608
+            result = await conn.exec_driver_sql(sql, (before, observed_at))
+        else:
+            sql = f"DELETE FROM {self.target} WHERE {stale}"  # noqa: S608
+            result = await conn.exec_driver_sql(sql, (before,))
+        return max(result.rowcount, 0)
+
+    async def count(self, conn: AsyncConnection) -> int:
+        alive = f" WHERE {quote_ident(DELETED_COLUMN)} IS NULL" if self.soft else ""
+        sql = f"SELECT count(*) FROM {self.target}{alive}"  # noqa: S608
+        return int((await conn.exec_driver_sql(sql)).scalar_one())
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a failure raised through SQLAlchemy's asyncpg adapter."""
+    for error in (
+        getattr(exc, "orig", None),
+        getattr(getattr(exc, "orig", None), "__cause__", None),
+    ):
+        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
+class PostgresDialect:
+    name = "postgresql"
+
+    def create_engine(self, url: str, **kwargs: Any) -> AsyncEngine:
+        """Control tables resolve to schema `dvmirror`; mirror tables are always qualified."""
+        settings = {"search_path": CONTROL_SCHEMA, "application_name": "dvmirror"}
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_timeout", 120)
+        return create_async_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={"server_settings": settings},
+            **kwargs,
+        )
+
+    def mirror_name(self, environment: str, table: str) -> str:
+        return f"{environment}.{table}"
+
+    def table_ref(self, environment: str, table: str) -> str:
+        return f"{quote_ident(environment)}.{quote_ident(table)}"
+
+    def create_table(
+        self,
+        environment: str,
+        table: str,
+        primary_key: str,
+        columns: Sequence[tuple[str, SqlType]],
+    ) -> list[str]:
+        key_type = COLUMN_TYPE[dict(columns).get(primary_key, "uuid")]
+        parts = [f"{quote_ident(primary_key)} {key_type} NOT NULL PRIMARY KEY"]
+        parts += [f"{quote_ident(c)} {COLUMN_TYPE[t]}" for c, t in columns if c != primary_key]
+        parts += [
+            f"{quote_ident(VERSION_COLUMN)} bigint",
+            f"{quote_ident(SYNCED_COLUMN)} timestamptz NOT NULL",
+            f"{quote_ident(DELETED_COLUMN)} timestamptz",
+        ]
+        return [
+            # The tables of an environment are created concurrently, and two concurrent
+            # CREATE SCHEMA IF NOT EXISTS can still collide: one at a time per environment.
+            f"SELECT pg_advisory_xact_lock(hashtext('dvmirror schema ' || '{environment}'))",
+            f"CREATE SCHEMA IF NOT EXISTS {quote_ident(environment)}",
+            f"CREATE TABLE IF NOT EXISTS {self.table_ref(environment, table)} ({', '.join(parts)})",
+        ]
+
+    def add_column(self, environment: str, table: str, column: str, sql_type: SqlType) -> str:
+        target = self.table_ref(environment, table)
+        return f"ALTER TABLE {target} ADD COLUMN {quote_ident(column)} {COLUMN_TYPE[sql_type]}"
+
+    def rename_column(self, environment: str, table: str, old: str, new: str) -> str:
+        target = self.table_ref(environment, table)
+        return f"ALTER TABLE {target} RENAME COLUMN {quote_ident(old)} TO {quote_ident(new)}"
+
+    async def existing_columns(
+        self, conn: AsyncConnection, environment: str, table: str
+    ) -> list[str] | None:
+        result = await conn.exec_driver_sql(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+            (environment, table),
+        )
+        names = [str(row[0]) for row in result.fetchall()]
+        return names or None
+
+    def writer(
+        self,
+        environment: str,
+        table: str,
+        columns: Sequence[tuple[str, SqlType]],
+        removed: Sequence[str],
+        *,
+        soft: bool,
+    ) -> PostgresTable:
+        return PostgresTable.build(environment, table, columns, removed, soft=soft)
+
+    def same_storage(self, old: str, new: SqlType) -> bool:
+        return False
+
+    def classify(self, exc: BaseException) -> Failure:
+        state = sqlstate(exc) or ""
+        if state.startswith(_DATA_CLASSES):
+            return "data"
+        if state.startswith(_BUSY_CLASSES):
+            return "busy"
+        if state.startswith(_TRANSIENT_CLASSES) or isinstance(exc, sa_exc.InterfaceError | OSError):
+            return "transient"
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return "transient"
+        return "store"
+
+
+POSTGRES = PostgresDialect()
