@@ -21,6 +21,17 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import pytest
+
+
+@pytest.fixture(name="store_url", params=["sqlite", "postgres"])
+def _store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run the test on both stores: a SQLite file, and a fresh PostgreSQL database."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite+aiosqlite:///{tmp_path / 'mirror.db'}"
+
+
 PRIMARY = {
     "account": "accountid",
     "contact": "contactid",

@@ -22,7 +22,7 @@ from sync.commands.sync_once import run_sync_once
 from sync.config.model import Config, load_config
 from tests import mirror_compare as compare
 from tests.cli import clean_env
-from tests.mirror_compare import database_of, query
+from tests.mirror_compare import _store_url, database_of, query  # noqa: F401
 from tests.simfixtures import _no_ca_env, admin, running_simulator, user_stats  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("no_ca_env"), pytest.mark.slow]
@@ -41,13 +41,6 @@ TABLES = {
 def _sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with running_simulator(SCENARIO, tmp_path_factory.mktemp("sim-mirror")) as ready:
         yield ready
-
-
-@pytest.fixture(name="store_url", params=["sqlite", "postgres"])
-def _store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite+aiosqlite:///{tmp_path / 'mirror.db'}"
 
 
 def write_config(
@@ -126,11 +119,13 @@ def test_backfill_churn_new_column_then_sync_converges(
         for table in TABLES[env]:
             assert_converged(sim, config, env, table)
             churn(sim, env, table, seed=3)
+    # Both stores run against one simulator: each adds a column of its own.
+    new_column = "new_score_pg" if store_url.startswith("postgresql") else "new_score"
     admin(
         sim,
         "POST",
         "/environments/hard_env/tables/account/columns",
-        {"name": "new_score", "type": "Decimal"},
+        {"name": new_column, "type": "Decimal"},
     )
     churn(sim, "hard_env", "account", seed=4, creates=3, updates=40, deletes=0)
     projects_before = set(mirror_rows(config, "hard_env", "new_project"))
@@ -140,7 +135,7 @@ def test_backfill_churn_new_column_then_sync_converges(
         for table in TABLES[env]:
             assert_converged(sim, config, env, table)
     assert any(
-        r.get("new_score") is not None for r in compare.source_rows(sim, "hard_env", "account")
+        r.get(new_column) is not None for r in compare.source_rows(sim, "hard_env", "account")
     )
     soft = mirror_rows(config, "soft_env", "account")
     assert 0 < sum(1 for r in soft.values() if r["_dv_deleted_at"] is not None) <= 5

@@ -23,6 +23,7 @@ import pytest
 
 from tests import mirror_compare as compare
 from tests.cli import clean_env, run_cli
+from tests.mirror_compare import _store_url, database_of  # noqa: F401
 from tests.simfixtures import _no_ca_env, admin, running_simulator, user_stats  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("no_ca_env"), pytest.mark.slow]
@@ -43,8 +44,11 @@ def _sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield ready
 
 
-def write_config(sim: dict[str, Any], directory: Path, env: str) -> Path:
+def write_config(
+    sim: dict[str, Any], directory: Path, env: str, store_url: str | None = None
+) -> Path:
     """A configuration for one environment: small pages, split above 500 rows, 4 ranges."""
+    store_url = store_url or f"sqlite+aiosqlite:///{directory / 'mirror.db'}"
     generated = Path(sim["config_file"]).read_text()
     app = generated[generated.index("[app]") : generated.index("[store]")]
     (found,) = [e for t in sim["tenants"] for e in t["environments"] if e["name"] == env]
@@ -52,7 +56,7 @@ def write_config(sim: dict[str, Any], directory: Path, env: str) -> Path:
     tables = ", ".join(f'"{t}"' for t in TABLES[env])
     path = directory / "dvmirror.toml"
     path.write_text(
-        f'{app}\n[store]\nurl = "sqlite+aiosqlite:///{directory / "mirror.db"}"\n'
+        f'{app}\n[store]\nurl = "{store_url}"\n'
         f'[daemon]\ndata_dir = "{directory}"\n'
         f'[[tenants]]\nname = "{tenant["name"]}"\ntenant_id = "{tenant["tenant_id"]}"\n'
         f'[[tenants.environments]]\nname = "{env}"\nurl = "{found["url"]}"\n'
@@ -62,14 +66,18 @@ def write_config(sim: dict[str, Any], directory: Path, env: str) -> Path:
     return path
 
 
-def query(directory: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(directory / "mirror.db", timeout=5) as conn:
-        return conn.execute(sql).fetchall()
+def query(database: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    """`database`: a test's directory (its mirror.db) or a PostgreSQL store URL."""
+    if isinstance(database, Path) and database.is_dir():
+        database = database / "mirror.db"
+    return compare.query(database, sql)
 
 
-def converged(sim: dict[str, Any], directory: Path, env: str) -> None:
+def converged(sim: dict[str, Any], database: Path | str, env: str) -> None:
+    if isinstance(database, Path) and database.is_dir():
+        database = database / "mirror.db"
     for table in TABLES[env]:
-        compare.assert_converged(sim, directory / "mirror.db", env, table)
+        compare.assert_converged(sim, database, env, table)
 
 
 def churn(sim: dict[str, Any], env: str, table: str, seed: int, **counts: int) -> None:
@@ -101,11 +109,11 @@ def test_big_tables_backfill_as_parallel_ranges_and_equal_the_source(
 
 
 def test_rows_changed_during_a_ranged_backfill_end_up_exact(
-    sim: dict[str, Any], tmp_path: Path
+    sim: dict[str, Any], tmp_path: Path, store_url: str
 ) -> None:
     """Rows are updated, created and deleted while the ranges run. The delta token was taken
-    before the first range, so replaying it makes the mirror equal the source."""
-    config = write_config(sim, tmp_path, "churn_env")
+    before the first range, so replaying it makes the mirror equal the source (both stores)."""
+    config = write_config(sim, tmp_path, "churn_env", store_url)
     process = subprocess.Popen(
         [sys.executable, "-m", "sync", "--config", str(config), "backfill"],
         cwd=REPO,
@@ -138,15 +146,16 @@ def test_rows_changed_during_a_ranged_backfill_end_up_exact(
     # What changed after the backfill's own replay is the next cycle's work, as always.
     result = run_cli("--config", config, "sync", "--once", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    converged(sim, tmp_path, "churn_env")
+    converged(sim, database_of(store_url), "churn_env")
 
 
 def test_sigkill_mid_ranges_resumes_every_range_where_it_stopped(
-    sim: dict[str, Any], tmp_path: Path
+    sim: dict[str, Any], tmp_path: Path, store_url: str
 ) -> None:
     """SIGKILL while the ranges run, rerun: no new key scan, every range goes on from its own
     checkpoint (each row committed once), at most one page per range fetched again."""
-    config = write_config(sim, tmp_path, "kill_env")
+    config = write_config(sim, tmp_path, "kill_env", store_url)
+    database = database_of(store_url)
     admin(sim, "POST", "/stats/reset", {})
     process = subprocess.Popen(
         [sys.executable, "-m", "sync", "--config", str(config), "backfill"],
@@ -160,9 +169,9 @@ def test_sigkill_mid_ranges_resumes_every_range_where_it_stopped(
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
         try:
-            progress = query(tmp_path, "SELECT range_no, pages, done, rows FROM dv_key_ranges")
-        except sqlite3.OperationalError:
-            continue  # not migrated yet
+            progress = query(database, "SELECT range_no, pages, done, rows FROM dv_key_ranges")
+        except Exception:  # not migrated yet (no such table), in either store
+            continue
         if sum(1 for _, pages, *_ in progress if pages >= 2) >= 2:
             break
     os.kill(process.pid, signal.SIGKILL)
@@ -182,8 +191,8 @@ def test_sigkill_mid_ranges_resumes_every_range_where_it_stopped(
     result = run_cli("--config", config, "backfill", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "key_scan_started" not in result.stderr  # the stored ranges were resumed
-    compare.assert_converged(sim, tmp_path / "mirror.db", "kill_env", "opportunity")
-    (upserted,) = query(tmp_path, "SELECT rows_upserted FROM dv_sync_state")[0]
+    compare.assert_converged(sim, database, "kill_env", "opportunity")
+    (upserted,) = query(database, "SELECT rows_upserted FROM dv_sync_state")[0]
     assert upserted == 4000  # every row committed exactly once over both runs
     served_after = user_stats(sim, "kill_env")["rows_served"] - served_before
     # Rows the rerun read: the ranges' remaining rows plus at most one page per range again.

@@ -70,6 +70,14 @@ _BUSY_CLASSES = ("40",)
 _TRANSIENT_CLASSES = ("08", "53", "57")
 
 
+def without_nul(values: Sequence[Any]) -> Sequence[Any]:
+    """PostgreSQL text cannot hold U+0000 (SQLite can): it is dropped from a PostgreSQL mirror.
+    Checked per column first, so pages without one (nearly all) are passed on as they are."""
+    if not any(isinstance(value, str) and "\x00" in value for value in values):
+        return values
+    return [value.replace("\x00", "") if isinstance(value, str) else value for value in values]
+
+
 def _convert(sql_type: SqlType, value: str) -> str:
     return _CONVERT.get(sql_type, "{}").format(value)
 
@@ -85,6 +93,7 @@ class PostgresTable:
     soft: bool
     target: str
     upsert_sql: str
+    text_columns: tuple[int, ...]
 
     @classmethod
     def build(
@@ -119,7 +128,8 @@ class PostgresTable:
             f"FROM unnest({', '.join(arrays)}) AS u({', '.join(aliases)}) "
             f"ON CONFLICT ({quote_ident(primary_key)}) DO UPDATE SET {updates}"
         )
-        return cls(environment, table, primary_key, key_type, soft, target, upsert)
+        texts = tuple(i for i, (_, t) in enumerate(columns) if t == "text")
+        return cls(environment, table, primary_key, key_type, soft, target, upsert, texts)
 
     def _keys(self, parameter: str) -> str:
         """An array parameter of key text, converted to the key column's type."""
@@ -133,7 +143,9 @@ class PostgresTable:
         # One statement cannot update a row twice: the last version of a key wins, as it does
         # when SQLite upserts the rows one after another.
         rows = list({row[0]: row for row in rows}.values())
-        columns = list(zip(*rows, strict=True))
+        columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+        for index in self.text_columns:
+            columns[index] = without_nul(columns[index])
         await conn.exec_driver_sql(self.upsert_sql, (*columns, stamp))
         return len(rows)  # every row is inserted or updated exactly once
 
