@@ -109,3 +109,40 @@ def test_migrate_unwritable_store(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "store.url" in lines[0] and "Traceback" not in result.stderr
+
+
+async def test_leases_migration_keeps_data_both_ways(tmp_path: Path) -> None:
+    """0003 adds the fencing token, dv_daemons and dv_sync_state.lease_token, keeping the rows
+    that were there; its downgrade removes them again, keeping the rows too."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'control.db'}")
+    await upgrade(engine, "0002")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO dv_leases (resource, holder, acquired_at, expires_at) "
+                "VALUES ('contoso_prod', 'host:1', '2026-01-01 00:00:00', '2026-01-01 00:00:30')"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO dv_sync_state (environment, table_name, updated_at) "
+                "VALUES ('contoso_prod', 'account', '2026-01-01 00:00:00')"
+            )
+        )
+    await upgrade(engine, "0003")
+    async with engine.connect() as conn:
+        lease = (await conn.execute(text("SELECT holder, token FROM dv_leases"))).one()
+        assert tuple(lease) == ("host:1", 0)
+        state = (await conn.execute(text("SELECT lease_token FROM dv_sync_state"))).one()
+        assert state[0] is None
+        assert (await conn.execute(text("SELECT count(*) FROM dv_daemons"))).scalar() == 0
+    await downgrade(engine, "0002")
+    async with engine.connect() as conn:
+        columns = await conn.run_sync(
+            lambda c: {col["name"] for col in inspect(c).get_columns("dv_leases")}
+        )
+        assert "token" not in columns
+        assert (await conn.execute(text("SELECT holder FROM dv_leases"))).scalar() == "host:1"
+        names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert "dv_daemons" not in names
+    await engine.dispose()

@@ -70,6 +70,9 @@ sync_state = Table(
     Column("last_reconcile", DateTime(timezone=True)),
     Column("state_version", Integer, nullable=False, server_default="1"),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The fencing token of the environment's lease under which the last checkpoint was written
+    # (store.leases); NULL when it was written without a lease.
+    Column("lease_token", BigInteger),
 )
 
 # The mirror's column catalogue: what each mirror column came from, and when it went away.
@@ -124,15 +127,29 @@ key_ranges = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-# Reserved for leases between daemon instances that share one PostgreSQL database (planned);
-# nothing reads or writes it yet: a SQLite store has one daemon.
+# One row per environment: which `dvmirror run` process owns it (store.leases). Several daemons
+# share a PostgreSQL store this way; `holder` '' means free. `token` (the fencing token) grows by
+# one at every takeover, and every write transaction of the environment checks it.
 leases = Table(
     "dv_leases",
     metadata,
     Column("resource", String(255), primary_key=True),
     Column("holder", String(255), nullable=False),
+    Column("token", BigInteger, nullable=False, server_default="0"),
     Column("acquired_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# The live daemons (members) sharing the store, seen at their last heartbeat: the fair share of
+# environments is computed from how many there are.
+daemons = Table(
+    "dv_daemons",
+    metadata,
+    Column("holder", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
 )
 
 # Power Platform request entitlement: requests used per tenant in the current 24 h window.
