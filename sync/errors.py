@@ -19,7 +19,8 @@
     │   ├── ServerError               5xx, SQL deadlock/timeout, query throttling
     │   └── NetworkError              reset, timeout, truncated body
     ├── ThrottledError              429: the governor pauses all of the user's requests
-    └── StoreError                  stop writing and alert
+    ├── StoreError                  stop writing and alert
+    └── LeaseLostError              another daemon owns the environment now: stop it, write nothing
 
     Control flow, not failures (never caught as failures):
     ├── ReauthenticateSignal        401 from Dataverse: refresh the token once and retry once
@@ -169,6 +170,20 @@ class ThrottledError(DvmirrorError):
 
 class StoreError(DvmirrorError):
     """The local database refused a write."""
+
+
+class LeaseLostError(DvmirrorError):
+    """The environment's lease is no longer ours (expired while paused, taken over): the write
+    that found out was rolled back, and nothing more may be written for the environment —
+    not even its park (that is a write too)."""
+
+    def __init__(self, environment: str, *, holder: str | None = None) -> None:
+        taken = f" (now held by {holder})" if holder else ""
+        super().__init__(
+            f"environment {environment}: this process lost its lease{taken}; it stops writing "
+            "there and leaves the environment to its owner",
+            environment=environment,
+        )
 
 
 class ReauthenticateSignal(DvmirrorError):
