@@ -17,7 +17,7 @@ from sync.cli import cli
 from sync.commands.status import run_status
 from sync.config.model import Config, load_config
 from sync.store.connect import create_engine
-from sync.store.control import environments, request_budget, run_history, sync_state
+from sync.store.control import environments, leases, request_budget, run_history, sync_state
 from sync.store.migrate import upgrade
 from tests.cli import run_cli
 
@@ -242,6 +242,46 @@ async def test_fresh_database_shows_every_configured_table_as_new(tmp_path: Path
     assert list(contoso) == ["account", "contact", "lead"]
     assert {"new"} == {t["phase"] for t in contoso.values()}
     assert tables_of(document, "fabrikam_prod") == {}  # "all": nothing discovered yet
+
+
+async def test_each_environment_shows_its_owner(tmp_path: Path) -> None:
+    """The holder of an environment's current lease and its expiry; none when it expired."""
+    config = config_for(write_config(tmp_path))
+    await seed(config)
+    engine = create_engine(config.store_url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(leases),
+            [
+                {
+                    "resource": "contoso_prod",
+                    "holder": "host-a:41:abc123",
+                    "token": 3,
+                    "acquired_at": ago(seconds=10),
+                    "expires_at": NOW + dt.timedelta(seconds=20),
+                },
+                {
+                    "resource": "fabrikam_prod",
+                    "holder": "host-b:42:def456",
+                    "token": 1,
+                    "acquired_at": ago(seconds=40),
+                    "expires_at": ago(seconds=10),
+                },
+            ],
+        )
+    await engine.dispose()
+    document = await status_json(config)
+    owners = {e["name"]: (e["owner"], e["lease_expires_at"]) for e in document["environments"]}
+    assert owners == {
+        "contoso_prod": ("host-a:41:abc123", (NOW + dt.timedelta(seconds=20)).isoformat()),
+        "fabrikam_prod": (None, None),
+        "old_env": (None, None),
+    }
+    for width in (220, 80):
+        out = io.StringIO()
+        await run_status(config, as_json=False, console=Console(file=out, width=width), now=NOW)
+        assert "host-a:41:abc123" in out.getvalue()
+        assert "host-b:42:def456" not in out.getvalue()
 
 
 async def test_human_output_is_a_table(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ It only reads (SQLite in WAL mode lets it run beside the daemon's writer), so it
 the daemon runs. The report is built by a pure function from the rows, the configuration and
 `now`; `--json` prints it as one document with stable keys, otherwise it is rendered as tables.
 Configured tables without a state row yet show phase "new"; state rows for environments or
-tables no longer in the configuration are listed too, marked `"configured": false`.
+tables no longer in the configuration are listed too, marked `"configured": false`. Each
+environment shows its owner: the `dvmirror` process holding its lease (host:pid:id) and until
+when, or none while nobody holds it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sync.logs import mask_text
 from sync.store.control import (
     environments,
     key_ranges,
+    leases,
     request_budget,
     run_history,
     sync_state,
@@ -84,6 +87,7 @@ async def read_control_rows(engine: AsyncEngine, *, since: dt.datetime) -> dict[
             "latest": [dict(r._mapping) for r in await conn.execute(latest)],
             "budgets": [dict(r._mapping) for r in await conn.execute(select(request_budget))],
             "environments": [dict(r._mapping) for r in await conn.execute(select(environments))],
+            "leases": [dict(r._mapping) for r in await conn.execute(select(leases))],
             "ranges": [
                 dict(r._mapping)
                 for r in await conn.execute(
@@ -152,6 +156,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
     states, recent, latest = (_by_table(rows[k]) for k in ("state", "recent", "latest"))
     ranged = _by_table(rows.get("ranges", []))
     known_envs = {row["name"]: row for row in rows["environments"]}
+    owners = {row["resource"]: row for row in rows.get("leases", [])}
     report_envs: list[dict[str, Any]] = []
     seen: set[str] = set()
 
@@ -186,6 +191,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 "tenant": tenant.name,
                 "url": env.url,
                 "configured": True,
+                **_owner(owners.get(env.name), now),
                 "tables": entries,
             }
         )
@@ -197,6 +203,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 "tenant": known.get("tenant"),
                 "url": known.get("url"),
                 "configured": False,
+                **_owner(owners.get(name), now),
                 "tables": tables_of(name, []),
             }
         )
@@ -207,6 +214,14 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
         "environments": report_envs,
         "budgets": _budgets(config, rows["budgets"], now),
     }
+
+
+def _owner(lease: Row | None, now: dt.datetime) -> dict[str, Any]:
+    """Who holds the environment's lease and until when; None while nobody does."""
+    expires = as_utc(lease["expires_at"]) if lease else None
+    if lease is None or not lease["holder"] or expires is None or expires <= now:
+        return {"owner": None, "lease_expires_at": None}
+    return {"owner": lease["holder"], "lease_expires_at": _iso(expires)}
 
 
 def _budgets(config: Config, rows: Iterable[Row], now: dt.datetime) -> list[dict[str, Any]]:
@@ -261,12 +276,19 @@ ERROR_SHOWN = 300
 WIDE_ENOUGH = 150
 
 
+def _owner_text(env: Mapping[str, Any]) -> str:
+    if not env.get("owner"):
+        return "—"
+    return f"{env['owner']} until {_short_time(env['lease_expires_at'])}"
+
+
 def render_compact(report: Mapping[str, Any], console: Console) -> None:
     """The report for narrow terminals: one line per table, nothing cut (long lines wrap)."""
     console.print(f"dvmirror status — {report['store']}", soft_wrap=True, highlight=False)
     for env in report["environments"]:
         label = env["name"] if env["configured"] else f"{env['name']} (not configured)"
-        console.print(f"\n[bold]{label}[/bold]", soft_wrap=True, highlight=False)
+        owner = f" — owner {_owner_text(env)}"
+        console.print(f"\n[bold]{label}[/bold]{owner}", soft_wrap=True, highlight=False)
         if not env["tables"]:
             console.print("  no tables yet", soft_wrap=True)
         for entry in env["tables"]:
@@ -340,6 +362,14 @@ def render(report: Mapping[str, Any], console: Console) -> None:
                 (error[:ERROR_SHOWN] + "…") if len(error) > ERROR_SHOWN else error,
             )
     console.print(tables)
+    owners = Table(title="Owners (leases)", title_justify="left")
+    for header in ("Environment", "Owner", "Lease expires"):
+        owners.add_column(header, overflow="fold")
+    for env in report["environments"]:
+        owners.add_row(
+            env["name"], env.get("owner") or "—", _short_time(env.get("lease_expires_at"))
+        )
+    console.print(owners)
     budgets = [b for b in report["budgets"] if b["limit"] is not None or b["used"]]
     if budgets:
         table = Table(title="Daily request budgets", title_justify="left")

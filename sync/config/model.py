@@ -238,8 +238,11 @@ class Daemon(FrozenModel):
     # Processes that decode large pages off the event loop (0: decode in the event loop).
     decode_workers: int = Field(default=1, ge=0, le=16)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How long an environment's lease lasts without renewal (renewed every third of it); a
+    # daemon that dies leaves its environments to the others after this long.
+    lease_seconds: float = Field(default=30.0, ge=3.0)
 
-    @field_validator("shutdown_grace", mode="before")
+    @field_validator("shutdown_grace", "lease_seconds", mode="before")
     @classmethod
     def _grace(cls, value: Any) -> Any:
         return parse_interval(value) if isinstance(value, str) else value

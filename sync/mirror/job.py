@@ -20,7 +20,7 @@ from sqlalchemy.sql.expression import Executable
 
 from sync.config.model import Environment
 from sync.dataverse.client import RequestTally
-from sync.errors import AuthError, DeltaTokenExpired, DvmirrorError
+from sync.errors import AuthError, DeltaTokenExpired, DvmirrorError, LeaseLostError
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
 from sync.mirror.discovery import JsonSource, discover_table, estimate_total
@@ -30,6 +30,7 @@ from sync.mirror.rowshape import RowShaper
 from sync.store import checkpoints as state
 from sync.store import key_ranges
 from sync.store.layout import TableSchema
+from sync.store.leases import token_stamp
 from sync.store.mirror_tables import MirrorLayout, ensure_mirror, type_change_note
 from sync.store.writer import PageCounts, PageWrite, commit_page
 
@@ -272,16 +273,19 @@ class TableJob:
         )
 
         def checkpoint(counts: PageCounts) -> list[Executable]:
-            return state.checkpoint_statements(
-                env.name,
-                self.table,
-                step.state,
-                now=now,
-                upserted=counts.upserted,
-                deleted=counts.deleted,
-                row_count=counts.row_count,
-                run_id=self.run_id,
-            )
+            return [
+                *state.checkpoint_statements(
+                    env.name,
+                    self.table,
+                    step.state,
+                    now=now,
+                    upserted=counts.upserted,
+                    deleted=counts.deleted,
+                    row_count=counts.row_count,
+                    run_id=self.run_id,
+                ),
+                *token_stamp(self.store, env.name, self.table),
+            ]
 
         if not step.cycle_done:  # fetch the next page while this one commits
             upcoming, _ = cur.plan(step.state, schema, base_url=env.url, now=now)
@@ -344,6 +348,9 @@ class TableJob:
         now = self.clock()
         env = self.environment.name
         message = None if error is None else error.message
+        if isinstance(error, LeaseLostError):  # not ours to write any more: not even the park
+            log.warning("table_stopped_lease_lost", environment=env, table=self.table)
+            return JobResult(env, self.table, False, message, pages=self.pages)
         try:
             if error is None:
                 await state.record_success(self.store, env, self.table, now=now)
@@ -369,6 +376,8 @@ class TableJob:
                     requests=requests - self._tally_start[0],
                     throttled=throttled - self._tally_start[1],
                 )
+        except LeaseLostError as exc:  # lost between the last page and this record
+            log.warning("run_record_skipped", environment=env, table=self.table, error=exc.message)
         except DvmirrorError as exc:  # the store itself failed: report, do not mask the cause
             log.exception("run_record_failed", environment=env, table=self.table, error=exc.message)
         if error is not None:

@@ -35,6 +35,7 @@ from sync.mirror.page import DecodedPage
 from sync.store import checkpoints as state
 from sync.store import key_ranges
 from sync.store.checkpoints import TableState
+from sync.store.leases import token_stamp
 from sync.store.writer import PageCounts, PageWrite, commit_page
 
 log = get_logger("dvmirror.ranges")
@@ -232,6 +233,11 @@ async def _commit(
     job: TableJob, write: PageWrite, checkpoint: Callable[[PageCounts], Sequence[Executable]]
 ) -> PageCounts:
     assert job.layout is not None
+    stamp = token_stamp(job.store, job.environment.name, job.table)
     return await commit_page(
-        job.store, job.layout.writer, write, observed_at=write.synced_at, checkpoint=checkpoint
+        job.store,
+        job.layout.writer,
+        write,
+        observed_at=write.synced_at,
+        checkpoint=lambda counts: [*checkpoint(counts), *stamp],
     )

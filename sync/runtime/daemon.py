@@ -1,9 +1,12 @@
 """`dvmirror run`: wiring, signals, systemd notify, health and metrics around the scheduler.
 
-Lifecycle: migrate → metrics/health server → scheduler (every environment authenticates) →
-READY=1 → a tick loop (WATCHDOG=1, STATUS=, /healthz heartbeat, governor metrics) until
-SIGTERM/SIGINT → STOPPING=1 → in-flight pages commit within the shutdown grace → exit 0.
-SIGHUP reloads the configuration file; an invalid new file is logged and ignored.
+Lifecycle: the SQLite writer lock (store.writer_lock) → migrate → metrics/health server →
+the lease keeper takes this daemon's share of the environments (all of them on SQLite) and the
+scheduler starts their groups (they authenticate) → READY=1 → a tick loop (WATCHDOG=1, STATUS=,
+/healthz heartbeat, governor metrics) while the keeper renews, takes and gives up leases, until
+SIGTERM/SIGINT → STOPPING=1 → in-flight pages commit within the shutdown grace (the leases still
+renewed) → the leases are released → exit 0. SIGHUP reloads the configuration file; an invalid
+new file is logged and ignored.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from sync.logs import get_logger
 from sync.mirror.job import PageProgress
 from sync.runtime import systemd as notify
 from sync.runtime.http import HealthCheck, HttpServer, start_http_server
+from sync.runtime.leases import LeaseKeeper
 from sync.runtime.metrics import Metrics
-from sync.runtime.scheduler import Scheduler, sleep_or_stop
+from sync.runtime.scheduler import RELOAD_GRACE, Scheduler, sleep_or_stop
 from sync.runtime.wiring import Wiring
 from sync.store.checkpoints import statuses
 from sync.store.open import open_store
+from sync.store.writer_lock import single_writer
 
 log = get_logger("dvmirror.daemon")
 
@@ -52,6 +57,7 @@ class Daemon:
         self.health = HealthCheck(TICK_SECONDS)
         self.http: HttpServer | None = None
         self.scheduler: Scheduler | None = None
+        self.keeper: LeaseKeeper | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._wake = asyncio.Event()  # cuts the tick's sleep short on stop or reload
@@ -69,6 +75,10 @@ class Daemon:
         self._wake.set()
 
     async def run(self) -> int:
+        with single_writer(self.config.store_url, "run"):
+            return await self._run()
+
+    async def _run(self) -> int:
         store = await open_store(self.config)
         wiring = Wiring(self.config, store, self.metrics)
         loop = asyncio.get_running_loop()
@@ -76,6 +86,8 @@ class Daemon:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        keeper_stop = asyncio.Event()  # after the drain: the leases are renewed while it runs
+        keeping: asyncio.Task[None] | None = None
         try:
             await self._seed_metrics(store)
             if self.serve_http:
@@ -84,14 +96,30 @@ class Daemon:
                 )
                 log.info("http_listening", url=self.http.url)
             self.scheduler = Scheduler(wiring, metrics=self.metrics, on_page=self.on_page)
-            self.scheduler.start(self.config)
+            self.keeper = LeaseKeeper(
+                store,
+                self._environment_names(self.config),
+                self.config.settings.daemon.lease_seconds,
+                acquired=self._lease_acquired,
+                lost=self._lease_lost,
+                release=self._lease_released,
+            )
+            await self.keeper.start()
+            keeping = asyncio.create_task(self.keeper.run(keeper_stop), name="lease-keeper")
             await self._announce_ready()
             await self._tick_until_stopped()
         finally:
             notify.stopping("draining in-flight pages")
             self.health.stopping()
+            if self.keeper is not None:
+                self.keeper.draining = True  # renew while the groups drain, take nothing new
             if self.scheduler is not None:
                 await self.scheduler.stop(self.config.settings.daemon.shutdown_grace)
+            if self.keeper is not None:
+                keeper_stop.set()
+                if keeping is not None:
+                    await keeping
+                await self.keeper.stop()
             await wiring.close()
             if self.http is not None:
                 await self.http.stop()
@@ -101,6 +129,22 @@ class Daemon:
                     loop.remove_signal_handler(sig)
             log.info("stopped", reason=self.stop_reason)
         return 0
+
+    @staticmethod
+    def _environment_names(config: Config) -> list[str]:
+        return [environment.name for _, environment in config.environments()]
+
+    async def _lease_acquired(self, name: str, store: AsyncEngine) -> None:
+        assert self.scheduler is not None
+        self.scheduler.start_environment(name, store)
+
+    async def _lease_lost(self, name: str) -> None:
+        assert self.scheduler is not None
+        await self.scheduler.stop_environment(name, grace=0.0)  # its writes fail the fence
+
+    async def _lease_released(self, name: str) -> None:
+        assert self.scheduler is not None
+        await self.scheduler.stop_environment(name, grace=RELOAD_GRACE)
 
     async def _seed_metrics(self, store: AsyncEngine) -> None:
         """Freshness from the control database, for the tables this configuration syncs only
@@ -152,7 +196,11 @@ class Daemon:
         if config.store_url != self.config.store_url:
             log.warning("reload_store_change_ignored", hint="restart to change store.url")
         assert self.scheduler is not None
-        changes = await self.scheduler.reload(config)
+        assert self.keeper is not None
+        before = set(self._environment_names(self.config))
+        changes = await self.scheduler.reload(config, start_new=False)
+        await self.keeper.set_resources(self._environment_names(config))
+        changes["added"] = sorted(set(self._environment_names(config)) - before)
         self.config = config
         log.info("reloaded", **changes)
         notify.ready(self._status_line())
@@ -164,6 +212,9 @@ class Daemon:
         busy = sum(len(g.group.status.busy_tables) for g in groups)
         parked = [g.group.name for g in groups if g.group.status.last_error]
         line = f"{ready}/{len(self.scheduler.groups)} environments ready, {busy} tables syncing"
+        total = len(self._environment_names(self.config))
+        if len(self.scheduler.groups) < total:
+            line += f" (this daemon holds {len(self.scheduler.groups)} of {total})"
         if parked:
             line += f", parked: {', '.join(sorted(parked))}"
         return line

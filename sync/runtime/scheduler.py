@@ -23,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from sync.config.model import Config, Environment, Tenant
-from sync.errors import AuthError, DvmirrorError
+from sync.errors import AuthError, DvmirrorError, LeaseLostError
 from sync.governor.gate import Governor
 from sync.logs import get_logger
 from sync.mirror.discovery import list_tables
@@ -48,6 +50,7 @@ class GroupStatus:
     first_attempt_done: asyncio.Event = field(default_factory=asyncio.Event)
     last_error: str | None = None
     busy_tables: set[str] = field(default_factory=set)
+    lease_lost: bool = False
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
@@ -61,7 +64,11 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 
 
 class EnvironmentGroup:
-    """Everything one environment's application user does, supervised as one unit."""
+    """Everything one environment's application user does, supervised as one unit.
+
+    `store` is what it writes through: the environment's FencedEngine (store.leases) in the
+    daemon, so that once its lease is lost nothing more is written and the group stops.
+    """
 
     def __init__(
         self,
@@ -69,6 +76,7 @@ class EnvironmentGroup:
         environment: Environment,
         wiring: Wiring,
         *,
+        store: AsyncEngine | None = None,
         metrics: Metrics | None,
         rng: random.Random,
         on_page: Callable[[PageProgress], None] | None = None,
@@ -76,6 +84,7 @@ class EnvironmentGroup:
         self.tenant = tenant
         self.environment = environment
         self.wiring = wiring
+        self.store = store or wiring.store
         self.metrics = metrics
         self.rng = rng
         self.on_page = on_page
@@ -99,6 +108,9 @@ class EnvironmentGroup:
             tables = await self._tables(client)
             if tables is None:
                 return
+            # This process is now the environment's writer: runs a killed one left "running"
+            # (SIGKILL, power loss) are closed as interrupted.
+            await state.close_stale_runs(self.wiring.store, self.name, now=datetime.now(UTC))
             # How many of the tables may be in a cycle at once (table_concurrency, default all).
             self.table_slots = asyncio.Semaphore(
                 self.environment.table_concurrency or max(1, len(tables))
@@ -134,13 +146,17 @@ class EnvironmentGroup:
                 continue
             self.status.authenticated, self.status.last_error = True, None
             self.status.first_attempt_done.set()
-            await record_environment(
-                self.wiring.store,
-                self.tenant,
-                self.environment,
-                organization_id=who.get("OrganizationId"),
-                application_user_id=who.get("UserId"),
-            )
+            try:
+                await record_environment(
+                    self.store,
+                    self.tenant,
+                    self.environment,
+                    organization_id=who.get("OrganizationId"),
+                    application_user_id=who.get("UserId"),
+                )
+            except LeaseLostError as exc:
+                self.lease_lost(exc)
+                return False
             log.info("environment_ready", environment=self.name, user=who.get("UserId"))
             return True
         return False
@@ -168,9 +184,9 @@ class EnvironmentGroup:
         retry_at = now + timedelta(seconds=retry_in)
         for table in self.environment.tables:
             with contextlib.suppress(DvmirrorError):
-                await state.ensure(self.wiring.store, self.name, table, now=now)
+                await state.ensure(self.store, self.name, table, now=now)
                 await state.record_error(
-                    self.wiring.store,
+                    self.store,
                     self.name,
                     table,
                     error.message,
@@ -190,7 +206,7 @@ class EnvironmentGroup:
             return
         while not self.stopping.is_set():
             job = TableJob(
-                store=self.wiring.store,
+                store=self.store,
                 client=client,
                 environment=self.environment,
                 table=table,
@@ -200,9 +216,15 @@ class EnvironmentGroup:
             )
             async with self.table_slots:
                 error = await self._cycle(job)
+            if isinstance(error, LeaseLostError):
+                # Not parked: that would be a write, and the environment is not ours any more.
+                await job.cancel_prefetch()
+                self.lease_lost(error)
+                return
             if error is None and self.stopping.is_set():
                 # Interrupted between pages: the checkpoint is committed; resume next start.
-                await asyncio.shield(job.interrupt())
+                with contextlib.suppress(LeaseLostError):
+                    await asyncio.shield(job.interrupt())
                 return
             # The retry is decided before the outcome is stored, so status shows what will happen.
             retry_in = None if error is None else backoff_delay(self.timing, attempts + 1, self.rng)
@@ -219,6 +241,13 @@ class EnvironmentGroup:
                 log.warning("table_retry_scheduled", table=table, retry_in=round(delay, 1))
             if await sleep_or_stop(self.stopping, delay):
                 return
+
+    def lease_lost(self, error: LeaseLostError) -> None:
+        """The whole environment stops at once: every write of it would fail the fence now."""
+        if not self.status.lease_lost:
+            log.warning("environment_lease_lost", environment=self.name, error=error.message)
+        self.status.lease_lost = True
+        self.stopping.set()
 
     async def _cycle(self, job: TableJob) -> DvmirrorError | None:
         """Run pages until the cycle ends or the group is told to stop."""
@@ -259,7 +288,12 @@ class RunningGroup:
 
 
 class Scheduler:
-    """Starts, reloads and drains the environment groups of one configuration."""
+    """Starts, reloads and drains the environment groups of one configuration.
+
+    Which environments run here is the lease keeper's call (sync.runtime.leases):
+    `start_environment` / `stop_environment` follow its events; `start` runs them all (one
+    process that owns every environment).
+    """
 
     def __init__(
         self,
@@ -274,16 +308,43 @@ class Scheduler:
         self.rng = random.Random(seed)
         self.on_page = on_page
         self.groups: dict[str, RunningGroup] = {}
+        self.config = wiring.config
 
     def start(self, config: Config) -> None:
+        self.config = config
         for tenant, environment in config.environments():
             self._start_group(tenant, environment, config=config)
 
-    def _start_group(self, tenant: Tenant, environment: Environment, *, config: Config) -> None:
+    def start_environment(self, name: str, store: AsyncEngine) -> bool:
+        """Run one environment of the current configuration, writing through `store` (its
+        fenced engine). False when it is not configured (any more)."""
+        for tenant, environment in self.config.environments():
+            if environment.name == name:
+                if name in self.groups:
+                    self.groups.pop(name).group.stopping.set()  # a stale group: it cannot write
+                self._start_group(tenant, environment, config=self.config, store=store)
+                return True
+        return False
+
+    async def stop_environment(self, name: str, *, grace: float) -> None:
+        running = self.groups.get(name)
+        await self._stop_groups([name], grace=grace)
+        if running is not None:
+            self._forget(name, running.tables)
+
+    def _start_group(
+        self,
+        tenant: Tenant,
+        environment: Environment,
+        *,
+        config: Config,
+        store: AsyncEngine | None = None,
+    ) -> None:
         group = EnvironmentGroup(
             tenant,
             environment,
             self.wiring,
+            store=store,
             metrics=self.metrics,
             rng=random.Random(self.rng.random()),
             on_page=self.on_page,
@@ -317,16 +378,18 @@ class Scheduler:
             async with asyncio.timeout(limit):
                 await asyncio.gather(*waits)
 
-    async def reload(self, config: Config) -> dict[str, list[str]]:
+    async def reload(self, config: Config, *, start_new: bool = True) -> dict[str, list[str]]:
         """Apply a new configuration: start, stop or restart the groups that changed.
 
         A group restarts when its environment, its tenant's own settings or its app registration
         changed (a rotated secret is read anew with the file); groups that did not change keep
-        running with their clients and tokens.
+        running with their clients and tokens. With leases (`start_new=False`) new environments
+        start when the keeper takes their lease, not here.
         """
         # Token providers hold the app registrations they were built from: new and restarted
         # groups must get providers built from the new configuration.
         self.wiring.reload(config)
+        self.config = config
         wanted = {env.name: (tenant, env) for tenant, env in config.environments()}
         changes: dict[str, list[str]] = {"added": [], "removed": [], "restarted": []}
         for name in list(self.groups):
@@ -337,12 +400,12 @@ class Scheduler:
                 self._forget(name, running.tables)
             elif group_key(config, *wanted[name]) != running.key:
                 await self._stop_groups([name], grace=RELOAD_GRACE)
-                self._start_group(*wanted[name], config=config)
+                self._start_group(*wanted[name], config=config, store=running.group.store)
                 changes["restarted"].append(name)
                 kept = self.groups[name].tables
                 self._forget(name, tuple(t for t in running.tables if t not in kept))
         for name, (tenant, environment) in wanted.items():
-            if name not in self.groups:
+            if start_new and name not in self.groups:
                 self._start_group(tenant, environment, config=config)
                 changes["added"].append(name)
         return changes

@@ -24,9 +24,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.expression import Executable
 
 from sync.errors import LeaseLostError
-from sync.store.control import daemons, leases
+from sync.store.control import daemons, leases, sync_state
 
 FREE = ""  # the holder of a lease nobody owns
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a free row's expiry: long past
@@ -258,3 +259,12 @@ class FencedEngine(AsyncEngine):
 def lease_token(engine: AsyncEngine) -> int | None:
     """The fencing token the engine writes under (None: no lease)."""
     return engine.lease.token if isinstance(engine, FencedEngine) else None
+
+
+def token_stamp(engine: AsyncEngine, environment: str, table: str) -> list[Executable]:
+    """Beside a checkpoint, in its transaction: the token of the lease it was written under."""
+    return [
+        update(sync_state)
+        .where(sync_state.c.environment == environment, sync_state.c.table_name == table)
+        .values(lease_token=lease_token(engine))
+    ]
