@@ -4,7 +4,10 @@ Rerunning resumes from each table's last committed page (each key range's, for a
 as parallel ranges). The tables of an environment run concurrently (`table_concurrency`,
 default all) and take their requests from that application user's governor; environments run
 concurrently too. A failing table is parked with its error while the others go on.
-Exit code: 0 ok, 1 a table failed, 3 authentication/authorization failed.
+The command holds the store's writer lock (SQLite: one writer process, store.writer_lock) and
+the leases of its environments (PostgreSQL: a daemon that holds one makes it refuse, exit 2).
+Exit code: 0 ok, 1 a table failed, 2 the store or an environment is in use,
+3 authentication/authorization failed.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from sync.mirror.discovery import list_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import JobResult, PageProgress, TableJob, Until
 from sync.mirror.runner import run_job
+from sync.runtime.leases import command_leases
 from sync.runtime.wiring import Wiring
 from sync.store.open import open_store
+from sync.store.writer_lock import single_writer
 
 
 class RateColumn(ProgressColumn):
@@ -184,27 +189,31 @@ async def run_tables(
 ) -> int:
     """Run the selected tables to `until` with progress bars; return the exit code."""
     chosen = select(config, env, table)
-    store = await open_store(config)
-    wiring = Wiring(config, store)
-    try:
-        with make_progress(console) as progress:
-            batches = await asyncio.gather(
-                *(
-                    _environment(
-                        wiring,
-                        store,
-                        c,
-                        until=until,
-                        command=command,
-                        reconcile_every=reconcile_every,
-                        progress=progress,
+    with single_writer(config.store_url, command):
+        store = await open_store(config)
+        wiring = Wiring(config, store)
+        names = [c.environment.name for c in chosen]
+        ttl = config.settings.daemon.lease_seconds
+        try:
+            async with command_leases(store, names, ttl, command=command) as stores:
+                with make_progress(console) as progress:
+                    batches = await asyncio.gather(
+                        *(
+                            _environment(
+                                wiring,
+                                stores[c.environment.name],
+                                c,
+                                until=until,
+                                command=command,
+                                reconcile_every=reconcile_every,
+                                progress=progress,
+                            )
+                            for c in chosen
+                        )
                     )
-                    for c in chosen
-                )
-            )
-    finally:
-        await wiring.close()
-        await store.dispose()
+        finally:
+            await wiring.close()
+            await store.dispose()
     results = [r for batch in batches for r in batch]
     for result in results:
         if not result.ok:
