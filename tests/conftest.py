@@ -9,13 +9,19 @@ import structlog
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `peers` (third-party clients installed on first use) run only with -m peers."""
-    if "peers" in (config.getoption("markexpr") or ""):
-        return
-    opt_in = pytest.mark.skip(reason="third-party peer clients are opt-in: pytest -m peers")
-    for item in items:
-        if item.get_closest_marker("peers"):
-            item.add_marker(opt_in)
+    """Opt-in groups run only when asked for by marker: `peers` (third-party clients installed
+    on first use, -m peers) and `long` (the reliability matrix's long modes, -m long)."""
+    chosen = config.getoption("markexpr") or ""
+    for marker, why in (
+        ("peers", "third-party peer clients are opt-in: pytest -m peers"),
+        ("long", "long reliability modes are opt-in: pytest -m long"),
+    ):
+        if marker in chosen:
+            continue
+        opt_in = pytest.mark.skip(reason=why)
+        for item in items:
+            if item.get_closest_marker(marker):
+                item.add_marker(opt_in)
 
 
 @pytest.fixture(autouse=True)

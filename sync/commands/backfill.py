@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.progress import (
@@ -38,6 +38,7 @@ from sync.mirror.job import JobResult, PageProgress, TableJob, Until
 from sync.mirror.runner import run_job
 from sync.runtime.leases import command_leases
 from sync.runtime.wiring import Wiring
+from sync.store import checkpoints as state
 from sync.store.open import open_store
 from sync.store.writer_lock import single_writer
 
@@ -108,6 +109,8 @@ async def _environment(
     progress: Progress,
 ) -> list[JobResult]:
     tenant, environment = chosen.tenant, chosen.environment
+    # This process is now the environment's writer: runs a killed one left "running" end here.
+    await state.close_stale_runs(store, environment.name, now=datetime.now(UTC))
     client = wiring.client(tenant, environment, wiring.governor(tenant, environment))
     results: list[JobResult] = []
     async with client:

@@ -21,6 +21,7 @@ from sqlalchemy.sql.expression import Executable
 from sync.config.model import Environment
 from sync.dataverse.client import RequestTally
 from sync.errors import AuthError, DeltaTokenExpired, DvmirrorError, LeaseLostError
+from sync.limits import MAX_PAGE_SIZE
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
 from sync.mirror.discovery import JsonSource, discover_table, estimate_total
@@ -304,15 +305,18 @@ class TableJob:
         return not step.cycle_done
 
     async def fetch(self, request: cur.Request) -> DecodedPage:
-        """One page as `request` asks (keys only for a key request), in this table's shape."""
+        """One page as `request` asks (keys only for a key request), in this table's shape.
+
+        Key pages hold one short column, so they always ask for the largest page: a key scan
+        of a big table is a few round trips, whatever `page_size` the table's rows use."""
         assert self._shapers is not None
-        shaper = self._shapers[1] if request.kind == "keys" else self._shapers[0]
+        keys = request.kind == "keys"
         return await self.client.fetch_page(
             request.url,
-            shaper,
+            self._shapers[1] if keys else self._shapers[0],
             track_changes=request.track_changes,
             impersonate=self.options.impersonate,
-            page_size=self.environment.page_size,
+            page_size=MAX_PAGE_SIZE if keys else self.environment.page_size,
         )
 
     async def _page(self, request: cur.Request) -> DecodedPage:

@@ -54,6 +54,10 @@ def stable_id(*parts: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, ":".join(parts)))
 
 
+# A continuation page's query (a nextLink) carries a $skiptoken (`$` raw or %24-encoded).
+_CONTINUATION = "skiptoken="
+
+
 @dataclass
 class EnvironmentRuntime:
     """One running environment: its spec, URL, model and protection state."""
@@ -229,7 +233,10 @@ class EnvironmentServer:
             return self.throttled(admission, caller, headers)
         outcome, cost = Outcome(500, {}, b""), Cost()
         try:
-            outcome = await self.operate(self._api_request(request, caller.user_id), cost)
+            api_request = self._api_request(request, caller.user_id)
+            outcome = await self.operate(api_request, cost)
+            if outcome.status == 200 and _CONTINUATION in api_request.raw_query:
+                env.protection.note_continuation(app_id, request.rel_url.raw_path_qs)
             if outcome.injected:
                 headers.update(outcome.headers)
                 return self.reply(outcome.status, headers, outcome.body, server)

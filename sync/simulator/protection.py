@@ -118,6 +118,9 @@ class UserStats:
     statuses: Counter[int] = field(default_factory=Counter)
     batches: int = 0  # admitted $batch requests (each one request for the limits)
     batch_operations: int = 0  # operations inside them (each one for the 24-hour entitlement)
+    # Continuation pages served (nextLink requests: $skiptoken), by link: a link served twice
+    # is a page its client fetched again (after a crash, the page in flight is read again).
+    continuations: Counter[str] = field(default_factory=Counter)
     retry_given_at: float = -math.inf
     retry_until: float = -math.inf
 
@@ -135,6 +138,8 @@ class UserStats:
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "batches": self.batches,
             "batch_operations": self.batch_operations,
+            "continuations": sum(self.continuations.values()),
+            "continuations_repeated": sum(n - 1 for n in self.continuations.values() if n > 1),
         }
 
 
@@ -250,6 +255,10 @@ class ServiceProtection:
         stats.rows_served += rows
         stats.execution_seconds += execution_seconds
         stats.statuses[status] += 1
+
+    def note_continuation(self, user: str, link: str) -> None:
+        """A nextLink page (one with a $skiptoken) was served to `user`."""
+        self.user(user).continuations[link] += 1
 
     def count_batch(self, user: str, operations: int) -> None:
         """Note an admitted ``$batch`` of that many operations (the limits already counted it

@@ -306,6 +306,25 @@ async def start_run(
     return int(key[0])
 
 
+async def close_stale_runs(engine: AsyncEngine, environment: str, *, now: datetime) -> int:
+    """Mark the environment's runs still shown as running as interrupted: their process ended
+    without finishing them (killed, power loss). Only the environment's one writer calls this
+    (the SQLite store's only writer process, or the holder of the environment's lease), before
+    its own first run, so no live run is touched. Returns how many were closed."""
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(run_history)
+            .where(run_history.c.environment == environment, run_history.c.status == "running")
+            .values(
+                status="interrupted",
+                finished_at=now,
+                error="the process ended before this run finished (killed or crashed); "
+                "the next run resumed from the last checkpoint",
+            )
+        )
+    return max(result.rowcount, 0)
+
+
 async def finish_run(
     engine: AsyncEngine,
     run_id: int,
