@@ -10,6 +10,7 @@ for the old ones to expire.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,71 @@ def test_after_a_sigkill_the_next_daemon_takes_the_leases_at_once(
 
 def _long_lease() -> dict[str, str]:
     return {"DVMIRROR_DAEMON__LEASE_SECONDS": '"10m"'}
+
+
+def steal_lease(database: Path, environment: str) -> None:
+    """What a takeover by another daemon does to the row (a higher token, another holder)."""
+    with sqlite3.connect(database, timeout=30) as conn:
+        conn.execute(
+            "UPDATE dv_leases SET holder = 'elsewhere:1:abc', token = token + 1 WHERE resource = ?",
+            (environment,),
+        )
+
+
+def test_a_daemon_whose_lease_was_taken_writes_nothing_more_and_parks_nothing(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """The lease moves to another holder long before this daemon would renew it: its next
+    write fails the fence, the environment stops at once without a park, nothing is written
+    under the old token, and SIGTERM leaves the new holder's lease alone."""
+    config = write_config(sim, tmp_path, {"churn_env": EnvSpec(("account",), interval="1s")})
+    database = tmp_path / "mirror.db"
+    daemon = DaemonProcess.start(config, tmp_path / "daemon.log", env=_long_lease())
+    try:
+        wait_until(lambda: synced_one(database), timeout=90, what="the first sync")
+        _, token = lease_rows(database)["churn_env"]
+        steal_lease(database, "churn_env")
+        daemon.wait_event("environment_lease_lost", timeout=30)
+        state = sync_states(database)[("churn_env", "account")]
+        time.sleep(2.5)  # two more intervals: nothing more is written
+        assert sync_states(database)[("churn_env", "account")] == state
+        assert state["lease_token"] == token and state["last_error"] is None
+        assert not daemon.named("table_parked")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    assert lease_rows(database)["churn_env"] == ("elsewhere:1:abc", token + 1)
+
+
+def test_the_keeper_sees_the_lost_lease_and_on_sqlite_takes_it_back(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """With a short lease the renewal finds the loss: the environment stops, and the only
+    writer of a SQLite store takes the lease back with a new token and syncs on."""
+    config = write_config(sim, tmp_path, {"churn_env": EnvSpec(("account",), interval="1s")})
+    database = tmp_path / "mirror.db"
+    daemon = DaemonProcess.start(
+        config, tmp_path / "daemon.log", env={"DVMIRROR_DAEMON__LEASE_SECONDS": '"3s"'}
+    )
+    try:
+        wait_until(lambda: synced_one(database), timeout=90, what="the first sync")
+        holder, token = lease_rows(database)["churn_env"]
+        steal_lease(database, "churn_env")
+        daemon.wait_event("lease_lost", timeout=30)
+        retaken = daemon.wait_event("lease_acquired", count=2, timeout=30)[-1]
+        assert retaken["fence"] == token + 2
+        wait_until(
+            lambda: sync_states(database)[("churn_env", "account")]["lease_token"] == token + 2,
+            timeout=30,
+            what="a checkpoint under the new lease",
+        )
+        assert not daemon.named("table_parked")
+        assert not daemon.named("shutdown_grace_exceeded")
+        assert lease_rows(database)["churn_env"] == (holder, token + 2)
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+def synced_one(database: Path) -> bool:
+    return bool(sync_states(database).get(("churn_env", "account"), {}).get("last_success"))

@@ -430,7 +430,7 @@ class Scheduler:
         done, pending = await asyncio.wait(tasks, timeout=grace)
         for task in pending:
             task.cancel()
-        if pending:
+        if pending and grace > 0:  # no grace (a lost lease) cancels on purpose
             log.warning("shutdown_grace_exceeded", cancelled=len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
