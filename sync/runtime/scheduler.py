@@ -108,9 +108,13 @@ class EnvironmentGroup:
             tables = await self._tables(client)
             if tables is None:
                 return
-            # This process is now the environment's writer: runs a killed one left "running"
-            # (SIGKILL, power loss) are closed as interrupted.
-            await state.close_stale_runs(self.wiring.store, self.name, now=datetime.now(UTC))
+            # This process is now the environment's writer (it holds the lease): runs a killed
+            # one left "running" (SIGKILL, power loss) are closed as interrupted.
+            try:
+                await state.close_stale_runs(self.store, self.name, now=datetime.now(UTC))
+            except LeaseLostError as exc:
+                self.lease_lost(exc)
+                return
             # How many of the tables may be in a cycle at once (table_concurrency, default all).
             self.table_slots = asyncio.Semaphore(
                 self.environment.table_concurrency or max(1, len(tables))
