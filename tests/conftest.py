@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
 import structlog
+
+from tests.pg import PgCluster
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -29,3 +33,24 @@ def _reset_structlog() -> Iterator[None]:
     """Every test starts from structlog's defaults, whatever the previous one configured."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster, started on first use and removed at the session's end."""
+    if os.environ.get("DVMIRROR_SKIP_PG") == "1":
+        pytest.skip("DVMIRROR_SKIP_PG=1: the PostgreSQL tests are skipped")
+    cluster = PgCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (its SQLAlchemy URL), dropped afterwards."""
+    url = pg_cluster.new_database(request.node.name)
+    yield url
+    with contextlib.suppress(Exception):
+        pg_cluster.drop_database(url)
