@@ -291,7 +291,16 @@ def sync_command(state: State, once: bool) -> None:
     "--scenario",
     help=(
         "Compare `dvmirror backfill` with a plain concurrent reader under this simulator "
-        "scenario: latency, throttled, or a scenario file."
+        "scenario: latency, throttled, store, or a scenario file."
+    ),
+)
+@click.option(
+    "--postgres",
+    metavar="URL",
+    help=(
+        "With --scenario: also backfill each part into PostgreSQL, beside SQLite. URL names a "
+        "server and a database to connect to (left untouched); the bench creates a fresh "
+        "database per part there (needs CREATEDB) and drops it at the end."
     ),
 )
 @click.option(
@@ -313,6 +322,7 @@ def sync_command(state: State, once: bool) -> None:
 def bench(
     state: State,
     scenario: str | None,
+    postgres: str | None,
     rows_scale: float,
     pipeline: bool,
     rows: int,
@@ -324,6 +334,8 @@ def bench(
     from sync.logs import configure_logging
 
     configure_logging(state.log_level or "warning")  # the figures are the output
+    if pipeline and postgres is not None:
+        raise click.UsageError("--postgres goes with --scenario, not --pipeline")
     if pipeline:
         from sync.bench.pipeline import run_pipeline_bench
 
@@ -335,7 +347,9 @@ def bench(
     sys.exit(
         run_async(
             state,
-            lambda: run_side_by_side(scenario, console=table_console(), rows_scale=rows_scale),
+            lambda: run_side_by_side(
+                scenario, console=table_console(), rows_scale=rows_scale, postgres=postgres
+            ),
         )
     )
 

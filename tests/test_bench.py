@@ -4,12 +4,17 @@ there, each mirror equals its source and nobody violated a Retry-After."""
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
-from sync.bench.world import MIRROR_APP, READER_APP, build_world, mirror_config
+from sync.bench.postgres import PREFIX
+from sync.bench.world import MIRROR_APP, POSTGRES_APP, READER_APP, build_world, mirror_config
 from sync.simulator.scenario import Scenario
 from tests.cli import run_cli
 
@@ -62,7 +67,7 @@ def test_latency_bench_runs_reader_and_dvmirror_side_by_side() -> None:
 
 
 def test_the_world_gives_each_side_its_own_user_and_shrinks_every_chain_alike() -> None:
-    """Both application users in every environment; at rows scale s the tables, the page size
+    """An application user per side in every environment; at rows scale s the tables, the page size
     and the per-request time shrink by s (a chain keeps its number of pages); the generated
     scenario and dvmirror configuration are valid TOML the simulator and dvmirror accept."""
     full = build_world("latency")
@@ -77,7 +82,7 @@ def test_the_world_gives_each_side_its_own_user_and_shrinks_every_chain_alike() 
     scenario = Scenario.model_validate(tomllib.loads(quick.scenario_toml()))
     assert scenario == quick.scenario
     for env in scenario.tenants[0].environments:
-        assert set(env.application_users) == {MIRROR_APP, READER_APP}
+        assert set(env.application_users) == {MIRROR_APP, READER_APP, POSTGRES_APP}
     ready = {
         "authority_host": "https://127.0.0.1:1",
         "ca_file": "/tmp/ca.pem",
@@ -92,6 +97,56 @@ def test_the_world_gives_each_side_its_own_user_and_shrinks_every_chain_alike() 
     assert environment["split_rows"] == quick.parts[1].split_rows
     assert environment["page_size"] == 500
     assert config["app"]["client_secret"] == {"file": "/tmp/secret"}
+    assert config["store"]["url"] == "sqlite+aiosqlite:////tmp/d/mirror.db"
+    ready["apps"].append({"client_id": POSTGRES_APP, "secret_file": "/tmp/pg-secret"})
+    pg = "postgresql+asyncpg://u@/db?host=/tmp/s"
+    config = tomllib.loads(
+        mirror_config(
+            ready,
+            quick.parts[1],
+            Path("/tmp/d"),
+            page_size=500,
+            store_url=pg,
+            client_id=POSTGRES_APP,
+        )
+    )
+    assert config["store"]["url"] == pg
+    assert config["app"]["client_id"] == POSTGRES_APP
+    assert config["app"]["client_secret"] == {"file": "/tmp/pg-secret"}
+    assert config["tenants"][0]["environments"] == [environment]  # the same work otherwise
+
+
+@pytest.mark.postgres
+def test_bench_backfills_into_postgresql_beside_sqlite(pg_url: str) -> None:
+    """`--postgres URL`: each part also backfills into a fresh PostgreSQL database on that
+    server, as its own user; the table names both stores, gives PostgreSQL ÷ SQLite and finds
+    every mirror equal to its source; the bench's databases are gone afterwards."""
+    result = run_cli(
+        "bench", "--scenario", "store", "--rows-scale", "0.01", "--postgres", pg_url, timeout=60
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "dvmirror backfill → SQLite" in result.stdout
+    assert "dvmirror backfill → PostgreSQL" in result.stdout
+    table = cells(result.stdout)
+    assert table["rows"] == ["1,000"] * 3 + ["2,000"] * 3
+    ratios = table["PostgreSQL ÷ SQLite"]
+    assert ratios[0] == ratios[3] == "—" and ratios[1] == ratios[4] == "reference"
+    assert float(ratios[2]) > 0 and float(ratios[5]) > 0
+    assert [table["data"][i].startswith("equal (") for i in (1, 2, 4, 5)] == [True] * 4
+    assert table["Retry-After violations"] == ["0"] * 6
+    assert all(" MB (" in table["peak RSS"][i] for i in (1, 2, 4, 5))  # wrapped: no "worker)"
+    assert asyncio.run(bench_databases_left(pg_url)) == []
+
+
+async def bench_databases_left(url: str) -> list[str]:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            query = text("SELECT datname FROM pg_database WHERE datname LIKE :p")
+            result = await conn.execute(query, {"p": f"{PREFIX}%"})
+            return [row[0] for row in result]
+    finally:
+        await engine.dispose()
 
 
 def test_bench_refuses_a_scale_outside_zero_to_one() -> None:

@@ -1,4 +1,5 @@
-"""`dvmirror bench --scenario latency|throttled|FILE`: dvmirror backfill against a plain reader.
+"""`dvmirror bench --scenario latency|throttled|store|FILE [--postgres URL]`: dvmirror backfill
+against a plain reader, and into PostgreSQL against into SQLite.
 
 One run, one simulator (sync.bench.world builds its scenario), parts measured one after the
 other, each with its own application user, so no part eats another's service-protection budget:
@@ -8,6 +9,12 @@ other, each with its own application user, so no part eats another's service-pro
 - *big table* (when the scenario has a second environment): its one table read by one plain
   chain, against `dvmirror backfill` of it (which reads key ranges concurrently when the table
   is above `split_rows`).
+
+With `--postgres URL` each part gets one more side: `dvmirror backfill` of the same tables into
+a fresh PostgreSQL database on that server (sync.bench.postgres: created for the side, dropped
+at the end), as its own application user, right after the backfill into SQLite. Both backfills
+are the same command with the same configuration but for `[store] url` and the user, each into
+an empty store (migrations included); the table adds their ratio, PostgreSQL ÷ SQLite.
 
 `dvmirror backfill` is the real command line in a child process, with a generated
 configuration and a fresh data directory; its seconds are the child's wall time, start-up,
@@ -36,8 +43,18 @@ from rich.table import Table
 from sqlalchemy import text
 
 from sync.bench.child import ChildRun, run_dvmirror
+from sync.bench.postgres import bench_databases
 from sync.bench.reader import ReadResult, read_tables
-from sync.bench.world import MIRROR_APP, READER_APP, Part, World, build_world, mirror_config
+from sync.bench.world import (
+    MIRROR_APP,
+    POSTGRES_APP,
+    READER_APP,
+    Part,
+    World,
+    build_world,
+    mirror_config,
+    sqlite_url,
+)
 from sync.commands.verify import compare_table
 from sync.errors import ExitCode
 from sync.simulator.process import start_simulator, stop_simulator
@@ -52,6 +69,11 @@ NOTES = (
     "ceiling: what the limits allow a sustained read of full pages; a read shorter than the "
     "window can burst above it.",
 )
+PG_NOTE = (
+    "PostgreSQL ÷ SQLite: rows/s of `dvmirror backfill` into a fresh PostgreSQL database over "
+    "rows/s of the same command into a fresh SQLite file, same tables, same limits, own users."
+)
+SQLITE, POSTGRESQL = "SQLite", "PostgreSQL"
 
 
 @dataclass
@@ -64,6 +86,8 @@ class Side:
     seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
     reference: Side | None = None
+    store: str = ""  # dvmirror's sides: SQLite or PostgreSQL
+    baseline: Side | None = None  # the PostgreSQL side's SQLite side
     child: ChildRun | None = None
     check: str = ""
     failures: list[str] = field(default_factory=list)
@@ -175,19 +199,29 @@ async def measure_dvmirror(
     world: World,
     part: Part,
     reference: Side,
-    workdir: Path,
+    directory: Path,
     *,
+    store_url: str,
+    store: str,
+    client_id: str,
     console: Any,
     every: float,
     max_seconds: float,
 ) -> Side:
     how = "" if part.split_rows is None else f", split_rows {part.split_rows:,}"
-    side = Side(part, f"dvmirror backfill{how}", reference=reference)
-    directory = workdir / part.key
+    side = Side(part, f"dvmirror backfill → {store}{how}", reference=reference, store=store)
     directory.mkdir(parents=True)
     config = directory / "dvmirror.toml"
     config.write_text(
-        mirror_config(ready, part, directory / "data", page_size=world.page_size), encoding="utf-8"
+        mirror_config(
+            ready,
+            part,
+            directory / "data",
+            page_size=world.page_size,
+            store_url=store_url,
+            client_id=client_id,
+        ),
+        encoding="utf-8",
     )
     say(console, f"[{part.title}] {side.name} …")
     args = ["--config", str(config), "--log-level", "warning", "backfill"]
@@ -199,12 +233,12 @@ async def measure_dvmirror(
         ),
         ready=ready,
         side=side,
-        client_id=MIRROR_APP,
+        client_id=client_id,
         console=console,
         every=every,
     )
     side.child, side.seconds = child, child.seconds
-    side.stats = await user_stats(ready, part.environment, MIRROR_APP)
+    side.stats = await user_stats(ready, part.environment, client_id)
     if child.returncode != 0:
         side.failures.append(
             f"dvmirror backfill exited with {child.returncode}:\n{child.log_tail()}"
@@ -214,10 +248,10 @@ async def measure_dvmirror(
 
 
 async def check_mirror(
-    ready: Mapping[str, Any], side: Side, schemas: Mapping[str, TableSchema], data_dir: Path
+    ready: Mapping[str, Any], side: Side, schemas: Mapping[str, TableSchema], store_url: str
 ) -> None:
     """Count the mirror's rows and compare it with the source, column by column."""
-    engine = create_engine(f"sqlite+aiosqlite:///{data_dir / 'mirror.db'}")
+    engine = create_engine(store_url)
     environment = side.part.environment
     try:
         values = 0
@@ -251,13 +285,22 @@ async def run_side_by_side(
     rows_scale: float = 1.0,
     progress_every: float = 30.0,
     max_seconds: float = 4 * 3600,
+    postgres: str | None = None,
 ) -> int:
-    """Run every part of the bench; print the figures. 0, or 1 if anything is wrong."""
+    """Run every part of the bench; print the figures. 0, or 1 if anything is wrong.
+
+    With `postgres` (a PostgreSQL URL), each part also backfills into a fresh database on that
+    server (sync.bench.postgres), dropped at the end."""
     world = build_world(scenario, scale=rows_scale)
     _describe(world, console)
     sides: list[Side] = []
-    with tempfile.TemporaryDirectory(prefix="dvmirror-bench-") as tmp:
-        workdir = Path(tmp)
+    async with contextlib.AsyncExitStack() as stack:
+        databases: dict[str, str] = {}  # part → URL of its fresh PostgreSQL database
+        if postgres is not None:
+            fresh_database = await stack.enter_async_context(bench_databases(postgres))
+            for part in world.parts:  # a server or privilege problem shows before any work
+                databases[part.key] = await fresh_database(part.key)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dvmirror-bench-")))
         scenario_file = workdir / "scenario.toml"
         scenario_file.write_text(world.scenario_toml(), encoding="utf-8")
         process, ready = await start_simulator(scenario_file, workdir / "simulator")
@@ -267,19 +310,31 @@ async def run_side_by_side(
                 reader, schemas = await measure_reader(
                     ready, world, part, console=console, every=progress_every
                 )
-                mirror = await measure_dvmirror(
+                measure = partial(
+                    measure_dvmirror,
                     ready,
                     world,
                     part,
                     reader,
-                    workdir,
                     console=console,
                     every=progress_every,
                     max_seconds=max_seconds,
                 )
-                sides += [reader, mirror]
-                data_dir = workdir / part.key / "data"
-                checks.append(partial(check_mirror, ready, mirror, schemas, data_dir))
+                stores = [(SQLITE, sqlite_url(workdir / part.key / "data"), MIRROR_APP)]
+                if part.key in databases:
+                    stores.append((POSTGRESQL, databases[part.key], POSTGRES_APP))
+                mirrors: list[Side] = []
+                for store, url, client_id in stores:
+                    mirror = await measure(
+                        workdir / (part.key if store == SQLITE else f"{part.key}-postgres"),
+                        store_url=url,
+                        store=store,
+                        client_id=client_id,
+                    )
+                    mirror.baseline = mirrors[0] if mirrors else None
+                    mirrors.append(mirror)
+                    checks.append(partial(check_mirror, ready, mirror, schemas, url))
+                sides += [reader, *mirrors]
             say(console, "comparing each mirror with its source, column by column …")
             for check in checks:
                 await check()
@@ -288,6 +343,8 @@ async def run_side_by_side(
     console.print(render(world, sides))
     for note in NOTES:
         say(console, note)
+    if postgres is not None:
+        say(console, PG_NOTE)
     failures = [f"{s.part.title}, {s.name}: {f}" for s in sides for f in s.failures]
     failures += [
         f"{s.part.title}, {s.name}: {s.violations} Retry-After violations"
@@ -332,6 +389,12 @@ def render(world: World, sides: list[Side]) -> Table:
         reference = side.reference.rate
         return f"{side.rate / reference:.2f}" if reference else "n/a"
 
+    def store_ratio(side: Side) -> str:
+        if side.baseline is None:
+            return "reference" if any(s.baseline is side for s in sides) else "—"
+        baseline = side.baseline.rate
+        return f"{side.rate / baseline:.2f}" if baseline else "n/a"
+
     def ceiling(side: Side) -> float:
         return side.part.limits.ceiling_rows_per_second(world.page_size)
 
@@ -348,6 +411,10 @@ def render(world: World, sides: list[Side]) -> Table:
         ("seconds", lambda s: f"{s.seconds:.1f}"),
         ("rows/s", lambda s: f"{s.rate:,.0f}"),
         ("ratio to reference", ratio),
+    ]
+    if any(side.baseline is not None for side in sides):
+        figures.append(("PostgreSQL ÷ SQLite", store_ratio))
+    figures += [
         ("ceiling rows/s (full pages)", lambda s: f"{ceiling(s):,.0f}"),
         ("share of ceiling", lambda s: f"{s.rate / ceiling(s):.2f}" if ceiling(s) else "n/a"),
         ("requests", lambda s: f"{s.stats.get('requests', 0):,}"),

@@ -6,9 +6,9 @@ own world:
 
 - its first environment is the *tables* part (every table read at once), a second one, if any,
   the *big table* part (split into key ranges by dvmirror);
-- two application users in every environment, one for the plain reader and one for dvmirror:
-  Dataverse's limits are per user, so neither eats the other's budget, and both read the very
-  same rows;
+- three application users in every environment, one for the plain reader, one for dvmirror
+  into SQLite and one for dvmirror into PostgreSQL (`--postgres`): Dataverse's limits are per
+  user, so no side eats another's budget, and all read the very same rows;
 - `--rows-scale s` (0 < s ≤ 1) shrinks every table, the page size and the per-request time by
   s, keeping the per-row time: every chain has as many pages as at full scale, each taking s
   times as long, so a run takes about s times as long and the ceiling in rows/s stays the same
@@ -29,6 +29,8 @@ from sync.simulator.scenario import EnvironmentSpec, Scenario, load_scenario, re
 
 MIRROR_APP = "d5a1e0b0-0000-4000-8000-00000000d001"  # dvmirror's application user
 READER_APP = "d5a1e0b0-0000-4000-8000-00000000d002"  # the plain reader's
+POSTGRES_APP = "d5a1e0b0-0000-4000-8000-00000000d003"  # dvmirror's into PostgreSQL
+APPS = (MIRROR_APP, READER_APP, POSTGRES_APP)
 TENANT_ID = "d5a1e0b0-0000-4000-8000-0000000000b1"
 TENANT = "bench"
 
@@ -96,10 +98,7 @@ def build_world(name_or_path: str | Path, *, scale: float = 1.0) -> World:
         {
             "seed": base.seed,
             "token_lifetime": 7200,
-            "apps": [
-                {"client_id": MIRROR_APP, "home_tenant": TENANT},
-                {"client_id": READER_APP, "home_tenant": TENANT},
-            ],
+            "apps": [{"client_id": app, "home_tenant": TENANT} for app in APPS],
             "tenants": [
                 {
                     "name": TENANT,
@@ -123,7 +122,7 @@ def _part(key: str, env: EnvironmentSpec, scale: float) -> tuple[Part, dict[str,
         split_rows = max(1, max(rows for _, rows in tables) // 2)
     spec = {
         "name": env.name,
-        "application_users": [MIRROR_APP, READER_APP],
+        "application_users": list(APPS),
         "change_tracking_retention_days": env.change_tracking_retention_days,
         "limits": limits.model_dump(mode="json"),
         "faults": env.faults.model_dump(mode="json"),
@@ -135,9 +134,19 @@ def _part(key: str, env: EnvironmentSpec, scale: float) -> tuple[Part, dict[str,
     return Part(key, env.name, tables, limits, split_rows), spec
 
 
-def mirror_config(ready: Mapping[str, Any], part: Part, data_dir: Path, *, page_size: int) -> str:
-    """A dvmirror configuration for one part: dvmirror's application user, a fresh data dir."""
-    app = next(a for a in ready["apps"] if a["client_id"] == MIRROR_APP)
+def mirror_config(
+    ready: Mapping[str, Any],
+    part: Part,
+    data_dir: Path,
+    *,
+    page_size: int,
+    store_url: str | None = None,
+    client_id: str = MIRROR_APP,
+) -> str:
+    """A dvmirror configuration for one part: that application user, a fresh data dir, and a
+    store (by default an SQLite file in the data dir; `store_url`, e.g. an empty PostgreSQL
+    database, otherwise). Nothing else differs between the stores."""
+    app = next(a for a in ready["apps"] if a["client_id"] == client_id)
     env = next(
         e for t in ready["tenants"] for e in t["environments"] if e["name"] == part.environment
     )
@@ -151,16 +160,21 @@ def mirror_config(ready: Mapping[str, Any], part: Part, data_dir: Path, *, page_
         environment["split_rows"] = part.split_rows
     document = {
         "app": {
-            "client_id": MIRROR_APP,
+            "client_id": client_id,
             "client_secret": {"file": app["secret_file"]},
             "authority_host": ready["authority_host"],
             "ca_bundle": ready["ca_file"],
         },
-        "store": {"url": f"sqlite+aiosqlite:///{data_dir / 'mirror.db'}"},
+        "store": {"url": store_url or sqlite_url(data_dir)},
         "daemon": {"data_dir": str(data_dir), "metrics_listen": "127.0.0.1:0"},
         "tenants": [{"name": TENANT, "tenant_id": TENANT_ID, "environments": [environment]}],
     }
     return toml_document(document)
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The SQLite store of a bench data directory."""
+    return f"sqlite+aiosqlite:///{data_dir / 'mirror.db'}"
 
 
 def toml_document(data: Mapping[str, Any]) -> str:

@@ -98,7 +98,7 @@ async def compare_table(
     if mirrored is None:
         found.problems.append(f"{env}/{table}: no mirror table yet")
         return found
-    by_key = {row[key]: row for row in mirrored}
+    by_key = {as_sent(row[key]): row for row in mirrored}  # PostgreSQL's keys are UUIDs
     found.rows = len(source)
     extra = len(set(by_key) - {row[key] for row in source})
     if extra:
