@@ -123,3 +123,32 @@ def test_daemons_starting_together_split_evenly() -> None:
     for name in "abc":
         fleet.join(name)
     assert fleet.settle() == [2, 2, 2]
+
+
+def test_a_holder_is_abandoned_only_when_its_process_is_known_to_be_gone() -> None:
+    """Same host, boot and pid namespace, and the pid no longer exists: the lease may be taken
+    at once. Another host, another namespace (a container), or a live pid: never."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from sync.runtime.leases import PROCESS_SPACE, abandoned, new_holder
+
+    host = socket.gethostname()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(gone.stdout)
+    assert new_holder().startswith(f"{host}:{os.getpid()}:{PROCESS_SPACE}")
+    assert not abandoned(new_holder())  # this very process
+    if PROCESS_SPACE:
+        assert abandoned(f"{host}:{dead_pid}:{PROCESS_SPACE}abc123")
+        assert abandoned(f"{host}:{dead_pid}:{PROCESS_SPACE}abc123:backfill")
+    assert not abandoned(f"{host}:{dead_pid}:ffffff" + "abc123")  # another namespace or boot
+    assert not abandoned(f"elsewhere:{dead_pid}:{PROCESS_SPACE}abc123")  # another host
+    assert not abandoned(f"{host}:1:{PROCESS_SPACE}abc123")  # init is alive
+    assert not abandoned("garbage")

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,9 +42,52 @@ Acquired = Callable[[str, AsyncEngine], Awaitable[None]]
 Stopped = Callable[[str], Awaitable[None]]
 
 
+def _process_space() -> str:
+    """Names this boot of this host and this pid namespace (a container has its own), so that a
+    pid in a lease row is only ever looked up where it means the same process. Empty where
+    /proc does not tell (then no holder is ever judged dead by its pid)."""
+    parts: list[str] = []
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    if len(parts) < 2:
+        return ""
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:6]
+
+
+PROCESS_SPACE = _process_space()
+
+
 def new_holder() -> str:
-    """This process's name in the lease rows: host, pid and a random part (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    """This process's name in the lease rows: host, pid, where that pid lives (boot and pid
+    namespace) and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{PROCESS_SPACE}{secrets.token_hex(3)}"
+
+
+def abandoned(holder: str) -> bool:
+    """Whether the holder is a process of this host, boot and pid namespace that is gone (a
+    SIGKILLed daemon or command restarted on the same machine): its lease need not run out
+    before it is taken. Fencing keeps this safe even if it were wrong."""
+    host, _, rest = holder.partition(":")
+    pid_text, _, tag = rest.partition(":")
+    if not PROCESS_SPACE or host != socket.gethostname() or not tag.startswith(PROCESS_SPACE):
+        return False
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (another user's process: EPERM)
+        return False
+    return False
+
+
+def abandoned_holders(rows: Mapping[str, Lease], now: datetime) -> set[str]:
+    return {
+        lease.holder for lease in rows.values() if lease.current(now) and abandoned(lease.holder)
+    }
 
 
 def single_writer_store(engine: AsyncEngine) -> bool:
@@ -124,26 +169,35 @@ class LeaseKeeper:
         rows = await store.owners(self.engine)
         now = await store.current_time(self.engine)
         mine = [name for name in self.held if name not in self.releasing]
+        dead: set[str] = set()
         if self.steal:
             free = [name for name in self.resources if name not in self.held]
             members, others = 1, Counter[str]()
         else:
+            dead = abandoned_holders(rows, now)
             free = [
                 name
                 for name in self.resources
-                if name not in self.held and (name not in rows or not rows[name].current(now))
+                if name not in self.held
+                and (name not in rows or not rows[name].current(now) or rows[name].holder in dead)
             ]
             others = Counter(
                 lease.holder
                 for lease in rows.values()
-                if lease.current(now) and lease.holder != self.holder
+                if lease.current(now) and lease.holder != self.holder and lease.holder not in dead
             )
         plan = plan_leases(self.resources, mine, free, members, others)
         for name in plan.release:
             self._give_up(name)
         if plan.acquire:
             taken = await store.acquire(
-                self.engine, self.holder, free, plan.acquire, self.ttl, steal=self.steal
+                self.engine,
+                self.holder,
+                free,
+                plan.acquire,
+                self.ttl,
+                steal=self.steal,
+                abandoned=() if self.steal else dead,
             )
             for lease in taken:
                 ref = self.held[lease.resource] = LeaseRef(lease)
@@ -215,7 +269,12 @@ async def command_leases(
     steal = single_writer_store(engine)
     holder = f"{new_holder()}:{command}"
     await store.ensure_rows(engine, names)
-    taken = await store.acquire(engine, holder, names, len(names), ttl, steal=steal)
+    dead = (
+        set()
+        if steal
+        else abandoned_holders(await store.owners(engine), await store.current_time(engine))
+    )
+    taken = await store.acquire(engine, holder, names, len(names), ttl, steal=steal, abandoned=dead)
     refs = {lease.resource: LeaseRef(lease) for lease in taken}
     try:
         missing = [name for name in names if name not in refs]

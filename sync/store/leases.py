@@ -18,11 +18,13 @@ per database file (store.writer_lock) is what keeps two daemons apart.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
@@ -78,8 +80,10 @@ async def ensure_rows(engine: AsyncEngine, resources: Iterable[str]) -> None:
         )
         missing = [name for name in wanted if name not in existing]
         if missing:
+            # Daemons that start together may insert the same rows: the first one wins.
+            dialect_insert = postgres_insert if conn.dialect.name == "postgresql" else sqlite_insert
             await conn.execute(
-                insert(leases),
+                dialect_insert(leases).on_conflict_do_nothing(),
                 [
                     {
                         "resource": name,
@@ -134,9 +138,11 @@ async def acquire(
     ttl: float,
     *,
     steal: bool = False,
+    abandoned: Collection[str] = (),
 ) -> list[Lease]:
     """Take up to `limit` of the `candidates` that have expired (any of them with `steal`, for
-    the only writer of a SQLite store), each with its token raised by one."""
+    the only writer of a SQLite store; also those held by an `abandoned` holder, a process
+    known to be dead), each with its token raised by one."""
     wanted = sorted(set(candidates))
     if not wanted or limit <= 0:
         return []
@@ -145,7 +151,10 @@ async def acquire(
         now = await database_now(conn)
         query = select(leases.c.resource, leases.c.token).where(leases.c.resource.in_(wanted))
         if not steal:
-            query = query.where(leases.c.expires_at <= now)
+            free = leases.c.expires_at <= now
+            if abandoned:
+                free = or_(free, leases.c.holder.in_(sorted(abandoned)))
+            query = query.where(free)
         query = query.order_by(leases.c.resource).limit(limit).with_for_update(skip_locked=True)
         expires = now + timedelta(seconds=ttl)
         for row in (await conn.execute(query)).all():

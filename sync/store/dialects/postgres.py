@@ -14,6 +14,8 @@ which parks only its table, as in SQLite.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -220,7 +222,9 @@ class PostgresDialect:
 
     def create_engine(self, url: str, **kwargs: Any) -> AsyncEngine:
         """Control tables resolve to schema `dvmirror`; mirror tables are always qualified."""
-        settings = {"search_path": CONTROL_SCHEMA, "application_name": "dvmirror"}
+        # pg_stat_activity (and an audit trigger) tell which dvmirror process a session is.
+        name = f"dvmirror {socket.gethostname()}:{os.getpid()}"[:63]
+        settings = {"search_path": CONTROL_SCHEMA, "application_name": name}
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
         kwargs.setdefault("pool_timeout", 120)
