@@ -6,7 +6,7 @@ import asyncio
 import heapq
 import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -459,18 +459,52 @@ async def test_shell_spends_and_persists_the_daily_budget() -> None:
     assert governor.snapshot()["daily_exhausted_until"] is not None
 
 
-async def test_sql_budget_store_round_trips(tmp_path: Path) -> None:
-    """The SQL budget store saves and loads (tenant, window_start, used) in SQLite."""
+async def test_sql_budget_store_adds_what_each_process_spent(tmp_path: Path) -> None:
+    """The SQL budget store adds to (tenant, window_start, used) in SQLite; a newer window
+    replaces an older one, an older one joins the newer."""
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'control.db'}")
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
     store = SqlBudgetStore(engine)
     start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    later = start + timedelta(days=1)
     assert await store.load("contoso") is None
-    await store.save("contoso", start, 7)
-    await store.save("contoso", start, 9)
+    assert await store.add("contoso", start, 7) == (start, 7)
+    assert await store.add("contoso", start, 2) == (start, 9)
     assert (start, 9) == await store.load("contoso")
+    assert await store.add("contoso", later, 3) == (later, 3)  # the window rolled over
+    assert await store.add("contoso", start, 1) == (later, 4)  # a late flush joins it
     await engine.dispose()
+
+
+async def test_two_processes_share_one_tenant_budget(tmp_path: Path) -> None:
+    """Two daemons (two engines on one store) spending one tenant's budget: each flush adds
+    its own requests and takes the others' back, so together they stop at the limit."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'control.db'}"
+    engines = [create_async_engine(url), create_async_engine(url)]
+    async with engines[0].begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    clock = [1_000_000.0]
+    budgets = [
+        TenantBudget("contoso", 10, SqlBudgetStore(e), wall_clock=lambda: clock[0])
+        for e in engines
+    ]
+    for budget in budgets:
+        for _ in range(3):
+            assert await budget.wait_until() is None
+            budget.spend()
+        await budget.flush()
+    await budgets[0].flush()  # learns the other's three
+    assert [b.core.used for b in budgets] == [6, 6]
+    for _ in range(4):
+        assert await budgets[1].wait_until() is None
+        budgets[1].spend()
+    await budgets[1].flush()
+    await budgets[0].flush()
+    assert budgets[0].core.used == 10
+    assert await budgets[0].wait_until() is not None  # spent, by the other process
+    for engine in engines:
+        await engine.dispose()
 
 
 async def test_concurrency_grows_while_there_is_demand() -> None:

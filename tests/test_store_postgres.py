@@ -3,6 +3,7 @@ per page, deletions, drift, and the control tables in schema `dvmirror` (no mock
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -13,6 +14,7 @@ import asyncpg
 import pytest
 
 from sync.errors import HostileResponseError
+from sync.governor.budget_store import SqlBudgetStore
 from sync.mirror.typemap import build_schema
 from sync.store import checkpoints as state
 from sync.store.checkpoints import TableState
@@ -256,3 +258,18 @@ async def test_migrations_run_down_and_up_again(engine: Any) -> None:
     assert await current_revision(engine) is None
     await upgrade(engine)
     assert await current_revision(engine) == head_revision()
+
+
+async def test_daemons_add_to_one_request_budget_without_losing_a_count(pg_url: str) -> None:
+    """Several daemons flush a tenant's daily counter at once: the row lock queues them, so the
+    stored total is exactly what they all spent."""
+    engines = [create_engine(pg_url) for _ in range(3)]
+    try:
+        await upgrade(engines[0])
+        stores = [SqlBudgetStore(engine) for engine in engines]
+        start = datetime(2026, 1, 2, tzinfo=UTC)
+        await asyncio.gather(*(s.add("contoso", start, n) for s in stores for n in range(1, 21)))
+        assert await stores[0].load("contoso") == (start, 3 * sum(range(1, 21)))
+    finally:
+        for engine in engines:
+            await engine.dispose()

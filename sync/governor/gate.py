@@ -35,11 +35,25 @@ class GovernorClosedError(DvmirrorError):
 
 
 class BudgetStore(Protocol):
-    """Where a tenant's daily request counter survives restarts."""
+    """Where a tenant's daily request counter survives restarts, shared by every process that
+    spends it (several daemons on one PostgreSQL store serve environments of one tenant)."""
 
     async def load(self, tenant: str) -> tuple[datetime, int] | None: ...
 
-    async def save(self, tenant: str, window_start: datetime, used: int) -> None: ...
+    async def add(self, tenant: str, window_start: datetime, spent: int) -> tuple[datetime, int]:
+        """Add `spent` requests to the tenant's window; return the stored (window, used), which
+        includes what other processes spent. A newer stored window wins (another process
+        already rolled over); an older one is replaced by `window_start`."""
+        ...
+
+
+def merged_budget(
+    stored: tuple[datetime, int] | None, window_start: datetime, spent: int
+) -> tuple[datetime, int]:
+    """The counter after adding `spent` to what is stored. Pure."""
+    if stored is None or stored[0] < window_start:
+        return window_start, spent
+    return stored[0], stored[1] + spent
 
 
 @dataclass
@@ -51,8 +65,9 @@ class InMemoryBudgetStore:
     async def load(self, tenant: str) -> tuple[datetime, int] | None:
         return self.rows.get(tenant)
 
-    async def save(self, tenant: str, window_start: datetime, used: int) -> None:
-        self.rows[tenant] = (window_start, used)
+    async def add(self, tenant: str, window_start: datetime, spent: int) -> tuple[datetime, int]:
+        self.rows[tenant] = merged_budget(self.rows.get(tenant), window_start, spent)
+        return self.rows[tenant]
 
 
 class TenantBudget:
@@ -103,12 +118,17 @@ class TenantBudget:
             await self.flush()
 
     async def flush(self) -> None:
+        """Add what this process spent since the last flush to the shared counter, and take
+        the counter back: what the other processes spent counts here from now on."""
         async with self._lock:
             if self.core.window_start is None:
                 return
             start = datetime.fromtimestamp(self.core.window_start, UTC)
-            await self._store.save(self.tenant, start, self.core.used)
-            self._unsaved = 0
+            spent = self._unsaved
+            stored_start, used = await self._store.add(self.tenant, start, spent)
+            self._unsaved -= spent  # requests spent while the store was written stay unsaved
+            self.core.window_start = stored_start.timestamp()
+            self.core.used = used + self._unsaved
             self._saved_at = self._wall()
 
     async def _load(self) -> None:
