@@ -486,8 +486,7 @@ async def test_two_processes_share_one_tenant_budget(tmp_path: Path) -> None:
         await conn.run_sync(metadata.create_all)
     clock = [1_000_000.0]
     budgets = [
-        TenantBudget("contoso", 10, SqlBudgetStore(e), wall_clock=lambda: clock[0])
-        for e in engines
+        TenantBudget("contoso", 10, SqlBudgetStore(e), wall_clock=lambda: clock[0]) for e in engines
     ]
     for budget in budgets:
         for _ in range(3):
