@@ -321,3 +321,22 @@ async def test_the_fence_is_the_database_s_a_takeover_waits_for_the_write_in_fli
         assert status is not None and status.pages == 1  # the refused write left nothing
     finally:
         await engine.dispose()
+
+
+async def test_on_postgresql_the_fence_fails_once_the_lease_expired_even_if_nobody_took_it(
+    pg_url: str,
+) -> None:
+    engine = create_engine(pg_url)
+    try:
+        await upgrade(engine)
+        await lease_store.ensure_rows(engine, ["env"])
+        (lease,) = await lease_store.acquire(engine, "host:1:a", ["env"], 1, ttl=0.5)
+        fenced = FencedEngine(engine, LeaseRef(lease))
+        await state.ensure(fenced, "env", "account", now=dt.datetime.now(dt.UTC))
+        await asyncio.sleep(1.0)
+        with pytest.raises(LeaseLostError):
+            await state.record_success(fenced, "env", "account", now=dt.datetime.now(dt.UTC))
+        kept, lost = await lease_store.renew(engine, [lease], 30.0)
+        assert kept == [] and [x.token for x in lost] == [lease.token]
+    finally:
+        await engine.dispose()

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -170,6 +170,13 @@ async def acquire(
     return taken
 
 
+def _expiry_matters(conn: AsyncConnection) -> bool:
+    """SQLite has one writer process per file (store.writer_lock): while it lives nobody can
+    take its leases, so there a lease cannot run out under it — e.g. while another process
+    holds the file's write lock for longer than the lease and the renewal has to wait."""
+    return conn.dialect.name != "sqlite"
+
+
 async def renew(
     engine: AsyncEngine, held: Sequence[Lease], ttl: float
 ) -> tuple[list[Lease], list[Lease]]:
@@ -181,11 +188,10 @@ async def renew(
     async with engine.begin() as conn:
         now = await database_now(conn)
         expires = now + timedelta(seconds=ttl)
+        current = leases.c.expires_at > now if _expiry_matters(conn) else true()
         for lease in held:
             renewed = await conn.execute(
-                update(leases)
-                .where(_ours(lease), leases.c.expires_at > now)
-                .values(expires_at=expires)
+                update(leases).where(_ours(lease), current).values(expires_at=expires)
             )
             if renewed.rowcount == 1:
                 kept.append(replace(lease, expires_at=expires))
@@ -225,11 +231,8 @@ async def check_fence(conn: AsyncConnection, lease: Lease) -> bool:
     keeps a taker away from the row until this transaction ends, so what the caller writes
     next lands while the lease holds."""
     now = await database_now(conn)
-    query = (
-        select(leases.c.resource)
-        .where(_ours(lease), leases.c.expires_at > now)
-        .with_for_update(read=True)
-    )
+    current = leases.c.expires_at > now if _expiry_matters(conn) else true()
+    query = select(leases.c.resource).where(_ours(lease), current).with_for_update(read=True)
     return (await conn.execute(query)).first() is not None
 
 
