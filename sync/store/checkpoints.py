@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 from sync.store.control import run_history, sync_state
+from sync.store.writer import write_control
 
 Phase = Literal["new", "backfill", "resync", "delta", "watermark", "reconcile"]
 
@@ -150,12 +151,10 @@ async def ensure(
     found = await load(engine, environment, table)
     if found is not None:
         return found
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(sync_state).values(
-                environment=environment, table_name=table, phase="new", updated_at=now
-            )
-        )
+    row = insert(sync_state).values(
+        environment=environment, table_name=table, phase="new", updated_at=now
+    )
+    await write_control(engine, [row], environment=environment, table=table)
     created = await load(engine, environment, table)
     assert created is not None
     return created
@@ -225,14 +224,13 @@ async def save_cursor(
     engine: AsyncEngine, environment: str, table: str, cursor: TableState, *, now: datetime
 ) -> None:
     """Store a cursor change that comes with no page (e.g. an expired delta token → resync)."""
-    async with engine.begin() as conn:
-        for statement in checkpoint_statements(environment, table, cursor, now=now, pages=0):
-            await conn.execute(statement)
+    statements = checkpoint_statements(environment, table, cursor, now=now, pages=0)
+    await write_control(engine, statements, environment=environment, table=table)
 
 
 async def _update(engine: AsyncEngine, environment: str, table: str, **values: Any) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(update(sync_state).where(_key(environment, table)).values(**values))
+    change = update(sync_state).where(_key(environment, table)).values(**values)
+    await write_control(engine, [change], environment=environment, table=table)
 
 
 async def set_schema_hash(
@@ -291,17 +289,11 @@ async def record_success(
 async def start_run(
     engine: AsyncEngine, environment: str, table: str, command: str, *, now: datetime
 ) -> int:
-    async with engine.begin() as conn:
-        result = await conn.execute(
-            insert(run_history).values(
-                environment=environment,
-                table_name=table,
-                command=command,
-                started_at=now,
-                status="running",
-            )
-        )
-        key = result.inserted_primary_key
+    run = insert(run_history).values(
+        environment=environment, table_name=table, command=command, started_at=now, status="running"
+    )
+    result = await write_control(engine, [run], environment=environment, table=table)
+    key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
 
@@ -311,18 +303,18 @@ async def close_stale_runs(engine: AsyncEngine, environment: str, *, now: dateti
     without finishing them (killed, power loss). Only the environment's one writer calls this
     (the SQLite store's only writer process, or the holder of the environment's lease), before
     its own first run, so no live run is touched. Returns how many were closed."""
-    async with engine.begin() as conn:
-        result = await conn.execute(
-            update(run_history)
-            .where(run_history.c.environment == environment, run_history.c.status == "running")
-            .values(
-                status="interrupted",
-                finished_at=now,
-                error="the process ended before this run finished (killed or crashed); "
-                "the next run resumed from the last checkpoint",
-            )
+    close = (
+        update(run_history)
+        .where(run_history.c.environment == environment, run_history.c.status == "running")
+        .values(
+            status="interrupted",
+            finished_at=now,
+            error="the process ended before this run finished (killed or crashed); "
+            "the next run resumed from the last checkpoint",
         )
-    return max(result.rowcount, 0)
+    )
+    result = await write_control(engine, [close], environment=environment, table="(runs)")
+    return int(max(result.rowcount, 0))
 
 
 async def finish_run(
@@ -335,15 +327,15 @@ async def finish_run(
     requests: int = 0,
     throttled: int = 0,
 ) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            update(run_history)
-            .where(run_history.c.id == run_id)
-            .values(
-                status=status,
-                finished_at=now,
-                error=error[:2000] if error else None,
-                requests=requests,
-                throttled=throttled,
-            )
+    finish = (
+        update(run_history)
+        .where(run_history.c.id == run_id)
+        .values(
+            status=status,
+            finished_at=now,
+            error=error[:2000] if error else None,
+            requests=requests,
+            throttled=throttled,
         )
+    )
+    await write_control(engine, [finish], environment="", table="(runs)")

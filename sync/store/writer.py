@@ -44,6 +44,7 @@ __all__ = [
     "PageWrite",
     "commit_page",
     "database_busy",
+    "database_of",
     "execute_ddl",
     "quote_ident",
     "write_page",
@@ -84,11 +85,18 @@ def _first_line(exc: BaseException) -> str:
     return str(orig if orig is not None else exc).splitlines()[0]
 
 
+def database_of(engine: AsyncEngine) -> str:
+    return engine.url.database or engine.url.render_as_string(hide_password=True)
+
+
 @contextmanager
-def map_store_errors(table: str, dialect: Dialect | None = None) -> Iterator[None]:
+def map_store_errors(
+    table: str, dialect: Dialect | None = None, *, database: str = "", environment: str = ""
+) -> Iterator[None]:
     """Translate store failures by what happens next: a value the store refused →
     HostileResponseError (the table parks), busy or a broken connection → TransientError,
-    anything else → StoreError."""
+    a full disk → StoreError naming the database (the table parks and retries with backoff, so it
+    resumes once space is freed), anything else → StoreError."""
     try:
         yield
     except (
@@ -108,6 +116,14 @@ def map_store_errors(table: str, dialect: Dialect | None = None) -> Iterator[Non
         if kind in ("busy", "transient"):
             raise TransientError(
                 f"table {table}: the database is busy or unreachable ({detail})", table=table
+            ) from exc
+        if kind == "full":
+            where = f"environment {environment}, table {table}" if environment else f"table {table}"
+            raise StoreError(
+                f"{where}: disk full at {database or 'the store'} ({detail}): free space on its "
+                "filesystem; syncing resumes by itself. Nothing from the page was written",
+                environment=environment or None,
+                table=table,
             ) from exc
         if isinstance(exc, sa_exc.DBAPIError):
             raise StoreError(f"table {table}: the store failed: {detail}", table=table) from exc
@@ -210,10 +226,39 @@ async def commit_page(
                 await conn.execute(statement)
         return counts
 
-    with map_store_errors(writer.table, dialect_for(engine)):
+    with map_store_errors(
+        writer.table,
+        dialect_for(engine),
+        database=database_of(engine),
+        environment=writer.environment,
+    ):
         return await patiently(
             attempt, environment=writer.environment, table=writer.table, patience=patience
         )
+
+
+async def write_control(
+    engine: AsyncEngine,
+    statements: Sequence[Executable],
+    *,
+    environment: str,
+    table: str,
+    patience: float = COMMIT_PATIENCE,
+) -> Any:
+    """Run control-table statements in one transaction, run again while another process holds
+    the database (like a page); the last statement's result (rowcount, inserted key)."""
+
+    async def attempt() -> Any:
+        last = None
+        async with engine.begin() as conn:
+            for statement in statements:
+                last = await conn.execute(statement)
+        return last
+
+    with map_store_errors(
+        table, dialect_for(engine), database=database_of(engine), environment=environment
+    ):
+        return await patiently(attempt, environment=environment, table=table, patience=patience)
 
 
 async def execute_ddl(
@@ -235,5 +280,7 @@ async def execute_ddl(
                 else:
                     await conn.execute(statement)
 
-    with map_store_errors(table, dialect_for(engine)):
+    with map_store_errors(
+        table, dialect_for(engine), database=database_of(engine), environment=environment
+    ):
         await patiently(attempt, environment=environment, table=table, patience=patience)

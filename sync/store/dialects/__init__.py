@@ -23,8 +23,9 @@ from sync.errors import ConfigError
 from sync.store.layout import SqlType
 
 # What a failed statement means: a value the store refused (the page was hostile), the database
-# is busy (run the transaction again), the connection broke (retry later), or the store failed.
-Failure = Literal["data", "busy", "transient", "store"]
+# is busy (run the transaction again), the connection broke (retry later), the disk is full (the
+# table parks and retries until space is freed), or the store failed.
+Failure = Literal["data", "busy", "transient", "full", "store"]
 
 
 class TableWriter(Protocol):

@@ -32,6 +32,9 @@ from sync.store.layout import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, Sql
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+# A WAL that a long reader made grow is cut back to this size when SQLite next resets it (after
+# a full checkpoint), instead of keeping its peak size on disk forever.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 STORAGE: dict[SqlType, str] = {
     "text": "TEXT",
@@ -81,6 +84,7 @@ def _pragmas(busy_timeout_ms: int, dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     cursor.close()
 
 
@@ -206,6 +210,16 @@ def database_busy(exc: BaseException) -> bool:
     return "locked" in detail or "busy" in detail
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether a failure is SQLite's "database or disk is full" (SQLITE_FULL): no space left on
+    the filesystem of the database, its WAL or its temporary files."""
+    error = getattr(exc, "orig", None) or exc
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == sqlite3.SQLITE_FULL
+    return "database or disk is full" in str(error)
+
+
 class SqliteDialect:
     name = "sqlite"
 
@@ -279,6 +293,8 @@ class SqliteDialect:
             return "data"
         if database_busy(exc):
             return "busy"
+        if disk_full(exc):
+            return "full"
         return "store"
 
 
