@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.config.model import Config, load_config
-from sync.errors import ConfigError
+from sync.errors import ConfigError, DvmirrorError
 from sync.logs import get_logger
 from sync.mirror.job import PageProgress
 from sync.runtime import systemd as notify
@@ -28,6 +30,7 @@ from sync.runtime.metrics import Metrics
 from sync.runtime.scheduler import RELOAD_GRACE, Scheduler, sleep_or_stop
 from sync.runtime.wiring import Wiring
 from sync.store.checkpoints import statuses
+from sync.store.dialects.sqlite_maintenance import checkpoint_wal, wal_needs_checkpoint
 from sync.store.open import open_store
 from sync.store.writer_lock import single_writer
 
@@ -35,6 +38,7 @@ log = get_logger("dvmirror.daemon")
 
 TICK_SECONDS = 1.0
 READY_TIMEOUT = 60.0  # READY=1 after the first tokens, or after this long in any case
+WAL_CHECK_SECONDS = 60.0  # how often the daemon looks at an SQLite store's WAL size
 
 
 class Daemon:
@@ -62,6 +66,8 @@ class Daemon:
         self._reload = asyncio.Event()
         self._wake = asyncio.Event()  # cuts the tick's sleep short on stop or reload
         self.stop_reason: str | None = None
+        self._wal_checked_at = time.monotonic()
+        self._wal_task: asyncio.Task[None] | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
         if not self._stop.is_set():
@@ -107,7 +113,7 @@ class Daemon:
             await self.keeper.start()
             keeping = asyncio.create_task(self.keeper.run(keeper_stop), name="lease-keeper")
             await self._announce_ready()
-            await self._tick_until_stopped()
+            await self._tick_until_stopped(store)
         finally:
             notify.stopping("draining in-flight pages")
             self.health.stopping()
@@ -123,6 +129,9 @@ class Daemon:
             await wiring.close()
             if self.http is not None:
                 await self.http.stop()
+            if self._wal_task is not None:
+                await self._wal_task
+            await self._checkpoint_wal(store)  # a clean stop leaves a small WAL, or none
             await store.dispose()
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -168,9 +177,35 @@ class Daemon:
         notify.ready(line)
         log.info("ready", status=line)
 
-    async def _tick_until_stopped(self) -> None:
+    async def _checkpoint_wal(self, store: AsyncEngine) -> None:
+        """Truncate an SQLite store's WAL (store.dialects.sqlite_maintenance); never fatal."""
+        try:
+            done = await checkpoint_wal(store)
+        except (SQLAlchemyError, OSError, DvmirrorError) as exc:
+            log.warning("wal_checkpoint_failed", error=str(exc).splitlines()[0])
+            return
+        if done is not None and done.wal_bytes_before:
+            log.info(
+                "wal_checkpointed",
+                complete=done.complete,  # False: a reader still holds an old snapshot
+                wal_bytes_before=done.wal_bytes_before,
+                wal_bytes_after=done.wal_bytes_after,
+            )
+
+    def _watch_wal(self, store: AsyncEngine) -> None:
+        """Every WAL_CHECK_SECONDS: checkpoint in the background once the WAL outgrew its bound
+        (a data team's long reader held it); one checkpoint at a time."""
+        now = time.monotonic()
+        if now - self._wal_checked_at < WAL_CHECK_SECONDS:
+            return
+        self._wal_checked_at = now
+        if (self._wal_task is None or self._wal_task.done()) and wal_needs_checkpoint(store):
+            self._wal_task = asyncio.create_task(self._checkpoint_wal(store), name="wal")
+
+    async def _tick_until_stopped(self, store: AsyncEngine) -> None:
         interval = min(TICK_SECONDS, notify.watchdog_interval() or TICK_SECONDS)
         while not self._stop.is_set():
+            self._watch_wal(store)
             self.health.tick()
             notify.watchdog()
             assert self.scheduler is not None
