@@ -154,13 +154,15 @@ def metric_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def test_metrics_and_health_while_running(sim: dict[str, Any], daemon: DaemonProcess) -> None:
     """/metrics has rows, request and 429 families, concurrency, freshness and token failures;
-    /healthz answers 200."""
+    /healthz answers 200: degraded, naming the environment whose tenant cannot sign in."""
     wait_converged(sim, daemon)
-    daemon.wait_event("environment_parked")
+    (parked, *_) = daemon.wait_event("environment_parked")
     wait_until(lambda: daemon.named("ready"), what="ready")
     status, body = daemon.get("/healthz")
     assert status == 200
-    assert json.loads(body)["status"] == "ok"
+    document = json.loads(body)
+    assert document["status"] == "degraded"
+    assert list(document["degraded"]) == [parked["environment"]]
 
     status, text = daemon.get("/metrics")
     assert status == 200

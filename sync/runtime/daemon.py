@@ -58,7 +58,7 @@ class Daemon:
         self.on_page = on_page
         self.serve_http = serve_http
         self.handle_signals = handle_signals
-        self.health = HealthCheck(TICK_SECONDS)
+        self.health = HealthCheck(TICK_SECONDS, problems=self._problems)
         self.http: HttpServer | None = None
         self.scheduler: Scheduler | None = None
         self.keeper: LeaseKeeper | None = None
@@ -138,6 +138,9 @@ class Daemon:
                     loop.remove_signal_handler(sig)
             log.info("stopped", reason=self.stop_reason)
         return 0
+
+    def _problems(self) -> dict[str, str]:
+        return self.scheduler.problems() if self.scheduler is not None else {}
 
     @staticmethod
     def _environment_names(config: Config) -> list[str]:

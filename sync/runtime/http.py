@@ -1,10 +1,13 @@
 """The daemon's small HTTP server: `/metrics` for Prometheus and `/healthz` for probes.
 
 It listens on `daemon.metrics_listen` (loopback by default). `/healthz` answers 200 with a JSON
-document while the health callable reports `"status": "ok"`, and 503 otherwise; `HealthCheck`
-is the callable the daemon uses: the scheduler calls `tick()` each loop, and the check turns
-stale when no tick came for `stale_after` seconds (3 × the tick interval by default), so a hung
-loop fails the probe even though the process is alive.
+document while the health callable reports `"status": "ok"` or `"degraded"`, and 503 otherwise;
+`HealthCheck` is the callable the daemon uses: the scheduler calls `tick()` each loop, and the
+check turns stale when no tick came for `stale_after` seconds (3 × the tick interval by
+default), so a hung loop fails the probe even though the process is alive. An environment that
+keeps failing (its service answers 503, its tenant cannot get tokens) makes the daemon
+*degraded*, not dead: still 200 (restarting it would not help), with each failing environment
+and why in `"degraded"`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sync.errors import ConfigError
 from sync.logs import get_logger
 
 STALE_FACTOR = 3.0
+ALIVE = ("ok", "degraded")  # /healthz statuses answered with 200
 SHUTDOWN_TIMEOUT = 2.0  # seconds to let a scrape in progress finish when the daemon stops
 
 HealthProbe = Callable[[], Mapping[str, Any]]
@@ -39,7 +43,9 @@ class HealthCheck:
         *,
         stale_after: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        problems: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
+        self.problems = problems
         self.stale_after = stale_after if stale_after is not None else STALE_FACTOR * tick_interval
         self._clock = clock
         self._last_tick = clock()  # starting counts as a tick: the loop has stale_after to begin
@@ -63,12 +69,16 @@ class HealthCheck:
             status = "stale"
         else:
             status = "ok"
+        failing = dict(self.problems()) if self.problems is not None else {}
+        if status == "ok" and failing:
+            status = "degraded"
         return {
             "status": status,
             "version": __version__,
             "ticks": self._ticks,
             "last_tick_age_seconds": round(age, 3),
             "stale_after_seconds": self.stale_after,
+            "degraded": failing,
         }
 
 
@@ -92,7 +102,7 @@ def make_app(registry: CollectorRegistry, health: HealthProbe) -> web.Applicatio
         except Exception as exc:  # noqa: BLE001 - a broken probe answers 503, not a 500 page
             log.warning("health_probe_failed", error=f"{type(exc).__name__}: {exc}")
             document = {"status": "error", "version": __version__}
-        status = 200 if document.get("status") == "ok" else 503
+        status = 200 if document.get("status") in ALIVE else 503
         return web.Response(
             status=status,
             body=orjson.dumps(document, default=str),

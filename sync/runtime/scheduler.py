@@ -51,6 +51,18 @@ class GroupStatus:
     last_error: str | None = None
     busy_tables: set[str] = field(default_factory=set)
     lease_lost: bool = False
+    failing_tables: dict[str, str] = field(default_factory=dict)  # table → its last error
+
+    @property
+    def problem(self) -> str | None:
+        """Why this environment is not syncing everything right now (None: it is)."""
+        if self.last_error is not None:
+            return self.last_error
+        if self.failing_tables:
+            table, error = sorted(self.failing_tables.items())[0]
+            more = len(self.failing_tables) - 1
+            return f"{table}: {error}" + (f" (and {more} more tables)" if more else "")
+        return None
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
@@ -238,9 +250,11 @@ class EnvironmentGroup:
                 self.metrics.table_parked(self.name, table, not result.ok)
             if result.ok:
                 attempts = 0
+                self.status.failing_tables.pop(table, None)
                 delay = next_delay(self.timing, self.rng)
             else:
                 attempts += 1
+                self.status.failing_tables[table] = (result.error or "failed")[:300]
                 delay = retry_in if retry_in is not None else next_delay(self.timing, self.rng)
                 log.warning("table_retry_scheduled", table=table, retry_in=round(delay, 1))
             if await sleep_or_stop(self.stopping, delay):
@@ -451,3 +465,12 @@ class Scheduler:
             }
             for name, item in self.groups.items()
         }
+
+    def problems(self) -> dict[str, str]:
+        """The environments that are failing (authentication, or tables parked), and why."""
+        found: dict[str, str] = {}
+        for name, item in self.groups.items():
+            problem = item.group.status.problem
+            if problem is not None:
+                found[name] = problem
+        return found
