@@ -9,6 +9,7 @@ the environment recovers by itself, without a restart, and /healthz is "ok" agai
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,56 @@ def test_an_environment_answering_503_degrades_the_daemon_and_recovers_by_itself
     finally:
         admin(sim, "POST", "/faults", {"environment": "out_down", "http_503": 0.0})
         assert daemon.stop() == 0, daemon.tail()
+
+
+TOKEN_SCENARIO = Path(__file__).parent / "scenarios" / "token_outage.toml"
+
+
+@pytest.mark.parametrize(
+    "outage", [pytest.param(45, id="45s"), pytest.param(600, id="10min", marks=pytest.mark.long)]
+)
+def test_the_token_endpoint_failing_for_a_stretch_parks_with_its_aadsts_code_then_recovers(
+    tmp_path: Path, outage: int
+) -> None:
+    """The token endpoint answers 503 (AADSTS90055) for a stretch: syncing goes on with the
+    cached token while it is valid; once it must be renewed, the environment parks with the
+    AADSTS code (status and /healthz say so); when the endpoint is back it recovers by itself."""
+    with running_simulator(TOKEN_SCENARIO, tmp_path / "sim") as sim:
+        config = write_config(sim, tmp_path, {"tok_env": EnvSpec(("account",), interval="1s")})
+        database = tmp_path / "mirror.db"
+        daemon = DaemonProcess.start(config, tmp_path / "daemon.log")
+        try:
+            wait_until(lambda: synced_since(database, "tok_env", None), timeout=60, what="sync")
+            admin(sim, "POST", "/faults", {"entra": {"http_503": 1.0}})
+            started = time.monotonic()
+            # The cached token still serves (MSAL uses it until 5 minutes before it expires).
+            churn(sim, "tok_env", "account", 81, creates=4, updates=6, deletes=2)
+            wait_until(
+                lambda: not compare.differences(sim, database, "tok_env", "account"),
+                timeout=25,
+                what="a sync with the cached token during the outage",
+            )
+
+            def parked_with_code() -> str | None:
+                state = sync_states(database).get(("tok_env", "account"), {})
+                error = str(state.get("last_error") or "")
+                return error if "AADSTS90055" in error else None
+
+            error = wait_until(parked_with_code, timeout=120, what="parked with the AADSTS code")
+            assert "token" in error.lower() or "sign" in error.lower(), error
+            code, document = health(daemon)
+            assert code == 200 and document["status"] == "degraded", document
+            assert "AADSTS90055" in document["degraded"]["tok_env"]
+            time.sleep(max(0.0, outage - (time.monotonic() - started)))
+            assert daemon.process.poll() is None
+            admin(sim, "POST", "/faults", {"entra": {"http_503": 0.0}})
+            churn(sim, "tok_env", "account", 82, creates=4, updates=6, deletes=2)
+            wait_until(
+                lambda: not compare.differences(sim, database, "tok_env", "account"),
+                timeout=BACKOFF_CAP + 60 if outage > 300 else 180,
+                what="recovery without a restart",
+            )
+            wait_until(lambda: health(daemon)[1]["status"] == "ok", timeout=60, what="ok again")
+        finally:
+            admin(sim, "POST", "/faults", {"entra": {"http_503": 0.0}})
+            assert daemon.stop() == 0, daemon.tail()

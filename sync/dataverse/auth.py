@@ -47,6 +47,9 @@ SECRET_CODES = frozenset({7000215, 7000222, 7000218})
 CERTIFICATE_CODES = frozenset({700027, 50012, 700024, 7000274, 7000277})
 CONSENT_CODES = frozenset({700016, 65001, 650052, 650057})
 TENANT_CODES = frozenset({90002, 900023, 90072})
+# Entra is temporarily unable to issue tokens (AADSTS90055 throttled, 90033/90036 service
+# errors): the request is good, so retry it later, as for any 5xx; it is not the tenant's fault.
+UNAVAILABLE_CODES = frozenset({90055, 90033, 90036})
 
 
 class PinnedSession(requests.Session):
@@ -56,6 +59,10 @@ class PinnedSession(requests.Session):
     `verify` is unset (MSAL never sets it), which would silently replace our CA bundle.
     Proxies from the environment still apply.
     """
+
+    # What Entra said in its last error answer (`AADSTS90055: …`): MSAL's throttle replays a 5xx
+    # as a bare "HTTP Error: 503", and the code is what an operator needs to see.
+    last_error: str | None = None
 
     def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         settings: dict[str, Any] = super().merge_environment_settings(*args, **kwargs)
@@ -68,14 +75,27 @@ def make_http_client(ca_bundle: Path | None) -> PinnedSession:
     session.verify = str(ca_bundle) if ca_bundle else True
     adapter = requests.adapters.HTTPAdapter(max_retries=1)
     session.mount("https://", adapter)
-    session.request = _with_timeout(session.request)  # type: ignore[method-assign]
+    session.request = _with_timeout(session, session.request)  # type: ignore[method-assign]
     return session
 
 
-def _with_timeout(request: Any) -> Any:
+def _entra_error(response: Any) -> str | None:
+    """The first line of an Entra error answer's description (it names the AADSTS code)."""
+    try:
+        document = response.json()
+    except ValueError:
+        return None
+    description = document.get("error_description") if isinstance(document, dict) else None
+    return str(description).splitlines()[0][:200] if description else None
+
+
+def _with_timeout(session: PinnedSession, request: Any) -> Any:
     def send(*args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", TOKEN_HTTP_TIMEOUT)
-        return request(*args, **kwargs)
+        response = request(*args, **kwargs)
+        if response.status_code >= 400:
+            session.last_error = _entra_error(response) or session.last_error
+        return response
 
     return send
 
@@ -135,6 +155,8 @@ class TokenProvider:
         self._build_lock = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}
         self._cache: dict[str, _Cached] = {}
+        self.last_entra_error: str | None = None  # what Entra said when it last refused
+        self._http: PinnedSession | None = None
 
     def __repr__(self) -> str:
         return f"TokenProvider(authority={self.authority!r}, client_id={self.app.client_id!r})"
@@ -154,7 +176,11 @@ class TokenProvider:
             result = await asyncio.to_thread(self._acquire, app, scope, force_refresh)
             token = result.get("access_token")
             if not isinstance(token, str) or not token:
-                raise auth_error_from(result, self.app, self.tenant)
+                failure = entra_busy(result, self.tenant) or auth_error_from(
+                    result, self.app, self.tenant
+                )
+                self.last_entra_error = failure.message
+                raise failure
             register_secret(token)
             expires_in = float(result.get("expires_in") or 0)
             self._cache[scope] = _Cached(token, time.monotonic() + expires_in)
@@ -176,12 +202,13 @@ class TokenProvider:
     def _build(self) -> Any:
         import msal
 
+        self._http = make_http_client(self.app.ca_bundle)
         try:
             return msal.ConfidentialClientApplication(
                 self.app.client_id,
                 client_credential=client_credential(self.app),
                 authority=self.authority,
-                http_client=make_http_client(self.app.ca_bundle),
+                http_client=self._http,
                 instance_discovery=False,
                 token_cache=msal.TokenCache(),
             )
@@ -215,7 +242,8 @@ class TokenProvider:
         except requests.RequestException as exc:
             raise transport_error(exc, self.authority, self.tenant) from None
         except msal.exceptions.MsalServiceError as exc:
-            raise entra_unavailable(exc, self.tenant) from None
+            said = self._http.last_error if self._http is not None else None
+            raise entra_unavailable(exc, self.tenant, said or self.last_entra_error) from None
         except ValueError as exc:
             raise AuthError(
                 f"tenant {self.tenant.name}: token request failed: {exc}", tenant=self.tenant.name
@@ -223,10 +251,18 @@ class TokenProvider:
         return result
 
 
-def entra_unavailable(exc: Exception, tenant: Tenant) -> ServerError:
-    """MSAL's own exception for a failed service call (e.g. a 5xx during discovery): transient."""
+def entra_unavailable(exc: Exception, tenant: Tenant, last_error: str | None = None) -> ServerError:
+    """MSAL's own exception for a failed service call (a 5xx during discovery, or a 5xx that
+    MSAL's throttle replays without its body): transient. What Entra said last (its AADSTS code
+    and description) goes with it, so status and /healthz show the code; it holds no secret."""
+    error = str(getattr(exc, "_error", "") or "")
+    description = str(getattr(exc, "_error_description", "") or "").splitlines()
+    said = ": ".join(part for part in (error, description[0][:200] if description else "") if part)
+    said = said or str(exc).splitlines()[0][:120] if str(exc) else said
+    last = f"; Entra last said: {last_error}" if last_error else ""
     return ServerError(
-        f"tenant {tenant.name}: the token endpoint failed ({type(exc).__name__}); will retry",
+        f"tenant {tenant.name}: the token endpoint failed ({said or type(exc).__name__}){last}; "
+        "will retry",
         tenant=tenant.name,
     )
 
@@ -250,6 +286,19 @@ def transport_error(
         )
     return NetworkError(
         f"tenant {tenant.name}: cannot reach {authority}: {type(exc).__name__}",
+        tenant=tenant.name,
+    )
+
+
+def entra_busy(result: Mapping[str, Any], tenant: Tenant) -> ServerError | None:
+    """Entra answered that it cannot issue tokens right now: transient (None otherwise)."""
+    codes = {int(c) for c in result.get("error_codes") or () if str(c).isdigit()}
+    if not codes & UNAVAILABLE_CODES and result.get("error") != "temporarily_unavailable":
+        return None
+    description = str(result.get("error_description") or "").splitlines()
+    return ServerError(
+        f"tenant {tenant.name}: Entra cannot issue tokens right now "
+        f"({description[0][:200] if description else result.get('error')}); will retry",
         tenant=tenant.name,
     )
 
