@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -231,3 +232,45 @@ def churn(sim: Mapping[str, Any], env: str, table: str, seed: int, **counts: int
     """Creates, updates and deletes in one simulated table."""
     body = {"creates": 6, "updates": 8, "deletes": 4, "seed": seed} | counts
     admin_post(sim, f"/environments/{env}/tables/{table}/churn", body)
+
+
+class Churning:
+    """Creates, updates and deletes rows in every given table, round after round, in a thread
+    until the `with` block ends (`rounds` says how many ran)."""
+
+    def __init__(
+        self,
+        sim: Mapping[str, Any],
+        tables: Mapping[str, tuple[str, ...]],
+        *,
+        every: float,
+        seed: int,
+    ) -> None:
+        self.sim, self.tables, self.every, self.seed = sim, tables, every, seed
+        self.rounds = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            self.rounds += 1
+            for env, names in self.tables.items():
+                for table in names:
+                    churn(
+                        self.sim,
+                        env,
+                        table,
+                        self.seed + self.rounds,
+                        creates=2,
+                        updates=3,
+                        deletes=1,
+                    )
+            self.stopping.wait(self.every)
+
+    def __enter__(self) -> Churning:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import random
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from tests import mirror_compare as compare
 from tests.cli import run_cli
-from tests.daemonproc import DaemonProcess, EnvSpec, as_utc, churn, write_config
+from tests.daemonproc import Churning, DaemonProcess, EnvSpec, as_utc, write_config
 from tests.simfixtures import _no_ca_env, admin, running_simulator, user_stats  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("no_ca_env"), pytest.mark.slow, pytest.mark.timeout(900)]
@@ -68,32 +67,6 @@ def configure(sim: dict[str, Any], directory: Path) -> Path:
     text = text.rstrip("\n") + "\n" + soft
     path.write_text(text)
     return path
-
-
-class Churn:
-    """Creates, updates and deletes rows in every table until stopped."""
-
-    def __init__(self, sim: dict[str, Any]) -> None:
-        self.sim = sim
-        self.rounds = 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            self.rounds += 1
-            for env, tables in TABLES.items():
-                for table in tables:
-                    churn(self.sim, env, table, 1000 + self.rounds, creates=2, updates=3, deletes=1)
-            self.stopping.wait(0.3)
-
-    def __enter__(self) -> Churn:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-        self.thread.join(30)
 
 
 def status_json(config: Path) -> dict[str, Any]:
@@ -192,7 +165,7 @@ def test_repeated_sigkill_under_churn_loses_nothing(
     rng = random.Random(kills)
     admin(sim, "POST", "/stats/reset", {})
     allowance = 0
-    with Churn(sim) as churning:
+    with Churning(sim, TABLES, every=0.3, seed=1000) as churning:
         for kill in range(kills):
             daemon = DaemonProcess.start(config, tmp_path / f"daemon-{kill}.log")
             moment = time.monotonic() + rng.uniform(0.3, 3.0)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import signal
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +37,7 @@ from sync.store.control import sync_state
 from sync.store.leases import FencedEngine, LeaseRef
 from sync.store.migrate import upgrade
 from tests import mirror_compare as compare
-from tests.daemonproc import DaemonProcess, EnvSpec, churn, wait_until, write_config
+from tests.daemonproc import Churning, DaemonProcess, EnvSpec, wait_until, write_config
 from tests.simfixtures import _no_ca_env, running_simulator  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(600)]
@@ -115,29 +114,6 @@ def holder_of(daemon: DaemonProcess, pg_url: str) -> str | None:
     return next((h for h in owner_counts(pg_url) if pid in h), None)
 
 
-class Churn:
-    def __init__(self, sim: dict[str, Any], envs: tuple[str, ...]) -> None:
-        self.sim, self.envs, self.rounds = sim, envs, 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            self.rounds += 1
-            for env in self.envs:
-                for table in TABLES:
-                    churn(self.sim, env, table, 500 + self.rounds, creates=2, updates=3, deletes=1)
-            self.stopping.wait(0.5)
-
-    def __enter__(self) -> Churn:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-        self.thread.join(30)
-
-
 def converged(sim: dict[str, Any], pg_url: str, envs: tuple[str, ...]) -> list[str]:
     problems: list[str] = []
     for env in envs:
@@ -185,7 +161,7 @@ def test_three_daemons_share_six_environments_and_take_over_from_a_killed_one(
             timeout=120,
             what="six environments spread two by two",
         )
-        with Churn(sim, ENVIRONMENTS):
+        with Churning(sim, dict.fromkeys(ENVIRONMENTS, TABLES), every=0.5, seed=500):
             victim = daemons[1]
             holder = holder_of(victim, pg_url)
             assert holder is not None
@@ -258,7 +234,7 @@ def test_a_paused_owner_resumed_after_its_lease_was_taken_writes_nothing_and_ste
         holder = holder_of(zombie, pg_url)
         assert holder is not None
         ((env, old),) = [(e, r) for e, r in leases(pg_url).items() if r["holder"] == holder]
-        with Churn(sim, envs):
+        with Churning(sim, dict.fromkeys(envs, TABLES), every=0.5, seed=500):
             wait_until(
                 lambda: writes_by(pg_url, env, zombie, old["acquired_at"]) > 0,
                 timeout=60,
