@@ -273,3 +273,16 @@ async def test_daemons_add_to_one_request_budget_without_losing_a_count(pg_url: 
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_a_page_with_a_tombstone_and_the_recreated_row_keeps_the_row(
+    engine: Any, pg_url: str
+) -> None:
+    layout = await ensure_mirror(engine, "contoso_prod", schema(name="String"), soft=True, now=NOW)
+    cursor = TableState("delta", delta_link="https://x/d")
+    await commit(engine, layout, cursor, rows=[(K1, "old", 'W/"1"')], synced_at=T0)
+    await commit(
+        engine, layout, cursor, rows=[(K1, "again", 'W/"9"')], deleted_ids=[K1], synced_at=T1
+    )
+    stored = await fetch(pg_url, 'SELECT name, _dv_deleted_at FROM "contoso_prod"."account"')
+    assert [tuple(r) for r in stored] == [("again", None)]

@@ -207,3 +207,24 @@ async def test_multiselect_catalogued_as_text_is_not_a_type_change_in_sqlite(eng
             "SELECT sql_type FROM dv_mirror_columns WHERE column_name = 'tags'"
         ).fetchone()
     assert catalogued == ("choices",)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+async def test_a_page_with_a_tombstone_and_the_recreated_row_keeps_the_row(
+    engine: Any, soft: bool
+) -> None:
+    """Deleted at the source and created again with the same id, both in one delta page: the
+    page's row is the current state, so the mirror keeps it (alive in soft mode too)."""
+    layout = await ensure_mirror(engine, "env", schema(name="String"), soft=soft, now=NOW)
+    cursor = TableState("delta", delta_link="https://x/d")
+    await commit(engine, layout, cursor, rows=[(K1, "old", 'W/"1"')], synced_at=T0)
+    counts = await commit(
+        engine,
+        layout,
+        cursor,
+        rows=[(K1, "again", 'W/"9"')],
+        deleted_ids=[K1.upper(), K2],
+        synced_at=T1,
+    )
+    assert counts.deleted == 0
+    assert rows(engine) == [(K1, "again", 9, T1, None)]

@@ -135,9 +135,17 @@ def map_store_errors(
 async def write_page(
     conn: AsyncConnection, writer: TableWriter, page: PageWrite, *, observed_at: str
 ) -> PageCounts:
-    """Apply one page inside the caller's transaction (see `commit_page`)."""
+    """Apply one page inside the caller's transaction (see `commit_page`).
+
+    A delta page can hold a row's tombstone and the row itself (deleted, then created again
+    with the same id): the rows of a page are the source's current state, so the row wins and
+    its tombstone is not applied."""
     upserted = await writer.upsert(conn, page.rows, page.synced_at)
-    deleted = await writer.delete(conn, page.deleted_ids, observed_at)
+    deleted_ids = page.deleted_ids
+    if deleted_ids and page.rows:
+        alive = {str(row[0]).lower() for row in page.rows}
+        deleted_ids = [i for i in deleted_ids if i.lower() not in alive]
+    deleted = await writer.delete(conn, deleted_ids, observed_at)
     await writer.touch(conn, page.keys_seen, page.synced_at)
     if page.sweep_before is not None:
         deleted += await writer.sweep(conn, page.sweep_before, observed_at)
