@@ -47,9 +47,10 @@ SECRET_CODES = frozenset({7000215, 7000222, 7000218})
 CERTIFICATE_CODES = frozenset({700027, 50012, 700024, 7000274, 7000277})
 CONSENT_CODES = frozenset({700016, 65001, 650052, 650057})
 TENANT_CODES = frozenset({90002, 900023, 90072})
-# Entra is temporarily unable to issue tokens (AADSTS90055 throttled, 90033/90036 service
-# errors): the request is good, so retry it later, as for any 5xx; it is not the tenant's fault.
-UNAVAILABLE_CODES = frozenset({90055, 90033, 90036})
+# Entra cannot issue tokens right now: OAuth's `temporarily_unavailable` (reference 1.4: apps
+# should go by `error`, not AADSTS numbers), or AADSTS90055, a throttled tenant. The request is
+# good, so it is retried later like any 5xx; it is not the tenant's fault.
+UNAVAILABLE_CODES = frozenset({90055})
 
 
 class PinnedSession(requests.Session):

@@ -1,0 +1,277 @@
+"""One environment's worker group: everything its application user does, supervised as one.
+
+It authenticates (with backoff while that fails), lists its tables, and runs one loop per table:
+a cycle through the table runner (sync.mirror.runner), then the next one after the interval, or
+after a growing backoff while the table fails. Its status (authenticated, failing tables) feeds
+the status line, readiness and /healthz. A lost lease stops the whole group at once: every write
+of it would fail the fence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync.config.model import Environment, Tenant
+from sync.errors import AuthError, DvmirrorError, LeaseLostError
+from sync.governor.gate import Governor
+from sync.logs import get_logger
+from sync.mirror.discovery import list_tables
+from sync.mirror.fetch import ExactClient
+from sync.mirror.job import PageProgress, TableJob
+from sync.mirror.runner import run_cycle
+from sync.runtime.metrics import Metrics
+from sync.runtime.timing import FIRST_RUN_SPREAD, Timing, backoff_delay, first_delay, next_delay
+from sync.runtime.wiring import Wiring
+from sync.store import checkpoints as state
+from sync.store.environments import record_environment
+
+log = get_logger("dvmirror.scheduler")
+
+
+@dataclass
+class GroupStatus:
+    """What the daemon reports about one environment (status line, readiness)."""
+
+    authenticated: bool = False
+    first_attempt_done: asyncio.Event = field(default_factory=asyncio.Event)
+    last_error: str | None = None
+    busy_tables: set[str] = field(default_factory=set)
+    lease_lost: bool = False
+    failing_tables: dict[str, str] = field(default_factory=dict)  # table → its last error
+
+    @property
+    def problem(self) -> str | None:
+        """Why this environment is not syncing everything right now (None: it is)."""
+        if self.last_error is not None:
+            return self.last_error
+        if self.failing_tables:
+            table, error = sorted(self.failing_tables.items())[0]
+            more = len(self.failing_tables) - 1
+            return f"{table}: {error}" + (f" (and {more} more tables)" if more else "")
+        return None
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep, but wake as soon as `stop` is set. True when stopping."""
+    if stop.is_set():
+        return True
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await stop.wait()
+    return stop.is_set()
+
+
+class EnvironmentGroup:
+    """Everything one environment's application user does, supervised as one unit.
+
+    `store` is what it writes through: the environment's FencedEngine (store.leases) in the
+    daemon, so that once its lease is lost nothing more is written and the group stops.
+    """
+
+    def __init__(
+        self,
+        tenant: Tenant,
+        environment: Environment,
+        wiring: Wiring,
+        *,
+        store: AsyncEngine | None = None,
+        metrics: Metrics | None,
+        rng: random.Random,
+        on_page: Callable[[PageProgress], None] | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.environment = environment
+        self.wiring = wiring
+        self.store = store or wiring.store
+        self.metrics = metrics
+        self.rng = rng
+        self.on_page = on_page
+        self.stopping = asyncio.Event()
+        self.status = GroupStatus()
+        self.governor: Governor = wiring.governor(tenant, environment)
+        self.timing = Timing(interval=environment.interval)
+        # Sized in run() once the tables are known (table_concurrency, default all of them).
+        self.table_slots = asyncio.Semaphore(environment.table_concurrency or 1)
+
+    @property
+    def name(self) -> str:
+        return self.environment.name
+
+    async def run(self) -> None:
+        """Authenticate (with backoff while it fails), then keep every table in sync."""
+        client = self.wiring.client(self.tenant, self.environment, self.governor)
+        async with client:
+            if not await self._authenticate(client):
+                return
+            tables = await self._tables(client)
+            if tables is None:
+                return
+            # This process is now the environment's writer (it holds the lease): runs a killed
+            # one left "running" (SIGKILL, power loss) are closed as interrupted.
+            try:
+                await state.close_stale_runs(self.store, self.name, now=datetime.now(UTC))
+            except LeaseLostError as exc:
+                self.lease_lost(exc)
+                return
+            # How many of the tables may be in a cycle at once (table_concurrency, default all).
+            self.table_slots = asyncio.Semaphore(
+                self.environment.table_concurrency or max(1, len(tables))
+            )
+            async with asyncio.TaskGroup() as group:
+                for table in tables:
+                    group.create_task(self._table_loop(client, table), name=f"{self.name}/{table}")
+
+    async def _authenticate(self, client: ExactClient) -> bool:
+        """WhoAmI until it works; an auth failure parks the whole environment. False if stopped."""
+        attempts = 0
+        while not self.stopping.is_set():
+            try:
+                who = await client.whoami()
+            except DvmirrorError as exc:
+                attempts += 1
+                self.status.last_error = exc.message
+                delay = backoff_delay(self.timing, attempts, self.rng)
+                await self._park_all(exc, retry_in=delay)
+                if isinstance(exc, AuthError) and self.metrics is not None:
+                    self.metrics.token_failure(self.tenant.name, exc)
+                log.error(
+                    "environment_parked",
+                    environment=self.name,
+                    tenant=self.tenant.name,
+                    error=exc.message,
+                    fix=getattr(exc, "fix", None),
+                    retry_in=round(delay, 1),
+                )
+                self.status.first_attempt_done.set()
+                if await sleep_or_stop(self.stopping, delay):
+                    return False
+                continue
+            self.status.authenticated, self.status.last_error = True, None
+            self.status.first_attempt_done.set()
+            try:
+                await record_environment(
+                    self.store,
+                    self.tenant,
+                    self.environment,
+                    organization_id=who.get("OrganizationId"),
+                    application_user_id=who.get("UserId"),
+                )
+            except LeaseLostError as exc:
+                self.lease_lost(exc)
+                return False
+            log.info("environment_ready", environment=self.name, user=who.get("UserId"))
+            return True
+        return False
+
+    async def _tables(self, client: ExactClient) -> tuple[str, ...] | None:
+        if self.environment.tables != "all":
+            return tuple(self.environment.tables)
+        attempts = 0
+        while not self.stopping.is_set():
+            try:
+                return tuple(await list_tables(client, self.environment.url))
+            except DvmirrorError as exc:
+                attempts += 1
+                log.error("table_list_failed", environment=self.name, error=exc.message)
+                if await sleep_or_stop(
+                    self.stopping, backoff_delay(self.timing, attempts, self.rng)
+                ):
+                    break
+        return None
+
+    async def _park_all(self, error: DvmirrorError, *, retry_in: float) -> None:
+        if self.environment.tables == "all":
+            return
+        now = datetime.now(UTC)
+        retry_at = now + timedelta(seconds=retry_in)
+        for table in self.environment.tables:
+            with contextlib.suppress(DvmirrorError):
+                await state.ensure(self.store, self.name, table, now=now)
+                await state.record_error(
+                    self.store,
+                    self.name,
+                    table,
+                    error.message,
+                    now=now,
+                    attempts=0,
+                    retry_at=retry_at,
+                )
+            if self.metrics is not None:
+                self.metrics.table_parked(self.name, table, True)
+
+    async def _table_loop(self, client: ExactClient, table: str) -> None:
+        """One table forever: a cycle (one page at a time), then wait for the next one."""
+        attempts = 0
+        # Spread first cycles, but never wait longer than one interval for the first one.
+        spread = min(FIRST_RUN_SPREAD, self.environment.interval)
+        if await sleep_or_stop(self.stopping, first_delay(self.rng, spread)):
+            return
+        while not self.stopping.is_set():
+            job = TableJob(
+                store=self.store,
+                client=client,
+                environment=self.environment,
+                table=table,
+                command="run",
+                reconcile_every=timedelta(seconds=self.environment.reconcile_interval),
+                on_page=self._page_done,
+            )
+            async with self.table_slots:
+                error = await self._cycle(job)
+            if isinstance(error, LeaseLostError):
+                # Not parked: that would be a write, and the environment is not ours any more.
+                await job.cancel_prefetch()
+                self.lease_lost(error)
+                return
+            if error is None and self.stopping.is_set():
+                # Interrupted between pages: the checkpoint is committed; resume next start.
+                with contextlib.suppress(LeaseLostError):
+                    await asyncio.shield(job.interrupt())
+                return
+            # The retry is decided before the outcome is stored, so status shows what will happen.
+            retry_in = None if error is None else backoff_delay(self.timing, attempts + 1, self.rng)
+            result = await job.finish(error, retry_in=retry_in)
+            if self.metrics is not None:
+                self.metrics.table_run_finished(self.name, table, ok=result.ok)
+                self.metrics.table_parked(self.name, table, not result.ok)
+            if result.ok:
+                attempts = 0
+                self.status.failing_tables.pop(table, None)
+                delay = next_delay(self.timing, self.rng)
+            else:
+                attempts += 1
+                self.status.failing_tables[table] = (result.error or "failed")[:300]
+                delay = retry_in if retry_in is not None else next_delay(self.timing, self.rng)
+                log.warning("table_retry_scheduled", table=table, retry_in=round(delay, 1))
+            if await sleep_or_stop(self.stopping, delay):
+                return
+
+    def lease_lost(self, error: LeaseLostError) -> None:
+        """The whole environment stops at once: every write of it would fail the fence now."""
+        if not self.status.lease_lost:
+            log.warning("environment_lease_lost", environment=self.name, error=error.message)
+        self.status.lease_lost = True
+        self.stopping.set()
+
+    async def _cycle(self, job: TableJob) -> DvmirrorError | None:
+        """Run pages until the cycle ends or the group is told to stop."""
+        self.status.busy_tables.add(job.table)
+        try:
+            return await run_cycle(job, until="cycle", stopping=self.stopping)
+        finally:
+            self.status.busy_tables.discard(job.table)
+
+    def _page_done(self, page: PageProgress) -> None:
+        if self.metrics is not None:
+            self.metrics.page_committed(
+                page.environment, page.table, upserted=page.rows, deleted=page.deleted
+            )
+        if self.on_page is not None:
+            self.on_page(page)
