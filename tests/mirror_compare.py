@@ -37,6 +37,8 @@ PRIMARY = {
     "contact": "contactid",
     "new_project": "new_projectid",
     "opportunity": "opportunityid",
+    "new_person": "new_personid",
+    "new_inspection": "new_inspectionid",
 }
 
 
@@ -115,11 +117,14 @@ def mirror_rows(database: Path | str, env: str, table: str) -> dict[str, dict[st
     return {r[PRIMARY[table]]: dict(r) for r in rows}
 
 
-def same(mirrored: Any, source: Any) -> bool:
+def same(mirrored: Any, source: Any, *, postgres: bool = False) -> bool:
     """One mirrored value equals its source value (SQLite keeps decimals as exact text;
-    PostgreSQL has native numeric, timestamptz, date, uuid, boolean and integer[])."""
+    PostgreSQL has native numeric, timestamptz, date, uuid, boolean and integer[], and its text
+    cannot hold NUL, which a PostgreSQL mirror drops by design)."""
     if source is None or mirrored is None:
         return source is mirrored
+    if postgres and isinstance(source, str) and isinstance(mirrored, str):
+        return mirrored == source.replace("\x00", "")
     if isinstance(mirrored, datetime):
         return isinstance(source, str) and mirrored == datetime.fromisoformat(source)
     if isinstance(mirrored, date):
@@ -161,7 +166,7 @@ def differences(
         for column, value in row.items():
             if column not in mirror_row:
                 problems.append(f"{env}/{table}: column {column} missing")
-            elif not same(mirror_row[column], value):
+            elif not same(mirror_row[column], value, postgres=isinstance(database, str)):
                 problems.append(f"{env}/{table} {row[key]} {column}: {mirror_row[column]!r}")
             if len(problems) >= limit:
                 return problems

@@ -17,9 +17,9 @@ from sync.mirror.typemap import build_schema
 from sync.store import checkpoints as state
 from sync.store.checkpoints import TableState
 from sync.store.connect import create_engine
-from sync.store.layout import TableSchema
+from sync.store.layout import MirrorColumn, SqlType, TableSchema
 from sync.store.migrate import upgrade
-from sync.store.mirror_tables import ensure_mirror, type_change_note
+from sync.store.mirror_tables import CatalogueEntry, ensure_mirror, plan_drift, type_change_note
 from sync.store.writer import PageCounts, PageWrite, commit_page, quote_ident
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -164,6 +164,47 @@ async def test_drift_adds_keeps_and_renames_columns(engine: Any) -> None:
     assert catalogue["score"] == ("numeric", False)
     assert catalogue["score__old_integer"] == ("integer", True)
     assert catalogue["gone"] == ("text", True)
+
+
+def _column(name: str, sql_type: SqlType, attribute_id: str) -> MirrorColumn:
+    return MirrorColumn(name, name, sql_type, name, "Integer", attribute_id=attribute_id)
+
+
+ID_A, ID_B = "0b6a3c1e-0000-4000-8000-00000000000a", "0b6a3c1e-0000-4000-8000-00000000000b"
+
+
+@pytest.mark.parametrize(
+    ("entry", "column", "outcome"),
+    [
+        # Deleted and created again under the same name and type: a new MetadataId.
+        (CatalogueEntry("rank", "Integer", "integer", False, attribute_id=ID_A), ID_B, "recreated"),
+        # Deleted (kept, removed) and created again later: still the old attribute's values.
+        (CatalogueEntry("rank", "Integer", "integer", True, attribute_id=ID_A), ID_B, "recreated"),
+        (CatalogueEntry("rank", "Integer", "integer", False, attribute_id=ID_A), ID_A, "same"),
+        (CatalogueEntry("rank", "Integer", "integer", True, attribute_id=ID_A), ID_A, "revived"),
+        # Catalogued before ids were kept: the id is recorded, nothing moves.
+        (CatalogueEntry("rank", "Integer", "integer", False), ID_B, "restamped"),
+        # The service sent no id: nothing can be told, nothing moves.
+        (CatalogueEntry("rank", "Integer", "integer", False, attribute_id=ID_A), "", "same"),
+    ],
+)
+def test_drift_tells_a_recreated_attribute_by_its_metadata_id(
+    entry: CatalogueEntry, column: str, outcome: str
+) -> None:
+    plan = plan_drift({"rank": entry}, [_column("rank", "integer", column)], table_exists=True)
+    got = (
+        "recreated"
+        if plan.retyped and plan.retyped[0].recreated
+        else "revived"
+        if plan.revived
+        else "restamped"
+        if plan.restamped
+        else "same"
+    )
+    assert got == outcome, plan
+    if outcome == "recreated":
+        assert plan.retyped[0].kept_as == "rank__old_integer"
+        assert "deleted and created again" in (type_change_note(plan) or "")
 
 
 def test_identifiers_are_refused_unless_safe() -> None:

@@ -19,9 +19,10 @@ from sync.mirror.typemap import build_schema
 from sync.store.layout import TableSchema
 
 ENTITY_SELECT = "LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnabled"
+# MetadataId comes with every metadata item anyway; named here because drift relies on it.
 ATTRIBUTE_SELECT = (
-    "LogicalName,AttributeType,AttributeTypeName,IsValidForRead,IsValidODataAttribute,"
-    "AttributeOf,IsPrimaryId"
+    "MetadataId,LogicalName,AttributeType,AttributeTypeName,IsValidForRead,"
+    "IsValidODataAttribute,AttributeOf,IsPrimaryId"
 )
 DATETIME_CAST = "Microsoft.Dynamics.CRM.DateTimeAttributeMetadata"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sync.errors import HostileResponseError
@@ -182,6 +183,15 @@ def attribute_columns(  # noqa: PLR0911 - one return per family of attribute typ
     return [MirrorColumn(name, name, sql_type, name, kind, _describe(item, kind))]
 
 
+def attribute_id(item: Mapping[str, Any]) -> str:
+    """The attribute's MetadataId in lower case, or "" when absent or not a GUID (then a
+    column deleted and created again cannot be told from the old one, and is not)."""
+    value = item.get("MetadataId")
+    if isinstance(value, str) and UUID_TEXT.fullmatch(value):
+        return value.lower()
+    return ""
+
+
 def build_schema(
     entity: Mapping[str, Any],
     attributes: Iterable[Mapping[str, Any]],
@@ -213,12 +223,18 @@ def build_schema(
         if mapped is None or (wanted is not None and name not in wanted):
             skipped.append(name)
             continue
+        identity = attribute_id(item)
         if name == primary:
             key_column = MirrorColumn(
-                primary, primary, "uuid", primary, str(item.get("AttributeType"))
+                primary,
+                primary,
+                "uuid",
+                primary,
+                str(item.get("AttributeType")),
+                attribute_id=identity,
             )
             continue
-        columns.extend(mapped)
+        columns.extend(replace(column, attribute_id=identity) for column in mapped)
     if key_column is None:
         raise HostileResponseError(
             f"table {table}: primary key {primary} is not among the readable attributes",

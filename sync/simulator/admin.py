@@ -1,11 +1,11 @@
 """The simulator's admin API: plain HTTP on loopback, no auth, JSON via orjson.
 
 Tests, the demo and benchmarks use it to change the simulated world while a client runs
-(churn rows, add a column, expire delta tokens, make pages hostile, change fault rates or
-limits) and to read what happened (`GET /stats`: per application user and environment,
-requests, 429s by code, Retry-After violations, peak concurrency, rows served and the
-throughput ceiling the limits allow; `GET …/rows`: the table's current rows as JSON lines,
-streamed, never built in memory).
+(churn rows, restore deleted rows under their ids, add or delete a column, expire delta tokens,
+make pages hostile, change fault rates or limits) and to read what happened (`GET /stats`: per
+application user and environment, requests, 429s by code, Retry-After violations, peak
+concurrency, rows served and the throughput ceiling the limits allow; `GET …/rows`: the
+table's current rows as JSON lines, streamed, never built in memory).
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class AdminServer:
         app.router.add_get(f"{table}/rows", self._rows)
         app.router.add_post(f"{table}/churn", self._churn)
         app.router.add_post(f"{table}/columns", self._columns)
+        app.router.add_delete(f"{table}/columns/{{column}}", self._remove_column)
+        app.router.add_post(f"{table}/restore", self._restore)
         app.router.add_post(f"{table}/expire-delta-tokens", self._expire)
         app.router.add_post(f"{table}/hostile", self._hostile)
         return app
@@ -175,7 +177,7 @@ class AdminServer:
         runtime, table = self._table(request)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        rows = await runtime.run_model(partial(runtime.model.dump_rows, table))
+        rows = await runtime.run_model(partial(runtime.model.dump_rows, table, exact=True))
         while chunk := await runtime.run_model(partial(_next_lines, rows)):
             await response.write(chunk)
         await response.write_eof()
@@ -235,6 +237,17 @@ class AdminServer:
         runtime, table = self._table(request)
         spec = await self._body(request)
         return _json(await runtime.run_model(partial(runtime.model.add_column, table, spec)))
+
+    async def _remove_column(self, request: web.Request) -> web.Response:
+        runtime, table = self._table(request)
+        remove = partial(runtime.model.remove_column, table, request.match_info["column"])
+        return _json(await runtime.run_model(remove))
+
+    async def _restore(self, request: web.Request) -> web.Response:
+        """``{"count": n}``: the n most recently deleted rows come back with their ids."""
+        runtime, table = self._table(request)
+        count = int((await self._body(request)).get("count", 1))
+        return _json(await runtime.run_model(partial(runtime.model.restore, table, count)))
 
     async def _expire(self, request: web.Request) -> web.Response:
         runtime, table = self._table(request)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 LOOKUP_TYPES = frozenset({"Lookup", "Customer", "Owner"})
 CHOICE_TYPES = frozenset({"Picklist", "State", "Status"})
@@ -84,6 +85,10 @@ class AttributeDef:
     null_ratio: float = 0.0
     added_at_version: int = 0  # added at runtime: rows not touched since read null
     hostile: bool = False
+    # Values from real orgs that break careless clients (edgevalues.py): half the draws.
+    edges: tuple[Any, ...] = ()
+    # How many times a column of this name was deleted and created again (a new MetadataId).
+    generation: int = 0
 
     @cached_property
     def is_lookup(self) -> bool:

@@ -70,7 +70,10 @@ class TableSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(description="template: account | contact | opportunity | new_project")
+    name: str = Field(
+        description="template: account | contact | opportunity | new_project | new_person | "
+        "new_inspection"
+    )
     rows: int = Field(default=1000, ge=0, le=100_000_000)
     change_tracking: bool = True
     denied: bool = Field(default=False, description="app user lacks prvRead<Entity> → 403")
@@ -117,6 +120,13 @@ class Table:
         self.version_offset = version_offset
         self.states: dict[int, RowState] = {}
         self.deleted: dict[int, Tombstone] = {}
+        # Tombstones of rows that were deleted and then restored with the same id (delta
+        # queries still report the deletion, beside the row).
+        self.past_deletions: dict[int, Tombstone] = {}
+        # Internal names of deleted columns: kept in the draw order (so that the other columns'
+        # seeded values do not move) but in no metadata, row or query.
+        self.removed_columns: set[str] = set()
+        self.generations: dict[str, int] = {}
         self.expired_below = 0  # delta tokens with a lower version are expired
         self.hostile: str | None = None
         self._row_attributes: list[AttributeDef] | None = None
@@ -158,15 +168,20 @@ class Table:
     def row_attributes(self) -> list[AttributeDef]:
         """Attributes that are Web API properties of rows, in template order."""
         if self._row_attributes is None:
-            self._row_attributes = [a for a in self.attributes if a.in_rows]
+            self._row_attributes = [
+                a
+                for a in self.attributes
+                if a.in_rows and a.logical_name not in self.removed_columns
+            ]
         return self._row_attributes
 
     def metadata_attributes(self) -> list[AttributeDef]:
         """All attributes as metadata shows them (plus the hostile one when asked for)."""
+        shown = [a for a in self.attributes if a.logical_name not in self.removed_columns]
         if self.hostile != "unsafe_attribute":
-            return list(self.attributes)
+            return shown
         bad = string(UNSAFE_ATTRIBUTE, "Bad Name")
-        return [*self.attributes, replace(bad, hostile=True)]
+        return [*shown, replace(bad, hostile=True)]
 
     def row(self, index: int) -> Row | None:
         """Row `index` as it is now, or None if it does not exist."""
@@ -176,9 +191,8 @@ class Table:
         version = state.version if state else self.seeded_version(index)
         factory = self._factory
         if factory is None:
-            factory = self._factory = RowFactory(
-                self.name, self.row_attributes(), self.ctx, self.base_count
-            )
+            drawn = [a for a in self.attributes if a.in_rows]  # deleted columns too
+            factory = self._factory = RowFactory(self.name, drawn, self.ctx, self.base_count)
         return factory.make(index, version, state)
 
     def indices(self, after: int = -1, low: int = 0, high: int | None = None) -> Iterator[int]:
@@ -223,7 +237,10 @@ class Table:
             if low < s.version <= high and i not in self.deleted
         )
         deletions = sorted(
-            (t.version, i) for i, t in self.deleted.items() if low < t.version <= high
+            (t.version, i)
+            for tombstones in (self.deleted, self.past_deletions)
+            for i, t in tombstones.items()
+            if low < t.version <= high and (tombstones is self.deleted or i not in self.deleted)
         )
         return upserts, deletions
 
@@ -263,6 +280,47 @@ class Table:
             "version": counter.value,
         }
 
+    def restore(self, counter: VersionCounter, now: int, *, count: int) -> dict[str, Any]:
+        """Bring the `count` most recently deleted rows back with their ids (the recycle bin's
+        restore, or a create that names the old id). Each gets a new version and new values;
+        a delta query over the whole stretch reports both the row and its deletion."""
+        latest = sorted(self.deleted, key=lambda i: self.deleted[i].version, reverse=True)
+        restored: list[str] = []
+        for index in latest[: max(0, count)]:
+            self.past_deletions[index] = self.deleted.pop(index)
+            revision = 1_000 + len(self.past_deletions)  # values unlike the deleted row's
+            created = self._seeded_created(index) if index < self.base_count else now
+            self.states[index] = RowState(revision, counter.next(), now, created)
+            restored.append(self.key(index))
+        return {"restored": restored, "rows": self.live_count(), "version": counter.value}
+
+    def remove_column(self, name: str) -> dict[str, Any]:
+        """Delete a custom column (and the companions Dataverse made for it)."""
+        attr = next(
+            (a for a in self.metadata_attributes() if a.logical_name == name and not a.hostile),
+            None,
+        )
+        if attr is None:
+            raise ValueError(f"{self.name} has no column {name!r}")
+        if not attr.custom or attr.primary_id or attr.primary_name or attr.attribute_of:
+            raise ValueError(f"column {name!r} of {self.name} is not a custom column")
+        generation = self.generations.get(name, 0)
+        self.generations[name] = generation + 1
+        renamed: list[AttributeDef] = []
+        for i, each in enumerate(self.attributes):
+            if name in (each.logical_name, each.attribute_of):
+                hidden = f"{each.logical_name}#deleted{generation}"
+                self.attributes[i] = replace(each, logical_name=hidden, attribute_of=None)
+                self.removed_columns.add(hidden)
+                renamed.append(each)
+        self._changed_columns()
+        return {"removed": [a.logical_name for a in renamed]}
+
+    def _changed_columns(self) -> None:
+        self._row_attributes = None
+        self._factory = None
+        self.compiled.clear()
+
     def _pick_live(self, rng: random.Random, count: int) -> list[int]:
         wanted = min(max(0, count), self.live_count())
         picked: dict[int, None] = {}
@@ -286,7 +344,7 @@ class Table:
         kind = str(spec.get("type", ""))
         if not _SAFE_NAME.match(name):
             raise ValueError(f"column name {name!r} must match {_SAFE_NAME.pattern}")
-        if any(name in (a.logical_name, a.web_name) for a in self.attributes):
+        if any(name in (a.logical_name, a.web_name) for a in self.metadata_attributes()):
             raise ValueError(f"column {name!r} already exists on {self.name}")
         if kind not in _ADDABLE:
             raise ValueError(f"column type {kind!r} must be one of {sorted(_ADDABLE)}")
@@ -311,13 +369,19 @@ class Table:
             added = choice(name, display, {1: "One", 2: "Two", 3: "Three"})
         else:
             added = [number(name, kind, display, 0, 1000)]
+        generation = self.generations.get(name, 0)  # created again: a new MetadataId
         added = [
-            replace(a, custom=True, null_ratio=0.0, added_at_version=current_version) for a in added
+            replace(
+                a,
+                custom=True,
+                null_ratio=0.0,
+                added_at_version=current_version,
+                generation=generation,
+            )
+            for a in added
         ]
         self.attributes.extend(added)
-        self._row_attributes = None
-        self._factory = None
-        self.compiled.clear()
+        self._changed_columns()
         return added[0]
 
 

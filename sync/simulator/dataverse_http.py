@@ -43,6 +43,10 @@ from sync.simulator.tokens import AccessClaims, InvalidToken, TokenAuthority
 from sync.simulator.webapi import ApiRequest, ApiResponse, DataverseModel
 
 MAX_BODY = 64 * 1024 * 1024  # a $batch of 1,000 GETs of up to 64 KB each fits
+#: GET URL length limit (reference 2.1): 32 KB; the server accepts longer request lines so
+#: that it can answer this limit itself.
+MAX_URL_LENGTH = 32_768
+MAX_REQUEST_LINE = 70_000
 ID_NAMESPACE = uuid.UUID("0b8f5c1e-6d4a-4f3b-9a27-5e1c2d3f4a5b")
 IMPERSONATION_HEADERS = ("CallerObjectId", "MSCRMCallerID")
 IMPERSONATION_DENIED = "User does not have the privilege to act on behalf another user."
@@ -155,6 +159,13 @@ class EnvironmentServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
         headers: dict[str, str] = {"x-ms-service-request-id": request_id, "REQ_ID": request_id}
+        if len(request.raw_path) > MAX_URL_LENGTH:  # before anything else, as the front end does
+            self._env.rejections["414_url_too_long"] += 1
+            return web.Response(
+                status=414,
+                headers=headers,
+                text=f"The request URL is longer than {MAX_URL_LENGTH} characters.",
+            )
         claims = self._authenticate(request, headers)
         if isinstance(claims, web.Response):
             return claims

@@ -29,7 +29,7 @@ from aiohttp import web
 from sync.errors import ConfigError
 from sync.simulator.admin import AdminServer
 from sync.simulator.credentials import AppCredential, make_credential
-from sync.simulator.dataverse_http import EnvironmentRuntime, EnvironmentServer
+from sync.simulator.dataverse_http import MAX_REQUEST_LINE, EnvironmentRuntime, EnvironmentServer
 from sync.simulator.entra import Entra
 from sync.simulator.faults import EntraFaultInjector, FaultInjector
 from sync.simulator.protection import ServiceProtection
@@ -124,7 +124,9 @@ async def _serve(spec: Scenario, scenario_path: Path, directory: Path) -> None:
     runners: list[web.AppRunner] = []
 
     async def start(app: web.Application, sock: socket.socket, *, secure: bool) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE
+        )
         await runner.setup()
         runners.append(runner)
         await web.SockSite(runner, sock, ssl_context=server_tls if secure else None).start()

@@ -95,13 +95,18 @@ def entity_definition(table: Table) -> dict[str, Any]:
     }
 
 
+def _generation(attr: AttributeDef) -> tuple[str, ...]:
+    """A column deleted and created again is a new attribute with a new MetadataId."""
+    return (f"generation {attr.generation}",) if attr.generation else ()
+
+
 def attribute_definition(table: Table, attr: AttributeDef, column_number: int) -> dict[str, Any]:
     """The AttributeMetadata of one column, with the properties of its derived type."""
     companion = attr.attribute_of is not None
     system = attr.logical_name in _SYSTEM_READ_ONLY
     out: dict[str, Any] = {
         "@odata.type": attr.odata_type,
-        "MetadataId": metadata_id(table.name, attr.logical_name),
+        "MetadataId": metadata_id(table.name, attr.logical_name, *_generation(attr)),
         "LogicalName": attr.logical_name,
         "SchemaName": attr.schema_name,
         "EntityLogicalName": table.name,

@@ -160,12 +160,15 @@ def _compile_plain(
     return renderer
 
 
-def plain_row(table: Table, row: Row) -> dict[str, Any]:
-    """A row with every column and no annotations (what ``dump_rows`` yields)."""
+def plain_row(table: Table, row: Row, *, exact: bool = False) -> dict[str, Any]:
+    """A row with every column and no annotations (what ``dump_rows`` yields). Decimals are
+    floats, or with `exact` what the Web API writes (JSON numbers with their scale, for the
+    admin dump: Money at its limits has more digits than a float keeps)."""
+    convert = json_converter if exact else dump_converter
     render: RowRenderer = _compiled(
         table,
-        ("plain",),
-        lambda: _compile_plain(table.row_attributes(), dump_converter, etag=False),
+        ("plain", exact),
+        lambda: _compile_plain(table.row_attributes(), convert, etag=False),
     )
     return render(row)
 

@@ -131,7 +131,8 @@ class RowFactory:
     def _fill(self, attr: AttributeDef) -> Fill:  # noqa: PLR0911 - one rule per system fill
         fill = attr.fill
         if fill == "draw":
-            return self._draw(attr)
+            drawn = self._draw(attr)
+            return self._edges(attr.edges, drawn) if attr.edges else drawn
         if fill == "key":
             return lambda row: row.key
         if fill == "name":
@@ -193,6 +194,11 @@ class RowFactory:
             origin_and_key = identity(self._ctx.seed, attr.logical_name).origin_and_key
             return lambda row: origin_and_key(below(1 << 32))[1]
         return self._text(attr)
+
+    def _edges(self, edges: tuple[Any, ...], drawn: Fill) -> Fill:
+        """Half the values from `edges` (edgevalues.py), the others drawn as usual."""
+        below, chance, count = self._below, self._rng.random, len(edges)
+        return lambda row: edges[below(count)] if chance() < 0.5 else drawn(row)
 
     def _date(self, attr: AttributeDef) -> Fill:
         below = self._below

@@ -23,6 +23,19 @@ from sync.simulator.attributes import (
     string,
     system_columns,
 )
+from sync.simulator.edgevalues import (
+    BIGINT_EDGES,
+    DATE_EDGES,
+    DATETIME_EDGES,
+    DECIMAL_EDGES,
+    INTEGER_EDGES,
+    MEMO_EDGES,
+    MEMO_LENGTH,
+    MONEY_EDGES,
+    TEXT_EDGES,
+    wide_attributes,
+    with_edges,
+)
 
 
 def _customize(attrs: list[AttributeDef]) -> tuple[AttributeDef, ...]:
@@ -186,8 +199,76 @@ NEW_PROJECT = TableTemplate(
     ),
 )
 
+# Values that break careless clients (edgevalues.py), in a table whose entity set name is not
+# its logical name plus "s" (Dataverse pluralises English: person → people).
+NEW_PERSON = TableTemplate(
+    "new_person",
+    "new_Person",
+    "new_people",
+    "Person",
+    "People",
+    10002,
+    "new_personid",
+    "new_name",
+    True,
+    _customize(
+        [
+            key("new_personid", "Person"),
+            string("new_name", "Name", "person", primary_name=True),
+            with_edges(string("new_nickname", "Nickname", null_ratio=0.1), TEXT_EDGES),
+            with_edges(memo("new_biography", "Biography"), MEMO_EDGES, max_length=MEMO_LENGTH),
+            with_edges(
+                number("new_salary", "Money", "Salary", 0, 500_000, null_ratio=0.1),
+                MONEY_EDGES,
+                precision=4,
+            ),
+            with_edges(
+                number("new_score", "Decimal", "Score", -1000, 1000, null_ratio=0.1),
+                DECIMAL_EDGES,
+                precision=10,
+            ),
+            with_edges(number("new_followers", "BigInt", "Followers", 0, 10**12), BIGINT_EDGES),
+            with_edges(number("new_rank", "Integer", "Rank", 1, 100), INTEGER_EDGES),
+            with_edges(date("new_lastseenat", "Last Seen", null_ratio=0.1), DATETIME_EDGES),
+            with_edges(
+                date("new_birthday", "Birthday", behavior="DateOnly", null_ratio=0.1), DATE_EDGES
+            ),
+            number("new_height", "Double", "Height", 0.5, 2.5, null_ratio=0.2),
+            *boolean("new_isactive", "Active"),
+            *state_status(ACTIVE, ACTIVE_STATUS),
+            *system_columns(),
+        ]
+    ),
+)
+
+#: Row columns of new_inspection: its own 389 custom columns plus 11 every table has.
+WIDE_CUSTOM_COLUMNS = 389
+
+# A form-like custom table with 400 columns (long names: its $select is over 12 KB).
+NEW_INSPECTION = TableTemplate(
+    "new_inspection",
+    "new_Inspection",
+    "new_inspections",
+    "Inspection",
+    "Inspections",
+    10003,
+    "new_inspectionid",
+    "new_name",
+    True,
+    _customize(
+        [
+            key("new_inspectionid", "Inspection"),
+            string("new_name", "Name", "code", primary_name=True),
+            *wide_attributes(WIDE_CUSTOM_COLUMNS),
+            *state_status(ACTIVE, ACTIVE_STATUS),
+            *system_columns(),
+        ]
+    ),
+)
+
 TEMPLATES: dict[str, TableTemplate] = {
-    t.logical_name: t for t in (ACCOUNT, CONTACT, OPPORTUNITY, NEW_PROJECT)
+    t.logical_name: t
+    for t in (ACCOUNT, CONTACT, OPPORTUNITY, NEW_PROJECT, NEW_PERSON, NEW_INSPECTION)
 }
 
 #: Fixed rows other tables point at (owners and the currency), as (logical name, names).

@@ -77,7 +77,7 @@ def json_converter(attr: AttributeDef) -> Convert | None:
 
 
 def dump_converter(attr: AttributeDef) -> Convert | None:
-    """Like `json_converter`, but decimals become floats (for ``dump_rows``)."""
+    """Like `json_converter`, but decimals become floats (for ``dump_rows`` in Python)."""
     kind = attr.attribute_type
     if kind == "DateTime":
         return iso_date if attr.date_only else iso_datetime

@@ -251,6 +251,14 @@ class DataverseModel:
         attr = target.add_column(spec, self.counter.value)
         return attribute_definition(target, attr, target.attributes.index(attr) + 1)
 
+    def remove_column(self, table: str, name: str) -> dict[str, Any]:
+        """Delete a custom column; its values are gone (ValueError for a system column)."""
+        return self._table(table).remove_column(name)
+
+    def restore(self, table: str, count: int) -> dict[str, Any]:
+        """Bring the most recently deleted rows back under their old ids."""
+        return self._table(table).restore(self.counter, int(self.clock()), count=count)
+
     def expire_change_tracking(self, table: str) -> None:
         """Every delta token issued so far for that table becomes expired (0x80044352)."""
         target = self._table(table)
@@ -262,13 +270,14 @@ class DataverseModel:
             raise ValueError(f"hostile kind must be one of {sorted(HOSTILE_KINDS)} or None")
         self._table(table).hostile = kind
 
-    def dump_rows(self, table: str) -> Iterator[dict[str, Any]]:
-        """Current rows in primary-key order, Web API names and values, no annotations."""
+    def dump_rows(self, table: str, *, exact: bool = False) -> Iterator[dict[str, Any]]:
+        """Current rows in primary-key order, Web API names and values, no annotations
+        (`exact`: decimals as JSON numbers with their scale, for orjson, not floats)."""
         target = self._table(table)
         for index in target.indices():
             row = target.row(index)
             if row is not None:
-                yield plain_row(target, row)
+                yield plain_row(target, row, exact=exact)
 
     def row_count(self, table: str) -> int:
         """Live rows of a table now."""

@@ -87,6 +87,8 @@ mirror_columns = Table(
     Column("added_at", DateTime(timezone=True), nullable=False),
     Column("removed_at", DateTime(timezone=True)),
     Column("type_changed_at", DateTime(timezone=True)),
+    # The attribute's MetadataId: a column deleted and created again gets a new one.
+    Column("attribute_id", String(36)),
 )
 
 # One row per command or daemon cycle per table.

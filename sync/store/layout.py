@@ -42,6 +42,9 @@ class MirrorColumn:
     # How the attribute was declared ("AttributeType DateTime, Format DateOnly, DateTimeBehavior
     # UserLocal"), named when a value does not fit; not part of the schema hash.
     declared: str = field(default="", compare=False)
+    # The attribute's MetadataId ("" when the service did not send one): a column deleted and
+    # created again under the same name is a new attribute with a new id.
+    attribute_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ Drift rules (decided by the pure `plan_drift()`, applied by `ensure_mirror()` in
   `<col>__old_<oldtype>` (old values kept and never written again) and a new `<col>` of the new
   type is added; `type_changed_at` is set on both and the change is reported (log + a status
   note). Nothing is lost or converted.
+* a column deleted at the source and created again under the same name (a new MetadataId: every
+  value starts empty there, and a change-tracked table's delta never says so) → handled like a
+  type change: the old values move to `<col>__old_<type>` and a new, empty `<col>` is added, so
+  the mirror never shows the old attribute's values as the new one's.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class CatalogueEntry:
     sql_type: str
     removed: bool
     archive: bool = False  # `<col>__old_<type>` kept after a type change: never written again
+    attribute_id: str = ""  # the attribute's MetadataId when known
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class TypeChange:
     column: MirrorColumn
     old_type: str
     kept_as: str
+    recreated: bool = False  # same name and type, a new attribute (a new MetadataId)
 
 
 @dataclass(frozen=True)
@@ -106,14 +112,21 @@ def plan_drift(
         entry = catalogue.get(column.name)
         if entry is None:
             added.append(column)
-        elif entry.sql_type != column.sql_type and same_storage(entry.sql_type, column.sql_type):
-            restamped.append(column)
-        elif entry.sql_type != column.sql_type:
+            continue
+        new_type = entry.sql_type != column.sql_type
+        recreated = bool(entry.attribute_id and column.attribute_id) and (
+            entry.attribute_id != column.attribute_id
+        )
+        if recreated or (new_type and not same_storage(entry.sql_type, column.sql_type)):
             kept = _kept_name(column.name, entry.sql_type, taken)
             taken.add(kept)
-            retyped.append(TypeChange(column, entry.sql_type, kept))
+            retyped.append(TypeChange(column, entry.sql_type, kept, recreated and not new_type))
+        elif new_type:  # stored the same way: only the catalogue changes
+            restamped.append(column)
         elif entry.removed:
             revived.append(column)
+        elif column.attribute_id and not entry.attribute_id:  # catalogued before ids were kept
+            restamped.append(column)
     removed = tuple(sorted(n for n, e in catalogue.items() if n not in wanted and not e.removed))
     still = tuple(sorted(n for n, e in catalogue.items() if n not in wanted and not e.archive))
     return DriftPlan(
@@ -145,6 +158,7 @@ async def _catalogue(
             r.sql_type,
             r.removed_at is not None,
             archive=r.removed_at is not None and r.type_changed_at is not None,
+            attribute_id=r.attribute_id or "",
         )
         for r in rows
     }
@@ -160,6 +174,7 @@ def _catalogue_row(
         "attribute_type": column.attribute_type,
         "sql_type": column.sql_type,
         "added_at": now,
+        "attribute_id": column.attribute_id or None,
     }
 
 
@@ -192,13 +207,21 @@ def _ddl(
         steps.append(
             update(mirror_columns)
             .where(where, mirror_columns.c.column_name == column.name)
-            .values(removed_at=None, attribute_type=column.attribute_type)
+            .values(
+                removed_at=None,
+                attribute_type=column.attribute_type,
+                attribute_id=column.attribute_id or None,
+            )
         )
     for column in plan.restamped:
         steps.append(
             update(mirror_columns)
             .where(where, mirror_columns.c.column_name == column.name)
-            .values(sql_type=column.sql_type, attribute_type=column.attribute_type)
+            .values(
+                sql_type=column.sql_type,
+                attribute_type=column.attribute_type,
+                **({"attribute_id": column.attribute_id} if column.attribute_id else {}),
+            )
         )
     for change in plan.retyped:
         column = change.column
@@ -235,7 +258,7 @@ async def ensure_mirror(
         await execute_ddl(engine, steps, table=schema.table, environment=environment)
         for change in plan.retyped:
             log.warning(
-                "schema_type_changed",
+                "schema_column_recreated" if change.recreated else "schema_type_changed",
                 environment=environment,
                 table=schema.table,
                 column=change.column.name,
@@ -269,7 +292,10 @@ def type_change_note(plan: DriftPlan) -> str | None:
     if not plan.retyped:
         return None
     parts = [
-        f"{t.column.name} {t.old_type}→{t.column.sql_type} (old values kept in {t.kept_as})"
+        f"{t.column.name} deleted and created again at the source (old values kept in {t.kept_as})"
+        if t.recreated
+        else f"column type changed: {t.column.name} {t.old_type}→{t.column.sql_type} (old "
+        f"values kept in {t.kept_as})"
         for t in plan.retyped
     ]
-    return "schema drift: column type changed: " + "; ".join(parts)
+    return "schema drift: " + "; ".join(parts)
