@@ -180,3 +180,20 @@ def test_reconcile_due_and_synced_at_follow_the_clock() -> None:
     assert cur.reconcile_due(state, now=NOW + timedelta(days=1))
     started = replace(state, resync_started_at=NOW)
     assert cur.synced_at(started, NOW - timedelta(seconds=5)) == NOW
+
+
+def test_a_select_too_long_for_a_get_url_is_left_out() -> None:
+    """The Web API refuses GET URLs over 32 KB: past `MAX_SELECT_LENGTH` no `$select` is sent
+    (every column comes back), in first pages, range pages and widened delta links alike."""
+    short = tuple(f"new_column{i:04d}" for i in range(100))
+    wide = tuple(f"new_extra_inspectionitem{i:04d}_measuredvalue" for i in range(700))
+    assert len(",".join(wide)) > cur.MAX_SELECT_LENGTH >= len(",".join(short))
+    assert cur.select_params(short) == [("$select", ",".join(short))]
+    assert cur.select_params(wide) == []
+    link = "https://org.example/api/data/v9.2/things?$select=a&$deltatoken=919058%2108"
+    assert cur.with_select(link, wide) == (
+        "https://org.example/api/data/v9.2/things?$deltatoken=919058%2108"
+    )
+    assert cur.collection_url("https://org.example", "things", []) == (
+        "https://org.example/api/data/v9.2/things"
+    )

@@ -15,6 +15,7 @@ against the simulator over HTTPS, on both stores.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,12 +51,18 @@ def _sim(tmp_path: Path) -> Iterator[dict[str, Any]]:
         yield ready
 
 
-def write_config(sim: dict[str, Any], directory: Path, store_url: str) -> Path:
+def write_config(
+    sim: dict[str, Any],
+    directory: Path,
+    store_url: str,
+    env_name: str = ENV,
+    tables_of: tuple[str, ...] = TABLES,
+) -> Path:
     generated = Path(sim["config_file"]).read_text()
     app = generated[generated.index("[app]") : generated.index("[store]")]
     tenant = sim["tenants"][0]
-    env = tenant["environments"][0]
-    tables = ", ".join(f'"{t}"' for t in TABLES)
+    env = next(e for e in tenant["environments"] if e["name"] == env_name)
+    tables = ", ".join(f'"{t}"' for t in tables_of)
     text = (
         f'{app}\n[store]\nurl = "{store_url}"\n\n[daemon]\ndata_dir = "{directory}"\n\n'
         f'[[tenants]]\nname = "{tenant["name"]}"\ntenant_id = "{tenant["tenant_id"]}"\n\n'
@@ -80,16 +87,16 @@ def converged(sim: dict[str, Any], store_url: str) -> None:
         assert not problems, problems
 
 
-def mirror_columns(store_url: str, table: str) -> list[str]:
+def mirror_columns(store_url: str, table: str, env: str = ENV) -> list[str]:
     database = database_of(store_url)
     if isinstance(database, Path):
         with sqlite3.connect(database) as conn:
-            return [r[1] for r in conn.execute(f'PRAGMA table_info("{ENV}__{table}")')]
+            return [r[1] for r in conn.execute(f'PRAGMA table_info("{env}__{table}")')]
     rows = query(
         database,
         "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
         "AND table_name = ? ORDER BY ordinal_position",
-        ENV,
+        env,
         table,
     )
     return [r[0] for r in rows]
@@ -193,3 +200,51 @@ def test_a_column_renamed_by_recreating_it_and_one_recreated_under_its_name(
     assert kept and all(str(kept[k]) == str(ranks[k]) for k in kept)
     status = cli(config, "status", "--json")
     assert "new_rank" in status
+
+
+def test_a_table_too_wide_to_name_in_a_select_is_read_without_one(
+    sim: dict[str, Any], tmp_path: Path, store_url: str
+) -> None:
+    """1,100 columns whose names fill 42 KB: naming them in `$select` would pass the Web API's
+    32 KB GET limit (the simulator answers 414 there), so dvmirror reads every column instead.
+    SQLite holds such a row; PostgreSQL cannot (a row's fixed-width values must fit in 8 KB):
+    the table parks saying so and how to mirror fewer columns, and that works."""
+    config = write_config(sim, tmp_path, store_url, "wide_env", ("new_inspection",))
+    database = database_of(store_url)
+    if isinstance(database, str):  # PostgreSQL: a row's fixed-width values must fit in 8 KB
+        result = run_cli("--config", config, "backfill", timeout=300)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        said = " ".join(result.stderr.split())  # the console wraps long lines
+        assert "row is too big" in said, said
+        assert "[tenants.environments.table_options.new_inspection] columns = [...]" in said
+        # What the message says to do works: mirror fewer columns.
+        wanted = [
+            name
+            for name in compare.source_rows(sim, "wide_env", "new_inspection")[0]
+            if name.startswith("new_extra_")
+        ][:300]
+        with config.open("a") as file:
+            file.write(
+                "[tenants.environments.table_options.new_inspection]\n"
+                f"columns = {json.dumps(wanted)}\n"
+            )
+        cli(config, "backfill")
+        mirrored = compare.mirror_rows(database, "wide_env", "new_inspection")
+        source_rows = compare.source_rows(sim, "wide_env", "new_inspection")
+        assert mirrored is not None and len(mirrored) == len(source_rows)
+        for row in source_rows:
+            got = mirrored[row["new_inspectionid"]]
+            assert all(compare.same(got[c], row[c], postgres=True) for c in wanted), row
+        return
+    cli(config, "backfill")
+    assert not compare.differences(sim, database, "wide_env", "new_inspection", limit=8)
+    columns = mirror_columns(store_url, "new_inspection", "wide_env")
+    assert len([c for c in columns if not c.startswith("_dv_")]) >= 1_100
+    body = {"creates": 20, "updates": 30, "deletes": 10, "seed": 9}
+    admin(sim, "POST", "/environments/wide_env/tables/new_inspection/churn", body)
+    cli(config, "sync", "--once")
+    assert not compare.differences(sim, database, "wide_env", "new_inspection", limit=8)
+    stats = admin(sim, "GET", "/stats")["environments"]
+    wide = next(e for e in stats if e["environment"] == "wide_env")
+    assert "414_url_too_long" not in wide["rejections"], wide["rejections"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from sync.cli import cli
 from sync.commands.status import run_status
@@ -362,3 +362,26 @@ def test_cli_status_json_subprocess(tmp_path: Path) -> None:
     } <= account.keys()
     assert (account["phase"], account["rows"]) == ("delta", 1234)
     assert SECRET not in result.stdout + result.stderr
+
+
+async def test_errors_are_shown_as_written_never_read_as_markup(tmp_path: Path) -> None:
+    """Errors quote the service and the store; text like `[/bold]` or a TOML table name in
+    brackets is printed as it is, never taken for rich markup (which would drop it or fail)."""
+    config = config_for(write_config(tmp_path))
+    await seed(config)
+    error = "service said [/bold] [red]no[/red]; set [tenants.environments.table_options.contact]"
+    engine = create_engine(config.store_url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(sync_state).where(sync_state.c.table_name == "contact").values(last_error=error)
+        )
+    await engine.dispose()
+    for width in (220, 80):
+        out = io.StringIO()
+        code = await run_status(
+            config, as_json=False, console=Console(file=out, width=width), now=NOW
+        )
+        assert code == 0
+        # The table wraps the cell between the two parts; the compact form has it whole.
+        for part in ("service said [/bold] [red]no[/red]; set", error.rpartition(" ")[2]):
+            assert part in out.getvalue(), out.getvalue()

@@ -220,7 +220,9 @@ async def run_tables(
     results = [r for batch in batches for r in batch]
     for result in results:
         if not result.ok:
-            console.print(f"[red]{result.environment}/{result.table}: {result.error}")
+            # Errors quote the service and the store: never read as rich markup.
+            line = f"{result.environment}/{result.table}: {result.error}"
+            console.print(Text(line, style="red"))
     return exit_code(results)
 
 

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from sync.config.model import Config, Environment, Tenant
@@ -85,9 +86,10 @@ def render(results: list[CheckResult]) -> Table:
     for column in ("tenant", "environment", "status", "application user", "organization"):
         table.add_column(column, overflow="fold")
     for result in results:
-        status = "[green]ok[/green]" if result.ok else f"[red]error[/red]: {result.error}"
+        # Errors quote the service: escaped, never read as rich markup.
+        status = "[green]ok[/green]" if result.ok else f"[red]error[/red]: {escape(result.error)}"
         if result.fix:
-            status += f"\n[yellow]fix[/yellow]: {result.fix}"
+            status += f"\n[yellow]fix[/yellow]: {escape(result.fix)}"
         table.add_row(
             result.tenant, result.environment, status, result.user_id, result.organization_id
         )

@@ -207,7 +207,7 @@ async def _with_simulator(console: Console, ready: dict[str, Any], duration: flo
     if converged.problems:
         console.print("[red]the mirror differs from its source:", soft_wrap=True)
         for problem in converged.problems:
-            console.print(f"  {problem}", soft_wrap=True, highlight=False)
+            console.print(Text(f"  {problem}"), soft_wrap=True, highlight=False)
         return 1
     console.print(
         f"[green]every mirror table matches its source, column by column "

@@ -17,7 +17,9 @@ from typing import Any
 
 import orjson
 from rich.console import Console, JustifyMethod
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Integer, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -287,7 +289,7 @@ def render_compact(report: Mapping[str, Any], console: Console) -> None:
     console.print(f"dvmirror status — {report['store']}", soft_wrap=True, highlight=False)
     for env in report["environments"]:
         label = env["name"] if env["configured"] else f"{env['name']} (not configured)"
-        owner = f" — owner {_owner_text(env)}"
+        owner = f" — owner {escape(_owner_text(env))}"
         console.print(f"\n[bold]{label}[/bold]{owner}", soft_wrap=True, highlight=False)
         if not env["tables"]:
             console.print("  no tables yet", soft_wrap=True)
@@ -305,7 +307,8 @@ def render_compact(report: Mapping[str, Any], console: Console) -> None:
                 parts.append(f"parked until {_short_time(entry['parked_until'])}")
             console.print(", ".join(parts), soft_wrap=True, highlight=False)
             if entry["last_error"]:
-                console.print(f"    error: {entry['last_error']}", soft_wrap=True, highlight=False)
+                error_line = f"    error: {escape(entry['last_error'])}"
+                console.print(error_line, soft_wrap=True, highlight=False)
     for budget in report["budgets"]:
         if budget["limit"] is None and not budget["used"]:
             continue
@@ -359,7 +362,7 @@ def render(report: Mapping[str, Any], console: Console) -> None:
                 str(entry["attempts"]),
                 str(entry["throttled_recent"]),
                 _short_time(entry["parked_until"]) if entry["parked_until"] else "",
-                (error[:ERROR_SHOWN] + "…") if len(error) > ERROR_SHOWN else error,
+                Text((error[:ERROR_SHOWN] + "…") if len(error) > ERROR_SHOWN else error),
             )
     console.print(tables)
     owners = Table(title="Owners (leases)", title_justify="left")
@@ -367,7 +370,7 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         owners.add_column(header, overflow="fold")
     for env in report["environments"]:
         owners.add_row(
-            env["name"], env.get("owner") or "—", _short_time(env.get("lease_expires_at"))
+            env["name"], Text(env.get("owner") or "—"), _short_time(env.get("lease_expires_at"))
         )
     console.print(owners)
     budgets = [b for b in report["budgets"] if b["limit"] is not None or b["used"]]

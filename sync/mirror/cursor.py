@@ -21,6 +21,7 @@ A cycle runs from an idle state (no `next_link`, no `signpost`) back to an idle 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -39,6 +40,9 @@ DEFAULT_OVERLAP = timedelta(minutes=5)
 DEFAULT_RECONCILE_EVERY = timedelta(hours=24)
 FULL_PASSES: frozenset[str] = frozenset({"backfill", "resync"})
 QUERY_SAFE = ",()':"
+#: The longest `$select` sent (percent-encoded): the Web API's GET limit is 32,768 characters,
+#: and a next link adds the base URL, a filter and a paging cookie to it.
+MAX_SELECT_LENGTH = 24_000
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,22 @@ def parse_iso(text: str) -> datetime:
 
 def collection_url(base: str, entity_set: str, params: list[tuple[str, str]]) -> str:
     query = "&".join(f"{k}={quote(v, safe=QUERY_SAFE)}" for k, v in params)
-    return f"{base}{API_PATH}/{entity_set}?{query}"
+    return f"{base}{API_PATH}/{entity_set}" + (f"?{query}" if query else "")
+
+
+def select_params(select: Sequence[str]) -> list[tuple[str, str]]:
+    """`$select` of these columns, or nothing when naming them would make the URL too long:
+    the Web API refuses GET URLs over 32 KB (reference 2.1, a table with a thousand columns
+    with long names gets there), and without `$select` it sends every column (the shaper keeps
+    the mirrored ones)."""
+    joined = ",".join(select)
+    if len(quote(joined, safe=QUERY_SAFE)) > MAX_SELECT_LENGTH:
+        return []
+    return [("$select", joined)]
 
 
 def rows_url(base: str, schema: TableSchema) -> str:
-    return collection_url(base, schema.entity_set, [("$select", ",".join(schema.select))])
+    return collection_url(base, schema.entity_set, select_params(schema.select))
 
 
 def keys_url(base: str, schema: TableSchema) -> str:
@@ -89,7 +104,7 @@ def watermark_url(base: str, schema: TableSchema, low: str, high: str) -> str:
         base,
         schema.entity_set,
         [
-            ("$select", ",".join(schema.select)),
+            *select_params(schema.select),
             ("$filter", f"modifiedon ge {low} and modifiedon le {high}"),
             ("$orderby", f"modifiedon asc,{schema.primary_key} asc"),
         ],
@@ -97,13 +112,15 @@ def watermark_url(base: str, schema: TableSchema, low: str, high: str) -> str:
 
 
 def with_select(link: str, select: tuple[str, ...]) -> str:
-    """A delta link with its `$select` replaced (new columns), its token left untouched."""
+    """A delta link with its `$select` replaced (new columns), its token left untouched (a
+    link without `$select` already reads every column)."""
     parts = urlsplit(link)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     if not any(k == "$select" for k, _ in pairs):
         return link
     raw = [p for p in parts.query.split("&") if not p.startswith("$select=")]
-    query = "&".join([f"$select={quote(','.join(select), safe=',')}", *raw])
+    wanted = [f"$select={quote(value, safe=',')}" for _, value in select_params(select)]
+    query = "&".join([*wanted, *raw])
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from sync.mirror.cursor import select_params
 from sync.mirror.typemap import UUID_TEXT
 from sync.store.layout import TableSchema
 
@@ -99,7 +100,7 @@ def valid_key(key: object) -> bool:
 
 def range_params(schema: TableSchema, key_range: KeyRange) -> list[tuple[str, str]]:
     """Query options of one range's first request: every column, the range, in key order."""
-    params = [("$select", ",".join(schema.select))]
+    params = select_params(schema.select)
     condition = key_range.filter(schema.primary_key)
     if condition is not None:
         params.append(("$filter", condition))

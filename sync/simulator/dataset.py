@@ -28,6 +28,7 @@ from sync.simulator.attributes import (
     number,
     string,
 )
+from sync.simulator.edgevalues import wide_attributes
 from sync.simulator.rowgen import RowFactory
 from sync.simulator.templates import TEMPLATES
 from sync.simulator.values import (
@@ -77,6 +78,12 @@ class TableSpec(BaseModel):
     rows: int = Field(default=1000, ge=0, le=100_000_000)
     change_tracking: bool = True
     denied: bool = Field(default=False, description="app user lacks prvRead<Entity> → 403")
+    extra_columns: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="custom columns added to the template, with long names (a very wide table)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -115,6 +122,9 @@ class Table:
         self.name = spec.name
         self.ctx = ctx
         self.attributes: list[AttributeDef] = list(self.template.attributes)
+        if spec.extra_columns:
+            extra = wide_attributes(spec.extra_columns, prefix="new_extra_")
+            self.attributes += [replace(a, custom=True) for a in extra]
         self.base_count = spec.rows
         self.next_index = spec.rows
         self.version_offset = version_offset

@@ -125,6 +125,15 @@ def map_store_errors(
                 environment=environment or None,
                 table=table,
             ) from exc
+        if kind == "limit":
+            raise StoreError(
+                f"table {table}: the store cannot hold this table ({detail}): PostgreSQL keeps a "
+                "row's fixed-width values within 8 KB and a table within 1,600 columns; mirror "
+                f"fewer columns with [tenants.environments.table_options.{table}] columns = "
+                "[...]. Nothing from the page was written",
+                environment=environment or None,
+                table=table,
+            ) from exc
         if isinstance(exc, sa_exc.DBAPIError):
             raise StoreError(f"table {table}: the store failed: {detail}", table=table) from exc
         raise StoreError(

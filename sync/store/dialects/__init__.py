@@ -24,8 +24,9 @@ from sync.store.layout import SqlType
 
 # What a failed statement means: a value the store refused (the page was hostile), the database
 # is busy (run the transaction again), the connection broke (retry later), the disk is full (the
-# table parks and retries until space is freed), or the store failed.
-Failure = Literal["data", "busy", "transient", "full", "store"]
+# table parks and retries until space is freed), the table passes a limit of the store (it parks
+# until fewer columns are mirrored), or the store failed.
+Failure = Literal["data", "busy", "transient", "full", "limit", "store"]
 
 
 class TableWriter(Protocol):

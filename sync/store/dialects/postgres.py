@@ -66,7 +66,8 @@ _DELETIONS = f'{quote_ident(CONTROL_SCHEMA)}."_dv_deletions"'
 # 23 integrity violation → the page's values;
 # 40 transaction rollback (serialization failure, deadlock) → run the transaction again;
 # 08 connection exception, 57 operator intervention (shutdown, cancel), 53 insufficient
-# resources → retry later.
+# resources → retry later; 54 program limit exceeded (a row past 8 KB of fixed-width values,
+# over 1,600 columns) → the table cannot be stored as it is: mirror fewer columns.
 _DATA_CLASSES = ("21", "22", "23")
 _BUSY_CLASSES = ("40",)
 _TRANSIENT_CLASSES = ("08", "53", "57")
@@ -303,6 +304,8 @@ class PostgresDialect:
             return "data"
         if state.startswith(_BUSY_CLASSES):
             return "busy"
+        if state.startswith("54"):
+            return "limit"
         if state.startswith(_TRANSIENT_CLASSES) or isinstance(exc, sa_exc.InterfaceError | OSError):
             return "transient"
         if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
