@@ -241,6 +241,10 @@ class EnvironmentGroup:
             if self.metrics is not None:
                 self.metrics.table_run_finished(self.name, table, ok=result.ok)
                 self.metrics.table_parked(self.name, table, not result.ok)
+                # A token renewal refused mid-run (a secret revoked under the daemon) is a
+                # token failure as much as one at sign-in.
+                if isinstance(error, AuthError):
+                    self.metrics.token_failure(self.tenant.name, error)
             if result.ok:
                 attempts = 0
                 self.status.failing_tables.pop(table, None)

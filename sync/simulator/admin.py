@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from sync.simulator.admin_apps import add_app_routes
 from sync.simulator.dataverse_http import EnvironmentRuntime
 from sync.simulator.entra import Entra
 from sync.simulator.protection import Limits
@@ -68,6 +69,7 @@ class AdminServer:
         app.router.add_post(f"{table}/restore", self._restore)
         app.router.add_post(f"{table}/expire-delta-tokens", self._expire)
         app.router.add_post(f"{table}/hostile", self._hostile)
+        add_app_routes(app, self._entra)
         return app
 
     @web.middleware

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +79,10 @@ class Entra:
         self.faults = faults
         self.stats = EntraStats()
         self.assertions = AssertionChecker(reject_replays=scenario.entra.reject_replayed_assertions)
+
+    def credential(self, client_id: str) -> AppCredential | None:
+        """One app's credential (the admin API adds and revokes its secrets)."""
+        return self._credentials.get(client_id.strip().lower())
 
     def application(self) -> web.Application:
         app = web.Application()
@@ -216,8 +219,8 @@ class Entra:
             resource = normalise_resource(form.get("scope", ""))
             self.assertions.check(assertion, credential, audiences=audiences, resource=resource)
         elif secret is not None:
-            registered = credential.secret()
-            if registered is None or not hmac.compare_digest(secret.encode(), registered.encode()):
+            # Any of the app's live secrets will do (a rotation holds two for a while).
+            if not credential.accepts_secret(secret):
                 raise aadsts.bad_secret(app.client_id)
             if app.secret_expired:
                 raise aadsts.expired_secret(app.client_id)
