@@ -219,7 +219,9 @@ def test_a_long_reader_keeps_its_snapshot_while_syncing_goes_on(
                 reader.close()
             done = asyncio.run(checkpoint(database))
             assert done is not None and done.complete, done
-            assert done.wal_bytes_after == 0
+            # Truncated; the daemon keeps syncing (1 s interval), so its next commit may already
+            # have put a frame or two back by the time the size is read.
+            assert done.wal_bytes_after <= 16 * 4096 < done.wal_bytes_before, done
         shutdown = stop_cleanly(daemon, database)
         record(
             f"long reader: WAL {before} B before, peak {peak} B ({peak / 2**20:.1f} MiB) during "
