@@ -35,7 +35,7 @@ class State:
 
     def load(self, *, resolve_secrets: bool = True) -> Any:
         """Load the configuration (and configure logging from it)."""
-        from sync.config.model import load_config
+        from sync.config.loading import load_config
         from sync.logs import configure_logging
 
         path = self.config_path

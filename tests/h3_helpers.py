@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sync.config.model import Config, load_config
+from sync.config.loading import load_config
+from sync.config.model import Config
 
 
 def app_entry(ready: Mapping[str, Any], client_id: str | None = None) -> dict[str, Any]:

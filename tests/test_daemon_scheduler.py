@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sync.config.model import Config, load_config
+from sync.config.loading import load_config
+from sync.config.model import Config
 from sync.runtime.scheduler import group_key
 
 BASE = """

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from sync.bench.pipeline import bench_pages, bench_schema
-from sync.config.model import load_config
+from sync.config.loading import load_config
 from sync.errors import (
     AuthError,
     CredentialError,

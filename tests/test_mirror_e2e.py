@@ -19,7 +19,8 @@ from rich.console import Console
 
 from sync.commands.backfill import run_backfill
 from sync.commands.sync_once import run_sync_once
-from sync.config.model import Config, load_config
+from sync.config.loading import load_config
+from sync.config.model import Config
 from tests import mirror_compare as compare
 from tests.cli import clean_env
 from tests.mirror_compare import _store_url, database_of, query  # noqa: F401
@@ -207,7 +208,7 @@ import asyncio, sys
 from io import StringIO
 from rich.console import Console
 from sync.commands.backfill import run_backfill
-from sync.config.model import load_config
+from sync.config.loading import load_config
 config = load_config(sys.argv[1])
 asyncio.run(run_backfill(config, env=None, table=None, console=Console(file=StringIO())))
 """

@@ -192,6 +192,15 @@ def test_a_revoked_secret_parks_the_table_until_sighup_brings_the_new_one(tmp_pa
             assert 'dvmirror_table_parked{environment="rot_env",table="account"} 1.0' in metrics
             failures = 'dvmirror_token_failures_total{reason="credential",tenant="contoso"}'
             assert failures in metrics, metrics
+            # systemd's STATUS= line (and the journal) name the environment too.
+            wait_until(
+                lambda: any(
+                    f"tables failing in: {ENV}" in e["status"]
+                    for e in daemon.named("status_changed")
+                ),
+                timeout=30,
+                what="the status line naming the failing environment",
+            )
             assert daemon.process.poll() is None
 
             new = add_secret(sim)
@@ -203,6 +212,7 @@ def test_a_revoked_secret_parks_the_table_until_sighup_brings_the_new_one(tmp_pa
                 lambda: converged(sim, database), timeout=90, what="recovery without a restart"
             )
             wait_until(lambda: health(daemon)[1]["status"] == "ok", timeout=60, what="ok again")
+            assert "failing" not in daemon.named("status_changed")[-1]["status"]
             again = run_cli("--config", config, "status", "--json")
             assert again.returncode == 0, again.stderr
             entry = next(

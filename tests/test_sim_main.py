@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.config.model import load_config
+from sync.config.loading import load_config
 from sync.errors import ConfigError
 from sync.simulator.faults import FaultRates
 from sync.simulator.scenario import bundled_scenarios, load_scenario

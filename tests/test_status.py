@@ -15,7 +15,8 @@ from sqlalchemy import insert, update
 
 from sync.cli import cli
 from sync.commands.status import run_status
-from sync.config.model import Config, load_config
+from sync.config.loading import load_config
+from sync.config.model import Config
 from sync.store.connect import create_engine
 from sync.store.control import environments, leases, request_budget, run_history, sync_state
 from sync.store.migrate import upgrade

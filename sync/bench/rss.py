@@ -48,7 +48,7 @@ import asyncio, os, resource, sys
 from io import StringIO
 from rich.console import Console
 from sync.commands.backfill import run_backfill
-from sync.config.model import load_config
+from sync.config.loading import load_config
 from structlog.testing import capture_logs
 from sync.mirror.decode_workers import peak_rss_mb
 with capture_logs() as logs:  # the Wiring's decode pool logs its workers' peak when it stops

@@ -26,7 +26,8 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from sync.commands.status import run_status
 from sync.commands.verify import Comparison, compare_table
-from sync.config.model import Config, load_config
+from sync.config.loading import load_config
+from sync.config.model import Config
 from sync.mirror.job import PageProgress
 from sync.runtime.daemon import Daemon
 from sync.simulator.process import start_simulator, stop_simulator

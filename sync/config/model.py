@@ -1,17 +1,15 @@
 """Typed, frozen configuration, loaded once from one TOML file.
 
-`load_config()` reads the file, overlays `DVMIRROR_<SECTION>__<KEY>` environment variables,
-validates everything (URLs, names, intervals, secrets, certificates) and returns frozen
-objects. Any problem becomes one `ConfigError` line naming the file, the key path and the fix.
-Nothing here reads `os.environ` at import time: the environment is passed in.
+The models validate everything (URLs, names, intervals, secrets, certificates) into frozen
+objects; `sync.config.loading.load_config()` reads the file, overlays `DVMIRROR_<SECTION>__<KEY>`
+environment variables and turns any problem into one `ConfigError` line naming the file, the
+key path and the fix. Nothing here reads `os.environ` at import time: the environment is passed
+in.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +17,6 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -51,12 +48,8 @@ __all__ = [
     "Store",
     "TableOptions",
     "Tenant",
-    "load_config",
     "parse_interval",
 ]
-
-ENV_PREFIX = "DVMIRROR_"
-OVERRIDABLE_SECTIONS = ("app", "store", "daemon", "tenants")
 
 
 class TableOptions(FrozenModel):
@@ -270,17 +263,17 @@ class Settings(FrozenModel):
         env_names: dict[str, str] = {}
         for ti, tenant in enumerate(self.tenants):
             if tenant.name in tenant_names:
-                raise _PathError(f"tenants[{ti}].name", f"duplicate tenant name {tenant.name!r}")
+                raise KeyPathError(f"tenants[{ti}].name", f"duplicate tenant name {tenant.name!r}")
             tenant_names.add(tenant.name)
             if tenant.app is None and self.app is None:
-                raise _PathError(
+                raise KeyPathError(
                     f"tenants[{ti}]",
                     "no [app] registration: add a top-level [app] or a [tenants.app] for it",
                 )
             for ei, env in enumerate(tenant.environments):
                 where = f"tenants[{ti}].environments[{ei}].name"
                 if env.name in env_names:
-                    raise _PathError(
+                    raise KeyPathError(
                         where,
                         f"duplicate environment name {env.name!r} (also {env_names[env.name]})",
                     )
@@ -288,7 +281,7 @@ class Settings(FrozenModel):
                 if self.store.postgres and (
                     env.name in RESERVED_SCHEMAS or env.name.startswith("pg_")
                 ):
-                    raise _PathError(
+                    raise KeyPathError(
                         where,
                         f"{env.name!r} is a reserved schema name in a PostgreSQL store "
                         "(each environment is a schema of its name): rename the environment",
@@ -296,7 +289,7 @@ class Settings(FrozenModel):
         return self
 
 
-class _PathError(ValueError):
+class KeyPathError(ValueError):
     """A cross-field error that knows its own key path."""
 
     def __init__(self, path: str, message: str) -> None:
@@ -332,141 +325,3 @@ class Config:
                 return tenant
         known = ", ".join(t.name for t in self.tenants)
         raise ConfigError(f"{self.path}: no tenant named {name!r} (known: {known})")
-
-
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part.startswith(("function-", "tagged-union", "literal")) or part in (
-            "tuple[str, ...]",
-            "list[str]",
-            "str",
-            "float",
-            "int",
-            "is-instance[Path]",
-        ):
-            continue  # pydantic union branch names are noise for users
-        else:
-            out += f".{part}" if out else part
-    return out or "(top level)"
-
-
-def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Apply DVMIRROR_<SECTION>__<KEY>[__<KEY>…] variables onto the parsed TOML."""
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        parts = name[len(ENV_PREFIX) :].lower().split("__")
-        if parts[0] not in OVERRIDABLE_SECTIONS:
-            continue
-        try:
-            value: Any = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            try:
-                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-            except (IndexError, TypeError, AttributeError, ValueError):
-                raise ConfigError(
-                    f"{name}: no such key {'.'.join(parts[: i + 1])} to override"
-                ) from None
-        last = parts[-1]
-        if isinstance(node, list):
-            raise ConfigError(f"{name}: cannot override a whole list entry; name a key inside it")
-        node[last] = value
-
-
-def default_data_dir(environ: Mapping[str, str]) -> Path:
-    """systemd's StateDirectory= wins, then XDG, then ~/.local/share."""
-    if environ.get("STATE_DIRECTORY"):
-        return Path(environ["STATE_DIRECTORY"].split(":")[0])
-    if environ.get("XDG_DATA_HOME"):
-        return Path(environ["XDG_DATA_HOME"]) / "dvmirror"
-    return Path.home() / ".local" / "share" / "dvmirror"
-
-
-def load_config(
-    path: Path | str,
-    environ: Mapping[str, str] | None = None,
-    *,
-    resolve_secrets: bool = True,
-) -> Config:
-    """Load and validate the configuration file, or raise one clear ConfigError.
-
-    With resolve_secrets=False, secret references are checked for shape only and not read;
-    for commands that never authenticate (status, migrate).
-    """
-    environ = dict(os.environ if environ is None else environ)
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: configuration file not found; pass --config PATH or set DVMIRROR_CONFIG "
-            "(config/dvmirror.example.toml is a documented starting point)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    _env_overrides(data, environ)
-    app_data = data.get("app")
-    allow_insecure = bool(isinstance(app_data, dict) and app_data.get("allow_insecure") is True)
-    context: dict[str, Any] = {
-        "environ": environ,
-        "base_dir": path.resolve().parent,
-        "allow_insecure": allow_insecure,
-        "warnings": [],
-        "resolve_secrets": resolve_secrets,
-    }
-    try:
-        settings = Settings.model_validate(data, context=context)
-    except ValidationError as exc:
-        raise ConfigError(_first_error(path, exc)) from None
-    except _PathError as exc:
-        raise ConfigError(f"{path}: {exc.path}: {exc}") from None
-    daemon = settings.daemon
-    if daemon.data_dir is None:
-        data_dir = default_data_dir(environ)
-    else:
-        data_dir = (
-            daemon.data_dir
-            if daemon.data_dir.is_absolute()
-            else path.resolve().parent / daemon.data_dir
-        )
-    store_url = settings.store.url or f"sqlite+aiosqlite:///{data_dir / 'mirror.db'}"
-    return Config(
-        path=path,
-        settings=settings,
-        data_dir=data_dir,
-        store_url=store_url,
-        warnings=tuple(context["warnings"]),
-    )
-
-
-def _first_error(path: Path, exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    where = _format_loc(tuple(first["loc"]))
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        message = "unknown key; check the spelling against config/dvmirror.example.toml"
-    elif kind == "missing":
-        message = "required key is missing"
-    else:
-        message = str(first["msg"]).removeprefix("Value error, ")
-        ctx = first.get("ctx") or {}
-        inner = ctx.get("error")
-        if isinstance(inner, _PathError):
-            where, message = inner.path, str(inner)
-    more = (
-        f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-        if len(errors) > 1
-        else ""
-    )
-    return f"{path}: {where}: {message}{more}"

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Config, load_config
+from sync.config.loading import load_config
+from sync.config.model import Config
 from sync.errors import ConfigError, DvmirrorError
 from sync.logs import get_logger
 from sync.mirror.job import PageProgress
@@ -67,6 +68,7 @@ class Daemon:
         self._wake = asyncio.Event()  # cuts the tick's sleep short on stop or reload
         self.stop_reason: str | None = None
         self._wal_checked_at = time.monotonic()
+        self._status_logged: list[str] = []
         self._wal_task: asyncio.Task[None] | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
@@ -214,7 +216,14 @@ class Daemon:
             assert self.scheduler is not None
             for name, item in self.scheduler.groups.items():
                 self.metrics.governor_snapshot(name, item.group.governor.snapshot())
-            notify.status(self._status_line())
+            ready, syncing, problems = self._status_parts()
+            line = ", ".join([ready, syncing, *problems])
+            notify.status(line)
+            # The journal shows each change of what is ready, parked or failing (not every
+            # tick, nor the count of tables syncing right now).
+            if [ready, *problems] != self._status_logged:
+                self._status_logged = [ready, *problems]
+                log.info("status_changed", status=line)
             if self._reload.is_set():
                 self._reload.clear()
                 await self._apply_reload()
@@ -244,18 +253,33 @@ class Daemon:
         notify.ready(self._status_line())
 
     def _status_line(self) -> str:
+        ready, syncing, problems = self._status_parts()
+        return ", ".join([ready, syncing, *problems])
+
+    def _status_parts(self) -> tuple[str, str, list[str]]:
+        """(environments ready, tables syncing now, what is parked or failing)."""
         assert self.scheduler is not None
         groups = self.scheduler.groups.values()
         ready = sum(1 for g in groups if g.group.status.authenticated)
         busy = sum(len(g.group.status.busy_tables) for g in groups)
         parked = [g.group.name for g in groups if g.group.status.last_error]
-        line = f"{ready}/{len(self.scheduler.groups)} environments ready, {busy} tables syncing"
+        # Signed in, but tables fail (e.g. a token renewal refused after a secret was revoked).
+        failing = [
+            g.group.name
+            for g in groups
+            if not g.group.status.last_error and g.group.status.failing_tables
+        ]
+        held = f"{ready}/{len(self.scheduler.groups)} environments ready"
         total = len(self._environment_names(self.config))
+        syncing = f"{busy} tables syncing"
         if len(self.scheduler.groups) < total:
-            line += f" (this daemon holds {len(self.scheduler.groups)} of {total})"
+            syncing += f" (this daemon holds {len(self.scheduler.groups)} of {total})"
+        problems = []
         if parked:
-            line += f", parked: {', '.join(sorted(parked))}"
-        return line
+            problems.append(f"parked: {', '.join(sorted(parked))}")
+        if failing:
+            problems.append(f"tables failing in: {', '.join(sorted(failing))}")
+        return held, syncing, problems
 
 
 async def run_daemon(config: Config) -> int:
