@@ -212,7 +212,11 @@ def test_a_revoked_secret_parks_the_table_until_sighup_brings_the_new_one(tmp_pa
                 lambda: converged(sim, database), timeout=90, what="recovery without a restart"
             )
             wait_until(lambda: health(daemon)[1]["status"] == "ok", timeout=60, what="ok again")
-            assert "failing" not in daemon.named("status_changed")[-1]["status"]
+            wait_until(
+                lambda: "failing" not in daemon.named("status_changed")[-1]["status"],
+                timeout=10,
+                what="the status line without the failing environment",
+            )
             again = run_cli("--config", config, "status", "--json")
             assert again.returncode == 0, again.stderr
             entry = next(
