@@ -109,7 +109,11 @@ TOKEN_SCENARIO = Path(__file__).parent / "scenarios" / "token_outage.toml"
 
 
 @pytest.mark.parametrize(
-    "outage", [pytest.param(45, id="45s"), pytest.param(600, id="10min", marks=pytest.mark.long)]
+    "outage",
+    [
+        pytest.param(45, id="45s"),
+        pytest.param(600, id="10min", marks=[pytest.mark.long, pytest.mark.timeout(1200)]),
+    ],
 )
 def test_the_token_endpoint_failing_for_a_stretch_parks_with_its_aadsts_code_then_recovers(
     tmp_path: Path, outage: int
