@@ -66,6 +66,16 @@ _ADDABLE = frozenset(
 )
 
 
+#: Marks a deleted column's internal name (never in a logical name): the column keeps its place
+#: in the draw order, so that the other columns' seeded values do not move, but it is in no
+#: metadata, row or query.
+DELETED_MARK = "#deleted"
+
+
+def _deleted(attr: AttributeDef) -> bool:
+    return DELETED_MARK in attr.logical_name
+
+
 class TableSpec(BaseModel):
     """One table of a scenario environment (``[[tenants.environments.tables]]``)."""
 
@@ -133,10 +143,6 @@ class Table:
         # Tombstones of rows that were deleted and then restored with the same id (delta
         # queries still report the deletion, beside the row).
         self.past_deletions: dict[int, Tombstone] = {}
-        # Internal names of deleted columns: kept in the draw order (so that the other columns'
-        # seeded values do not move) but in no metadata, row or query.
-        self.removed_columns: set[str] = set()
-        self.generations: dict[str, int] = {}
         self.expired_below = 0  # delta tokens with a lower version are expired
         self.hostile: str | None = None
         self._row_attributes: list[AttributeDef] | None = None
@@ -178,16 +184,12 @@ class Table:
     def row_attributes(self) -> list[AttributeDef]:
         """Attributes that are Web API properties of rows, in template order."""
         if self._row_attributes is None:
-            self._row_attributes = [
-                a
-                for a in self.attributes
-                if a.in_rows and a.logical_name not in self.removed_columns
-            ]
+            self._row_attributes = [a for a in self.attributes if a.in_rows and not _deleted(a)]
         return self._row_attributes
 
     def metadata_attributes(self) -> list[AttributeDef]:
         """All attributes as metadata shows them (plus the hostile one when asked for)."""
-        shown = [a for a in self.attributes if a.logical_name not in self.removed_columns]
+        shown = [a for a in self.attributes if not _deleted(a)]
         if self.hostile != "unsafe_attribute":
             return shown
         bad = string(UNSAFE_ATTRIBUTE, "Bad Name")
@@ -314,17 +316,19 @@ class Table:
             raise ValueError(f"{self.name} has no column {name!r}")
         if not attr.custom or attr.primary_id or attr.primary_name or attr.attribute_of:
             raise ValueError(f"column {name!r} of {self.name} is not a custom column")
-        generation = self.generations.get(name, 0)
-        self.generations[name] = generation + 1
+        generation = self._deletions_of(name)
         renamed: list[AttributeDef] = []
         for i, each in enumerate(self.attributes):
             if name in (each.logical_name, each.attribute_of):
-                hidden = f"{each.logical_name}#deleted{generation}"
+                hidden = f"{each.logical_name}{DELETED_MARK}{generation}"
                 self.attributes[i] = replace(each, logical_name=hidden, attribute_of=None)
-                self.removed_columns.add(hidden)
                 renamed.append(each)
         self._changed_columns()
         return {"removed": [a.logical_name for a in renamed]}
+
+    def _deletions_of(self, name: str) -> int:
+        """How many times a column of this name was deleted (its next MetadataId generation)."""
+        return sum(a.logical_name.startswith(f"{name}{DELETED_MARK}") for a in self.attributes)
 
     def _changed_columns(self) -> None:
         self._row_attributes = None
@@ -379,7 +383,7 @@ class Table:
             added = choice(name, display, {1: "One", 2: "Two", 3: "Three"})
         else:
             added = [number(name, kind, display, 0, 1000)]
-        generation = self.generations.get(name, 0)  # created again: a new MetadataId
+        generation = self._deletions_of(name)  # created again: a new MetadataId
         added = [
             replace(
                 a,
