@@ -26,6 +26,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -105,6 +106,10 @@ def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
 class RequestSlot(Protocol):
     """One request's place under the governor; it is told what the response said."""
 
+    def may_leave(self) -> bool:
+        """The last look before the request is written: False if it must not leave now
+        (the slot is then recalled, and the request waits for a new one)."""
+
     def observe(self, status: int, headers: Mapping[str, str], error_code: object = None) -> None:
         """Report a response (599 and no headers when none came)."""
 
@@ -114,9 +119,39 @@ class RequestGate(Protocol):
 
     A protocol, so the Web API layer does not depend on the governor that sits above it."""
 
-    def slot(self) -> AbstractAsyncContextManager[RequestSlot]:
-        """Wait for a slot (pauses, pacing, concurrency) and hold it for one request."""
+    def slot(self, cost_class: str = "") -> AbstractAsyncContextManager[RequestSlot]:
+        """Wait for a slot (pauses, pacing, concurrency) and hold it for one request;
+        `cost_class` groups requests of like execution cost."""
         ...
+
+
+# The slot of the request this task is sending, for the connector's last look.
+_DEPARTING: ContextVar[RequestSlot | None] = ContextVar("dvmirror_departing", default=None)
+
+
+class _Recalled(Exception):
+    """The governor called a request back before it was written."""
+
+
+class LastLookConnector(aiohttp.TCPConnector):
+    """A TCPConnector that asks the request's governor slot once more when the connection is
+    ready: between granting a slot and writing the request, a new connection's DNS, TCP and
+    TLS handshakes take several turns of the event loop, in which another request's 429 may
+    arrive. After `connect` returns, aiohttp writes the request without yielding, so this is
+    the last moment a request can still be held back."""
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's own signature
+    ) -> aiohttp.connector.Connection:
+        connection = await super().connect(req, traces, timeout)
+        slot = _DEPARTING.get()
+        if slot is not None and not slot.may_leave():
+            connection.release()  # nothing was written on it: back to the pool
+            raise _Recalled
+        return connection
 
 
 @dataclass
@@ -161,7 +196,7 @@ class DataverseClient:
         self.tally = RequestTally()
         self._tokens = tokens
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, ssl=ssl_context(ca_bundle)),
+            connector=LastLookConnector(limit=max_connections, ssl=ssl_context(ca_bundle)),
             timeout=timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
@@ -241,12 +276,15 @@ class DataverseClient:
         table: str | None = None,
         headers: Mapping[str, str] | None = None,
         decoder: Decoder | None = None,
+        cost_class: str | None = None,
     ) -> Any:
         """GET `url` (on this environment's origin) and return its decoded body.
 
         `decoder` turns the body of a 2xx response into the result (default: the JSON document);
-        error responses are always decoded as JSON, for classification.
+        error responses are always decoded as JSON, for classification. `cost_class` tells the
+        governor which requests cost alike (default: the table's, or metadata).
         """
+        cost_class = cost_class or (f"table:{table}" if table else "metadata")
         check_link(url, self.origin, table=table)
         request_headers_ = dict(headers or request_headers())
         retrying = AsyncRetrying(
@@ -260,7 +298,7 @@ class DataverseClient:
             async for attempt in retrying:
                 with attempt:
                     return await self._get_reauth_throttled(
-                        url, request_headers_, table, decoder or decode_json
+                        url, request_headers_, table, decoder or decode_json, cost_class
                     )
         except MalformedBodyError as exc:
             where = f"environment {self.environment.name}" + (f", table {table}" if table else "")
@@ -298,13 +336,20 @@ class DataverseClient:
         return before_sleep
 
     async def _get_reauth_throttled(
-        self, url: str, headers: dict[str, str], table: str | None, decoder: Decoder
+        self,
+        url: str,
+        headers: dict[str, str],
+        table: str | None,
+        decoder: Decoder,
+        cost_class: str,
     ) -> Any:
         throttled = 0
         refreshed = False
         while True:
             token = await self._tokens.token(self.scope, force_refresh=refreshed)
-            status, response_headers, document = await self._send(url, headers, token, decoder)
+            status, response_headers, document = await self._send(
+                url, headers, token, decoder, cost_class
+            )
             self.tally.count(table, status)
             decision = classify(status, response_headers, document)
             if decision.kind is Kind.OK:
@@ -341,31 +386,40 @@ class DataverseClient:
             raise error
 
     async def _send(
-        self, url: str, headers: dict[str, str], token: str, decoder: Decoder
+        self, url: str, headers: dict[str, str], token: str, decoder: Decoder, cost_class: str
     ) -> tuple[int, Mapping[str, str], Any]:
         """One GET under a governor slot. Returns status, headers and the decoded body.
 
         A 2xx body goes through `decoder` (after the slot is released: parsing is not a
         request); any other body is decoded as JSON so that classify() can read its error code.
+        A request the governor recalls at its last look (`LastLookConnector`) waits for a new
+        slot; it was never written.
         """
-        async with self.governor.slot() as slot:
-            try:
-                async with self._session.get(
-                    url,
-                    headers={**headers, "Authorization": f"Bearer {token}"},
-                    allow_redirects=False,
-                ) as response:
-                    body = await response.read()
-                    status, response_headers = response.status, response.headers
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                slot.observe(599, {})
-                raise NetworkError(
-                    f"{self.environment.name}: {type(exc).__name__} talking to the Web API",
-                    environment=self.environment.name,
-                ) from exc
-            success = 200 <= status < 300
-            document = None if success else decode_json(body)
-            slot.observe(status, response_headers, error_code=_error_code(document))
+        while True:
+            async with self.governor.slot(cost_class) as slot:
+                departing = _DEPARTING.set(slot)
+                try:
+                    async with self._session.get(
+                        url,
+                        headers={**headers, "Authorization": f"Bearer {token}"},
+                        allow_redirects=False,
+                    ) as response:
+                        body = await response.read()
+                        status, response_headers = response.status, response.headers
+                except _Recalled:
+                    continue
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    slot.observe(599, {})
+                    raise NetworkError(
+                        f"{self.environment.name}: {type(exc).__name__} talking to the Web API",
+                        environment=self.environment.name,
+                    ) from exc
+                finally:
+                    _DEPARTING.reset(departing)
+                success = 200 <= status < 300
+                document = None if success else decode_json(body)
+                slot.observe(status, response_headers, error_code=_error_code(document))
+            break
         if success and body:
             if len(body) >= OFF_LOOP_BYTES:
                 document = await asyncio.to_thread(decoder, body)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right, insort
+from collections import Counter
 from typing import Any
 
 from sync.dataverse.headers import DEFAULT_RETRY_AFTER
@@ -43,6 +44,9 @@ from sync.governor.window import Anchor, CostEstimate, GovernorStats, SendLog, T
 from sync.limits import CONCURRENT_REQUESTS_PER_USER
 
 INITIAL_CONCURRENCY = 4
+RESTART_CONCURRENCY = 1  # after a Retry-After pause, start again from this many in flight
+LESSON_SHARE = 0.25  # an execution 429 reserves one more request's cost, up to this share
+LESSON_HALF_LIFE = 4  # windows without an execution 429 that halve what was held back
 UNLEARNED_RESERVE = 6  # extra request margin while the window is unknown: probes come from it
 KEEP_SENDS = 4096  # once learned, keep at least this many recent send times
 BRACKET_WINDOWS = 12  # keep tightening the window's upper bound for this many windows
@@ -91,14 +95,27 @@ class GovernorCore:
         self._bracketing = True
         self._last_refusal = -math.inf
         self._grown_at = -math.inf
+        self._classes_running: dict[float, list[str]] = {}  # send time → cost classes
+        self._finished_classes: Counter[str] = Counter()  # since the last anchor
+        self._threshold = 0.0  # after a pause, slow start (one more per response) below this
+        self._lesson = 0.0  # execution seconds held back because earlier 429s said so
+        self._lesson_at = -math.inf
 
     # -- decisions -------------------------------------------------------------------------
 
-    def decide(self, now: float) -> float | None:
-        """None: a request may be sent now. Else the time to look again (inf: after a release)."""
+    def decide(self, now: float, cost_class: str = "") -> float | None:
+        """None: a request may be sent now. Else the time to look again (inf: after a release).
+
+        `cost_class` names the kind of request (e.g. a table's key-only pages or its full row
+        pages): while the execution budget is in play and a class's cost is not learned yet,
+        its requests go one at a time, so a first full page after a cheap key scan cannot
+        send a window's execution budget in one burst.
+        """
         if now < self.paused_until:
             return self.paused_until
         if self.in_flight >= max(1, math.floor(self.limit)):
+            return math.inf
+        if self._unlearned_class_busy(cost_class):
             return math.inf
         budgets = self._budgets(now)
         available = min((available for available, _ in budgets), default=math.inf)
@@ -111,6 +128,11 @@ class GovernorCore:
                 return None
             wake = min(wake, probe_at)
         return wake
+
+    def _unlearned_class_busy(self, cost_class: str) -> bool:
+        if not self._time_max or self._costs.known(cost_class):
+            return False
+        return any(cost_class in classes for classes in self._classes_running.values())
 
     def available(self, now: float) -> float | None:
         """Requests we may still send now under the budget model (None: no data yet)."""
@@ -168,7 +190,7 @@ class GovernorCore:
         if anchor.time_left is not None and cost:
             floor = self._finish_floor(anchor)
             aged = self._finishes.between(floor, horizon)
-            reserve = self._time_max * self._margin_fraction
+            reserve = self._time_max * self._margin_fraction + self._lesson_now(now)
             # The server admits while any execution budget is left, hence the + 1.
             allowance = (anchor.time_left - reserve) / cost + 1
             time_budget = allowance - anchor.pending - sent_since + aged
@@ -183,8 +205,9 @@ class GovernorCore:
 
     # -- events ----------------------------------------------------------------------------
 
-    def on_send(self, now: float) -> float:
+    def on_send(self, now: float, cost_class: str = "") -> float:
         """A request is leaving now; returns its send time (hand it back later)."""
+        self._classes_running.setdefault(now, []).append(cost_class)
         available = self.available(now)
         if available is not None and available < 1:
             self.stats.probes += 1
@@ -202,6 +225,7 @@ class GovernorCore:
         self.in_flight = max(0, self.in_flight - 1)
         if sent_at is None:
             return
+        cost_class = self._pop_class(sent_at)
         index = bisect_left(self._running, sent_at)
         if index < len(self._running) and self._running[index] == sent_at:
             del self._running[index]
@@ -209,6 +233,25 @@ class GovernorCore:
         refused = index < self._refused.total() and self._refused.items[index] == sent_at
         if not refused:
             self._finishes.add(now)
+            self._finished_classes[cost_class] += 1
+
+    def on_recall(self, now: float, sent_at: float) -> None:
+        """A granted request did not leave after all (a 429 arrived while it was getting its
+        connection): the server never saw it, so it counts nowhere. Call instead of
+        `on_release`."""
+        self._refused.add(sent_at)  # the model's word for "sent, but not counted"
+        self.stats.requests = max(0, self.stats.requests - 1)
+        self.stats.recalled += 1
+        self.on_release(now, sent_at)
+
+    def _pop_class(self, sent_at: float) -> str:
+        classes = self._classes_running.get(sent_at)
+        if not classes:
+            return ""
+        cost_class = classes.pop(0)
+        if not classes:
+            del self._classes_running[sent_at]
+        return cost_class
 
     def observe(self, obs: RateObservation, now: float, sent_at: float | None = None) -> None:
         """Learn from one response (call before `on_release`, so in_flight still counts it).
@@ -226,12 +269,27 @@ class GovernorCore:
                 self.limit = max(self.limit, float(min(self.cap, obs.dop_hint)))
         if obs.throttled:
             self._on_throttle(obs, now, now if sent_at is None else sent_at)
-        elif obs.status < 500 and self.in_flight >= math.floor(self.limit):
+        elif (
+            obs.status < 500
+            and self.in_flight >= math.floor(self.limit)
+            and self._after_last_refusal(now, sent_at)
+        ):
             # Grow only while the limit is what holds us back (this response still counts in
             # `in_flight`): pacing-bound runs would otherwise creep past the server's limit.
-            self.limit = min(float(min(self.cap, self.ceiling)), self.limit + 1.0 / self.limit)
+            # Below the threshold a pause left, one more per response (slow start: doubling
+            # each round trip); above it, one more per `limit` responses.
+            step = 1.0 if self.limit < self._threshold else 1.0 / self.limit
+            self.limit = min(float(min(self.cap, self.ceiling)), self.limit + step)
         if obs.burst_remaining is not None or obs.time_remaining is not None:
             self._learn(obs, now, sent_at)
+
+    def _after_last_refusal(self, now: float, sent_at: float | None) -> bool:
+        """A response says something about the window we have now only if it is not inside
+        a pause and its request left after the last 429 (older ones were sent at the rate
+        that failed)."""
+        if now < self.paused_until:
+            return False
+        return sent_at is None or sent_at > self._last_refusal
 
     def _on_throttle(self, obs: RateObservation, now: float, sent_at: float) -> None:
         self._seen_429 = True
@@ -246,7 +304,20 @@ class GovernorCore:
             self.window = min(self.window * 1.5, self._window_max)
             self._bracketing = False
             self._grown_at = now
-        self.limit = max(1.0, min(self.limit / 2, float(self.ceiling)))
+        if kind == "execution_time" and self._time_max and self.window_learned:
+            # Our learned model said the execution budget had room, and it had none: hold back
+            # one more request's cost from now on (halved every LESSON_HALF_LIFE windows
+            # without such a 429).
+            self._lesson = min(
+                self._lesson_now(now) + (self._costs.value or 0.0),
+                self._time_max * LESSON_SHARE,
+            )
+            self._lesson_at = now
+        # Halve (AIMD), and restart from a small window once the pause is over: the requests
+        # that queued during it must not all leave in its first instant.
+        if now >= self.paused_until:
+            self._threshold = max(1.0, min(self.limit / 2, float(self.ceiling)))
+        self.limit = min(float(RESTART_CONCURRENCY), self._threshold)
         until = now + (obs.retry_after if obs.retry_after is not None else DEFAULT_RETRY_AFTER)
         if until > self.paused_until:
             self.stats.paused_seconds += until - max(now, self.paused_until)
@@ -269,8 +340,9 @@ class GovernorCore:
             self._burst_max = max(self._burst_max, obs.burst_remaining)
         if obs.time_remaining is not None:
             self._time_max = max(self._time_max, obs.time_remaining)
+        finished, self._finished_classes = self._finished_classes, Counter()
         if previous is not None:
-            self._learn_cost(previous, anchor)
+            self._learn_cost(previous, anchor, finished)
             if previous.burst is not None and (obs.burst_remaining or 0) > previous.burst:
                 self._probe_delay = self._first_probe_delay  # capacity is coming back
         if self._baseline is None and obs.burst_remaining is not None:
@@ -304,7 +376,13 @@ class GovernorCore:
         if current.at - baseline.at > BRACKET_WINDOWS * self.window and aged >= 8:
             self._bracketing = False  # precise enough; stop keeping every send
 
-    def _learn_cost(self, previous: Anchor, current: Anchor) -> None:
+    def _lesson_now(self, now: float) -> float:
+        if not self._lesson:
+            return 0.0
+        windows = max(0.0, now - self._lesson_at) / max(LESSON_HALF_LIFE * self.window, 1e-9)
+        return self._lesson * 0.5 ** math.floor(windows)
+
+    def _learn_cost(self, previous: Anchor, current: Anchor, finished: Counter[str]) -> None:
         if previous.time_left is None or current.time_left is None:
             return
         used = previous.time_left - current.time_left
@@ -320,7 +398,7 @@ class GovernorCore:
         if spoiled:
             self._costs.discard()
         else:
-            self._costs.add(used, current.finished - previous.finished)
+            self._costs.add(used, finished)
 
     # -- the window model ------------------------------------------------------------------
 
@@ -391,6 +469,7 @@ class GovernorCore:
             "throttled": dict(self.stats.throttled),
             "paused_seconds_total": round(self.stats.paused_seconds, 3),
             "probes": self.stats.probes,
+            "recalled": self.stats.recalled,
             "budget_available": None if available is None else math.floor(available),
             "window_seconds": round(self.window, 3),
             "window_learned": self.window_learned,

@@ -110,6 +110,12 @@ class TenantBudget:
         self.core.spend(self._wall())
         self._unsaved += 1
 
+    def refund(self) -> None:
+        """A spent request did not leave after all (recalled before it was written)."""
+        if self._unsaved > 0:
+            self._unsaved -= 1
+            self.core.used = max(0, self.core.used - 1)
+
     async def maybe_flush(self) -> None:
         now = self._wall()
         if self._unsaved >= FLUSH_EVERY_REQUESTS or (
@@ -161,6 +167,16 @@ class Slot:
         self._governor = governor
         self.sent_at = sent_at
         self.observed = False
+        self.recalled = False
+
+    def may_leave(self) -> bool:
+        """The last look, taken once the request has its connection and nothing remains but
+        writing it: False (and the slot is recalled: it never counts) if a 429 paused the
+        user since the slot was granted. The caller then waits for a new slot."""
+        if self._governor.core.paused_until <= self._governor.now():
+            return True
+        self.recalled = True
+        return False
 
     def observe(self, status: int, headers: Mapping[str, str], error_code: object = None) -> None:
         self.observed = True
@@ -168,7 +184,16 @@ class Slot:
 
 
 class Governor:
-    """Shared by all workers of one application user in one environment."""
+    """Shared by all workers of one application user in one environment.
+
+    The invariant: no request of this user leaves after a 429 has been read and before its
+    Retry-After has passed. A slot is granted only outside a pause (`GovernorCore.decide`), and
+    the client takes one last look (`Slot.may_leave`) once its connection is ready, right
+    before the request is written: a slot granted before the 429 arrived, whose request was
+    still opening a connection or queued for one, is recalled there and waits for the pause to
+    end. Requests already written when the 429 arrives cannot be called back; they are the
+    only ones the server may see inside the window, and only in its first instant.
+    """
 
     def __init__(
         self,
@@ -203,21 +228,32 @@ class Governor:
         self._closed = True
         self._notify()
 
+    def now(self) -> float:
+        return self._clock()
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        """Wait until a request may leave, then hold a concurrency slot for its duration."""
-        sent_at = await self._acquire()
+    async def slot(self, cost_class: str = "") -> AsyncIterator[Slot]:
+        """Wait until a request may leave, then hold a concurrency slot for its duration.
+
+        `cost_class` groups requests of like execution cost (a table's key pages, its row
+        pages): the governor learns a cost per class."""
+        sent_at = await self._acquire(cost_class)
         slot = Slot(self, sent_at)
         try:
             yield slot
         finally:
             self._release_cap()
-            self.core.on_release(self._clock(), sent_at)
+            if slot.recalled:
+                self.core.on_recall(self._clock(), sent_at)
+                if self.daily is not None:
+                    self.daily.refund()
+            else:
+                self.core.on_release(self._clock(), sent_at)
             self._notify()
             if self.daily is not None:
                 await asyncio.shield(self.daily.maybe_flush())
 
-    async def _acquire(self) -> float:
+    async def _acquire(self, cost_class: str) -> float:
         holding = False  # a share of the process-wide cap, taken once this user may send
         try:
             while True:
@@ -229,7 +265,7 @@ class Governor:
                         await self._sleep_until_changed(max(0.1, renew - time.time()))
                         continue
                 now = self._clock()
-                wake = self.core.decide(now)
+                wake = self.core.decide(now, cost_class)
                 if wake is None:
                     if self.request_cap is not None and not holding:
                         waited = self.request_cap.locked()
@@ -239,7 +275,7 @@ class Governor:
                             continue  # time passed while waiting: decide again, holding it
                     if self.daily is not None:
                         self.daily.spend()
-                    sent_at = self.core.on_send(now)
+                    sent_at = self.core.on_send(now, cost_class)
                     holding = False  # the slot hands it back
                     return sent_at
                 if holding:  # paused or paced after all: others may use the share meanwhile

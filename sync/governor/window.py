@@ -35,6 +35,7 @@ class GovernorStats:
     throttled: Counter[str] = field(default_factory=Counter)
     paused_seconds: float = 0.0
     probes: int = 0
+    recalled: int = 0  # granted, then held back before leaving: a 429 had arrived meanwhile
 
 
 class TimeLog:
@@ -99,31 +100,75 @@ class SendLog(TimeLog):
 
 
 class CostEstimate:
-    """Execution seconds per request: budget consumed ÷ requests finished, over recent samples.
+    """Execution seconds per request, per request class, learned from the budget header.
 
-    Between two responses we see how much the reported execution budget dropped and how many
-    of our requests finished. A response's own execution (and that of requests finishing
-    alongside it) shows up a response or two late, so pairs showing no drop are carried into
-    the next one until a drop appears; then (drop, finished) is one sample. The estimate is a
-    ratio of sums over recent samples. `discard` drops what is carried when the picture is
-    spoiled (execution left the window, or the header stopped at zero).
+    Between two responses we see how much the reported execution budget dropped and which of
+    our requests finished (by class: a key-only page costs a fraction of a full row page, and a
+    single blended figure would let a key scan teach that full pages are cheap). A response's
+    own execution (and that of requests finishing alongside it) shows up a response or two
+    late, so finishes showing no drop are carried into the next pair until a drop appears; then
+    (drop, finishes) is one sample. A sample of one class is that class's; a mixed one is split
+    in proportion to what each class is thought to cost (a class not yet known takes what the
+    known ones leave). Each class's estimate is a ratio of sums over its recent samples.
+    `discard` drops what is carried when the picture is spoiled (execution left the window, or
+    the header stopped at zero).
+
+    `value` is the cost the budget arithmetic counts every request at: the dearest class seen
+    recently, so cheap requests never make the dear ones look affordable.
     """
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[float, int]] = deque(maxlen=COST_SAMPLES)
-        self._carried = 0
+        self._samples: dict[str, deque[tuple[float, int]]] = {}
+        self._carried: Counter[str] = Counter()
 
-    def add(self, used: float, finished: int) -> None:
-        self._carried += max(0, finished)
-        if used > 0 and self._carried:
-            self._samples.append((used, self._carried))
-            self._carried = 0
+    def add(self, used: float, finished: int | Counter[str]) -> None:
+        if isinstance(finished, int):
+            finished = Counter({"": finished}) if finished > 0 else Counter()
+        self._carried.update(finished)
+        if used <= 0 or not self._carried:
+            return
+        for cost_class, (share, count) in self._split(used, self._carried).items():
+            samples = self._samples.setdefault(cost_class, deque(maxlen=COST_SAMPLES))
+            samples.append((share, count))
+        self._carried = Counter()
+
+    def _split(self, used: float, finished: Counter[str]) -> dict[str, tuple[float, int]]:
+        if len(finished) == 1:
+            ((cost_class, count),) = finished.items()
+            return {cost_class: (used, count)}
+        known = {c: self.of(c) for c in finished}
+        expected = sum(n * (known[c] or 0.0) for c, n in finished.items())
+        unknown = {c: n for c, n in finished.items() if known[c] is None}
+        if unknown and expected < used:
+            # The unknown classes take what the known ones leave, per request alike.
+            left = (used - expected) / sum(unknown.values())
+            return {c: ((known[c] or left) * n, n) for c, n in finished.items()}
+        if expected <= 0:
+            per_request = used / sum(finished.values())
+            return {c: (per_request * n, n) for c, n in finished.items()}
+        # Scale what each known class is thought to cost so that the sum is what was used;
+        # an unknown class beside them learns nothing from this pair.
+        scale = used / expected
+        return {
+            c: ((known[c] or 0.0) * scale * n, n) for c, n in finished.items() if c not in unknown
+        }
 
     def discard(self) -> None:
-        self._carried = 0
+        self._carried = Counter()
+
+    def of(self, cost_class: str) -> float | None:
+        """What one request of this class costs, as far as we know (None: not learned yet)."""
+        samples = self._samples.get(cost_class)
+        if not samples:
+            return None
+        used = sum(sample for sample, _ in samples)
+        finished = sum(count for _, count in samples)
+        return used / finished if finished and used > 0 else None
+
+    def known(self, cost_class: str) -> bool:
+        return self.of(cost_class) is not None
 
     @property
     def value(self) -> float | None:
-        used = sum(sample for sample, _ in self._samples)
-        finished = sum(count for _, count in self._samples)
-        return used / finished if finished else None
+        costs = [cost for c in self._samples if (cost := self.of(c)) is not None]
+        return max(costs) if costs else None

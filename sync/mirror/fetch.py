@@ -59,6 +59,7 @@ class ExactClient(DataverseClient):
         track_changes: bool,
         impersonate: str | None = None,
         page_size: int | None = None,
+        cost_class: str | None = None,
     ) -> DecodedPage:
         """GET one row page (collection, delta or keys) and return it decoded and typed."""
         headers = request_headers(
@@ -67,7 +68,9 @@ class ExactClient(DataverseClient):
             impersonate=impersonate,
         )
         decoder = partial(decode_rows, self.decode_pool, shaper)
-        page = await self.get(url, table=shaper.table, headers=headers, decoder=decoder)
+        page = await self.get(
+            url, table=shaper.table, headers=headers, decoder=decoder, cost_class=cost_class
+        )
         if not isinstance(page, DecodedPage):  # pragma: no cover - decode_rows returns one
             raise HostileResponseError(f"table {shaper.table}: unexpected page", table=shaper.table)
         return page

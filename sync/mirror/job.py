@@ -52,6 +52,7 @@ class PageClient(JsonSource, Protocol):
         track_changes: bool,
         impersonate: str | None = None,
         page_size: int | None = None,
+        cost_class: str | None = None,
     ) -> DecodedPage: ...
 
 
@@ -317,6 +318,8 @@ class TableJob:
             track_changes=request.track_changes,
             impersonate=self.options.impersonate,
             page_size=MAX_PAGE_SIZE if keys else self.environment.page_size,
+            # Key pages, full row pages and delta pages of a table cost very differently.
+            cost_class=f"{request.kind}:{self.table}",
         )
 
     async def _page(self, request: cur.Request) -> DecodedPage:
