@@ -4,6 +4,7 @@ cases (a nextLink to another origin, 401 then 200, 503s, garbage bodies, a stall
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -95,6 +96,44 @@ async def test_many_workers_under_tight_limits_have_zero_violations(
     assert stats["violations"] == 0
     assert stats["max_concurrency"] <= 6
     assert stats["throttled_total"] <= 3, stats
+
+
+class _ThrottledWhileConnecting:
+    """The real governor, except that right after granting the first slot it reads a 429
+    (Retry-After 1 s) as if another request's had just come back: the moment between a grant
+    and the write that a new connection's handshakes stretch out."""
+
+    def __init__(self, governor: Governor) -> None:
+        self.governor = governor
+        self.injected_at: float | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self, cost_class: str = "") -> AsyncIterator[Any]:
+        async with self.governor.slot(cost_class) as slot:
+            if self.injected_at is None:
+                self.injected_at = time.monotonic()
+                self.governor.observe(429, {"Retry-After": "1"}, error_code="0x80072322")
+            yield slot
+
+
+async def test_a_slot_granted_before_a_429_is_recalled_at_the_last_look(
+    ready: dict[str, Any], tmp_path: Path
+) -> None:
+    """A request whose slot was granted before a 429 arrived, and which had not been written
+    yet, is held back by the connector's last look: it leaves only after the Retry-After, the
+    simulator sees nothing inside the window, and the recalled slot counts nowhere."""
+    config = write_config(tmp_path, ready, environments=["beta_env"])
+    admin(ready, "POST", "/stats/reset")
+    gate = _ThrottledWhileConnecting(Governor("beta_env"))
+    async with client_for(config, "beta_env", TokenProviders(config), governor=gate) as client:
+        await client.whoami()
+    assert gate.injected_at is not None
+    assert time.monotonic() - gate.injected_at >= 1.0
+    core = gate.governor.core
+    assert core.stats.recalled == 1
+    assert core.stats.requests == 1
+    log = admin(ready, "GET", f"/environments/beta_env/arrivals?client_id={ready['client_id']}")
+    assert len(log["arrivals"]) == 1  # the recalled attempt never reached the server
 
 
 async def test_one_environments_throttling_does_not_slow_another(

@@ -32,15 +32,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.config.model import Config, Environment, Tenant
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
+from sync.logs import get_logger
 from sync.mirror.discovery import list_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import JobResult, PageProgress, TableJob, Until
 from sync.mirror.runner import run_job
 from sync.runtime.leases import command_leases
+from sync.runtime.looplag import LoopLagWatch
 from sync.runtime.wiring import Wiring
 from sync.store import checkpoints as state
 from sync.store.open import open_store
 from sync.store.writer_lock import single_writer
+
+log = get_logger("dvmirror.backfill")
 
 
 class RateColumn(ProgressColumn):
@@ -200,23 +204,26 @@ async def run_tables(
         try:
             async with command_leases(store, names, ttl, command=command) as stores:
                 with make_progress(console) as progress:
-                    batches = await asyncio.gather(
-                        *(
-                            _environment(
-                                wiring,
-                                stores[c.environment.name],
-                                c,
-                                until=until,
-                                command=command,
-                                reconcile_every=reconcile_every,
-                                progress=progress,
+                    async with LoopLagWatch() as lag:
+                        batches = await asyncio.gather(
+                            *(
+                                _environment(
+                                    wiring,
+                                    stores[c.environment.name],
+                                    c,
+                                    until=until,
+                                    command=command,
+                                    reconcile_every=reconcile_every,
+                                    progress=progress,
+                                )
+                                for c in chosen
                             )
-                            for c in chosen
                         )
-                    )
         finally:
             await wiring.close()
             await store.dispose()
+    # The loop's worst stall: a 429 read late can let a request out inside its window.
+    log.info("event_loop_lag", **lag.summary.as_dict())
     results = [r for batch in batches for r in batch]
     for result in results:
         if not result.ok:

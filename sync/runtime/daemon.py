@@ -27,6 +27,7 @@ from sync.mirror.job import PageProgress
 from sync.runtime import systemd as notify
 from sync.runtime.http import HealthCheck, HttpServer, start_http_server
 from sync.runtime.leases import LeaseKeeper
+from sync.runtime.looplag import LoopLagWatch
 from sync.runtime.metrics import Metrics
 from sync.runtime.scheduler import RELOAD_GRACE, Scheduler, sleep_or_stop
 from sync.runtime.wiring import Wiring
@@ -115,7 +116,9 @@ class Daemon:
             await self.keeper.start()
             keeping = asyncio.create_task(self.keeper.run(keeper_stop), name="lease-keeper")
             await self._announce_ready()
-            await self._tick_until_stopped(store)
+            async with LoopLagWatch(self.metrics.loop_lag) as lag:
+                await self._tick_until_stopped(store)
+            log.info("event_loop_lag", **lag.summary.as_dict())
         finally:
             notify.stopping("draining in-flight pages")
             self.health.stopping()

@@ -62,6 +62,8 @@ class AdminServer:
         app.router.add_post("/stats/reset", self._reset)
         app.router.add_post("/faults", self._faults)
         app.router.add_post("/environments/{env}/limits", self._limits)
+        app.router.add_post("/environments/{env}/throttle", self._throttle)
+        app.router.add_get("/environments/{env}/arrivals", self._arrivals)
         app.router.add_get(f"{table}/rows", self._rows)
         app.router.add_post(f"{table}/churn", self._churn)
         app.router.add_post(f"{table}/columns", self._columns)
@@ -221,6 +223,27 @@ class AdminServer:
         limits = Limits.model_validate({**runtime.protection.limits.model_dump(), **body})
         runtime.protection.set_limits(limits)
         return _json(limits.model_dump())
+
+    async def _throttle(self, request: web.Request) -> web.Response:
+        """``{"seconds": s, "client_id": id?}``: refuse that user's (everyone's) requests for
+        `s` seconds from now, with 429s as if a limit had been hit."""
+        runtime = self._env(request)
+        body = await self._body(request)
+        seconds = float(body["seconds"])
+        if not 0 < seconds <= 3600:
+            raise AdminError(400, "seconds must be in (0, 3600]")
+        runtime.protection.throttle_now(body.get("client_id"), seconds)
+        return _json({"throttled_for": seconds})
+
+    async def _arrivals(self, request: web.Request) -> web.Response:
+        """Arrival times of one user's requests and the 429s it was sent (simulator clock,
+        seconds), for checking that nothing arrived inside a Retry-After window."""
+        runtime = self._env(request)
+        client_id = request.query.get("client_id", "")
+        stats = runtime.protection.users().get(client_id)
+        if stats is None:
+            raise AdminError(404, f"no requests from {client_id!r} in {runtime.name!r}")
+        return _json({"arrivals": stats.arrivals, "refusals": stats.refusals})
 
     async def _churn(self, request: web.Request) -> web.Response:
         runtime, table = self._table(request)

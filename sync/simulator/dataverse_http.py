@@ -154,7 +154,21 @@ class EnvironmentServer:
     def application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", r"/api/data/{version:v9\.[0-2]}{tail:(/.*)?}", self._handle)
+        if self._env.spec.requests_per_connection is not None:
+            self._served_on: dict[int, int] = {}
+            app.on_response_prepare.append(self._close_after_quota)
         return app
+
+    async def _close_after_quota(self, request: web.Request, response: web.StreamResponse) -> None:
+        """`Connection: close` on a connection's last allowed response (before it is sent)."""
+        quota = self._env.spec.requests_per_connection
+        key = id(request.transport)
+        served = self._served_on.get(key, 0) + 1
+        if quota is not None and served >= quota:
+            response.force_close()
+            self._served_on.pop(key, None)
+        else:
+            self._served_on[key] = served
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())

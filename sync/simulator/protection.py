@@ -26,6 +26,11 @@ EXECUTION_CODE = "0x80072321"
 CONCURRENCY_CODE = "0x80072326"
 # Requests already on the wire when the first 429 left cannot have obeyed it: not violations.
 VIOLATION_GRACE = 0.25
+# The strict check (`departures_inside`): a request arriving this long after a 429 was sent
+# left its client after the client could have read it (loopback delivery takes well under a
+# millisecond; this leaves room for both processes' event loops).
+STRICT_GRACE = 0.05
+KEEP_ARRIVALS = 200_000  # per user: arrival and refusal times kept for the strict check
 MAX_PAGE = 5000
 
 
@@ -123,6 +128,8 @@ class UserStats:
     continuations: Counter[str] = field(default_factory=Counter)
     retry_given_at: float = -math.inf
     retry_until: float = -math.inf
+    arrivals: list[float] = field(default_factory=list)  # every request, on arrival
+    refusals: list[tuple[float, int]] = field(default_factory=list)  # (429 sent at, Retry-After)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -140,7 +147,26 @@ class UserStats:
             "batch_operations": self.batch_operations,
             "continuations": sum(self.continuations.values()),
             "continuations_repeated": sum(n - 1 for n in self.continuations.values() if n > 1),
+            "strict_violations": len(departures_inside(self.arrivals, self.refusals)),
         }
+
+
+def departures_inside(
+    arrivals: list[float], refusals: list[tuple[float, int]], grace: float = STRICT_GRACE
+) -> list[float]:
+    """Arrival times that fall inside a Retry-After window the client had already received:
+    after a 429 was sent (plus `grace`) and before its Retry-After ended. Pure; both lists in
+    arrival order."""
+    windows = sorted((sent + grace, sent + retry_after) for sent, retry_after in refusals)
+    inside: list[float] = []
+    index, open_until = 0, -math.inf
+    for arrival in sorted(arrivals):
+        while index < len(windows) and windows[index][0] <= arrival:
+            open_until = max(open_until, windows[index][1])
+            index += 1
+        if arrival < open_until:
+            inside.append(arrival)
+    return inside
 
 
 @dataclass
@@ -198,6 +224,8 @@ class ServiceProtection:
         bucket = self._bucket(user, server, now)
         stats = self.user(user)
         stats.requests += 1
+        if len(stats.arrivals) < KEEP_ARRIVALS:
+            stats.arrivals.append(now)
         violated = stats.retry_given_at + VIOLATION_GRACE <= now < stats.retry_until
         if violated:
             stats.violations += 1
@@ -235,6 +263,8 @@ class ServiceProtection:
             stats.retry_until = max(stats.retry_until, now + retry_after)
             stats.throttled[code] += 1
             stats.statuses[429] += 1
+            if len(stats.refusals) < KEEP_ARRIVALS:
+                stats.refusals.append((now, retry_after))
             return Throttle(code=code, message=message, retry_after=retry_after)
         bucket.arrivals.append(now)
         bucket.in_flight += 1
@@ -242,6 +272,18 @@ class ServiceProtection:
         stats.in_flight += 1
         stats.max_concurrency = max(stats.max_concurrency, stats.in_flight)
         return Ticket(user=user, server=server, admitted_at=now)
+
+    def throttle_now(self, user: str | None, seconds: float) -> None:
+        """Refuse `user`'s (every user's, for None) next requests for `seconds` on every
+        server, as if a limit had just been hit: the first request to arrive gets a 429 with
+        that Retry-After, and so does every one after it inside the window."""
+        now = self._clock()
+        users = [user] if user is not None else list(self._users)
+        for name in users:
+            for server in range(self._limits.servers):
+                bucket = self._bucket(name, server, now)
+                bucket.blocked_until = max(bucket.blocked_until, now + seconds)
+                bucket.blocked_code = REQUESTS_CODE
 
     def finish(self, ticket: Ticket, *, rows: int, execution_seconds: float, status: int) -> None:
         """Record an admitted request's execution time and rows once it is done."""

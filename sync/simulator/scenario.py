@@ -82,6 +82,12 @@ class EnvironmentSpec(_Frozen):
     )
     limits: Limits = Limits()
     faults: FaultRates = FaultRates()
+    requests_per_connection: int | None = Field(
+        default=None,
+        ge=1,
+        description="the front end closes a keep-alive connection after this many requests "
+        "(as load balancers do), so clients keep opening new TLS connections",
+    )
     tables: tuple[TableSpec, ...] = Field(min_length=1)
 
     @field_validator("interval", "reconcile_interval")
