@@ -25,13 +25,15 @@ async def test_a_blocked_loop_is_measured_and_exported() -> None:
     metrics = Metrics(process_metrics=False)
     async with LoopLagWatch(metrics.loop_lag, interval=0.01) as watch:
         await asyncio.sleep(0.05)
-        time.sleep(0.2)  # noqa: ASYNC251 - the point: a synchronous stall on the loop
+        time.sleep(0.2)  # the point: a synchronous stall on the loop
         await asyncio.sleep(0.05)
     assert watch.summary.worst >= 0.15
     assert watch.summary.slow >= 1
     text = generate_latest(metrics.registry).decode()
     assert 'dvmirror_event_loop_lag_seconds_bucket{le="0.1"}' in text
     count = next(
-        line for line in text.splitlines() if line.startswith("dvmirror_event_loop_lag_seconds_count")
+        line
+        for line in text.splitlines()
+        if line.startswith("dvmirror_event_loop_lag_seconds_count")
     )
     assert float(count.split()[-1]) >= 3
