@@ -1,4 +1,4 @@
-"""store.requests on both stores (a real SQLite file, a fresh PostgreSQL database): queueing
+"""store.requests and store.audit on both stores (a real SQLite file, a fresh PostgreSQL database): queueing
 merges an open duplicate, only the environment's lease holder can claim (fencing), a takeover
 resumes a running request, done/failed close it, the audit keeps one masked line; and
 migration 0005 keeps the rows of an older store."""
@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from sync.errors import LeaseLostError
+from sync.store import audit as au
 from sync.store import leases
 from sync.store import requests as rq
 from sync.store.connect import create_engine
@@ -36,7 +37,7 @@ async def test_queue_merge_claim_and_finish(store_url: str) -> None:
         assert first.created and not again.created and other.created
         assert again.request.id == first.request.id and other.request.id != first.request.id
         assert [r.state for r in await rq.list_requests(engine, "env_a")] == ["requested"] * 2
-        outcomes = [a.outcome for a in await rq.list_audit(engine, environment="env_a")]
+        outcomes = [a.outcome for a in await au.list_audit(engine, environment="env_a")]
         assert outcomes == [
             f"ok: queued #{other.request.id}",
             f"ok: merged into open #{first.request.id}",
@@ -91,8 +92,8 @@ async def test_audit_rows_of_a_console_user(store_url: str) -> None:
             user_oid="0000-oid",
             preferred_username="ann@contoso.example",
         )
-        await rq.record_audit(engine, user, "sign_in", outcome="ok", now=NOW)
-        await rq.record_audit(
+        await au.record_audit(engine, user, "sign_in", outcome="ok", now=NOW)
+        await au.record_audit(
             engine,
             user,
             "resync_refused",
@@ -101,12 +102,12 @@ async def test_audit_rows_of_a_console_user(store_url: str) -> None:
             target="env_a/account",
             now=NOW,
         )
-        everything = await rq.list_audit(engine, tenant_id="tid-1")
+        everything = await au.list_audit(engine, tenant_id="tid-1")
         assert [a.action for a in everything] == ["resync_refused", "sign_in"]
-        (refused,) = await rq.list_audit(engine, environment="env_a")
+        (refused,) = await au.list_audit(engine, environment="env_a")
         assert refused.as_dict()["outcome"] == "refused: no Mirror.Operator role"
         assert refused.preferred_username == "ann@contoso.example"
-        assert await rq.list_audit(engine, tenant_id="tid-2") == []
+        assert await au.list_audit(engine, tenant_id="tid-2") == []
     finally:
         await engine.dispose()
 
