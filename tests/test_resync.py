@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from tests.cli import run_cli
-from tests.daemonproc import DaemonProcess, EnvSpec, sync_states, wait_until, write_config
+from tests.daemonproc import (
+    DaemonProcess,
+    EnvSpec,
+    admin_post,
+    as_utc,
+    sync_states,
+    wait_until,
+    write_config,
+)
 from tests.mirror_compare import PRIMARY, differences
 from tests.simfixtures import _no_ca_env, running_simulator  # noqa: F401
 
@@ -265,3 +273,34 @@ def test_invalid_requests_are_one_line_exit_2_and_write_nothing(
     assert len(lines) == 1 and expected in lines[0] and lines[0].startswith("dvmirror: error:")
     assert result.stdout == ""
     assert requests(database(config)) == []
+
+
+def test_a_request_for_a_parked_table_runs_at_once_instead_of_after_its_backoff(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """A table parked by a broken page waits out a backoff (7.5 s at least); once the source
+    is fixed, a resync request un-parks it: the pass runs and the request is done before the
+    retry the scheduler had planned, and the table is no longer parked."""
+    env, table = "adatum_env", "account"
+    hostile = f"/environments/{env}/tables/{table}/hostile"
+    admin_post(sim, hostile, {"kind": "malformed_json"})
+    config = write_config(sim, tmp_path, {env: EnvSpec((table,), interval="1h")})
+    db = database(config)
+    daemon = DaemonProcess.start(config, tmp_path / "daemon.log")
+    try:
+        parked = wait_until(
+            lambda: (sync_states(db).get((env, table)) or {}).get("parked_until"),
+            timeout=60,
+            what="the table parked",
+        )
+        admin_post(sim, hostile, {"kind": None})
+        queue(config, "--env", env, "--table", table)
+        row = wait_request(db, 1, timeout=60)
+        assert as_utc(row["finished_at"]) < as_utc(parked)  # type: ignore[operator]
+        state = sync_states(db)[(env, table)]
+        assert state["parked_until"] is None and not differences(sim, db, env, table)
+        assert as_utc(state["last_success"]) > as_utc(state["last_error_at"])  # type: ignore[operator]
+        assert daemon.stop() == 0
+    finally:
+        admin_post(sim, hostile, {"kind": None})
+        daemon.kill()
