@@ -294,7 +294,7 @@ CASES = [
             )
         ),
         2,
-        ("app", "exactly one of client_secret or certificate"),
+        ("app", "both client_secret and certificate are set", "keep exactly one"),
     ),
     Case(
         "env-override-invalid",
@@ -327,6 +327,15 @@ CASES = [
         base_config(extra_env="page_size = 6000"),
         2,
         ("tenants[0].environments[0].page_size", "5000"),
+    ),
+    Case(
+        "secret-and-missing-certificate",
+        base_config(
+            app=f'client_id = "{CLIENT_ID}"\nclient_secret = {{ env = "DVMIRROR_CLIENT_SECRET" }}\n'
+            'certificate = { cert = "/nonexistent/app.pem", key = "/nonexistent/app.key" }'
+        ),
+        2,
+        ("app", "both client_secret and certificate are set", "keep exactly one"),
     ),
     Case(
         "no-tenants",

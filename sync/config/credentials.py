@@ -195,6 +195,16 @@ class AppRegistration(FrozenModel):
             raise ValueError(f"{path} holds no PEM certificate")
         return path
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_both(cls, data: Any) -> Any:
+        # Before the fields: a missing certificate file would otherwise hide the conflict.
+        if isinstance(data, dict) and "client_secret" in data and "certificate" in data:
+            raise ValueError(
+                "both client_secret and certificate are set: keep exactly one of them"
+            )
+        return data
+
     @model_validator(mode="after")
     def _one_credential(self) -> AppRegistration:
         if (self.client_secret is None) == (self.certificate is None):
