@@ -174,20 +174,28 @@ def migrate(state: State) -> None:
     """Create or upgrade the control database to the latest schema."""
     config = state.load(resolve_secrets=False)
 
-    async def _run() -> str | None:
+    async def _run() -> tuple[str | None, int]:
+        from datetime import UTC, datetime
+
+        from sync.store.checkpoints import prune_run_history
         from sync.store.migrate import current_revision
         from sync.store.open import open_store
 
         engine = await open_store(config)
         try:
-            return await current_revision(engine)
+            keep = config.settings.daemon.history_days
+            pruned = await prune_run_history(engine, keep, now=datetime.now(UTC))
+            return await current_revision(engine), pruned
         finally:
             await engine.dispose()
 
     from sync.store.open import redact_url
 
-    revision = run_async(state, _run)
+    revision, pruned = run_async(state, _run)
     click.echo(f"{redact_url(config.store_url)}: at revision {revision}")
+    if pruned:
+        keep = config.settings.daemon.history_days
+        click.echo(f"dv_run_history: pruned {pruned} runs older than {keep} days")
 
 
 @cli.command()

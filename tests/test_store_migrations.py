@@ -146,3 +146,37 @@ async def test_leases_migration_keeps_data_both_ways(tmp_path: Path) -> None:
         names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
         assert "dv_daemons" not in names
     await engine.dispose()
+
+
+def test_migrate_prunes_run_history_past_history_days(tmp_path: Path) -> None:
+    """`dvmirror migrate` keeps `daemon.history_days` of dv_run_history: finished runs that
+    started earlier are deleted (and counted in its output); recent runs, and a run still
+    marked running however old, are kept."""
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from tests.test_config_cli import base_config
+
+    config = tmp_path / "dvmirror.toml"
+    config.write_text(base_config(extra_top="[daemon]\nhistory_days = 7\n"))
+    assert run_cli("--config", config, "migrate", cwd=tmp_path).returncode == 0
+    now = datetime.now(UTC)
+    rows = [
+        ("old_done", now - timedelta(days=8), "ok"),
+        ("old_failed", now - timedelta(days=30), "failed"),
+        ("old_running", now - timedelta(days=40), "running"),
+        ("recent", now - timedelta(days=6), "ok"),
+    ]
+    with sqlite3.connect(tmp_path / "mirror.db") as db:
+        for table, started, status in rows:
+            db.execute(
+                "INSERT INTO dv_run_history (environment, table_name, command, started_at,"
+                " status) VALUES ('contoso_prod', ?, 'run', ?, ?)",
+                (table, started.isoformat(sep=" "), status),
+            )
+    result = run_cli("--config", config, "migrate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "dv_run_history: pruned 2 runs older than 7 days" in result.stdout
+    with sqlite3.connect(tmp_path / "mirror.db") as db:
+        kept = {r[0] for r in db.execute("SELECT table_name FROM dv_run_history")}
+    assert kept == {"old_running", "recent"}

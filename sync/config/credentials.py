@@ -200,9 +200,7 @@ class AppRegistration(FrozenModel):
     def _not_both(cls, data: Any) -> Any:
         # Before the fields: a missing certificate file would otherwise hide the conflict.
         if isinstance(data, dict) and "client_secret" in data and "certificate" in data:
-            raise ValueError(
-                "both client_secret and certificate are set: keep exactly one of them"
-            )
+            raise ValueError("both client_secret and certificate are set: keep exactly one of them")
         return data
 
     @model_validator(mode="after")

@@ -234,6 +234,8 @@ class Daemon(FrozenModel):
     # How long an environment's lease lasts without renewal (renewed every third of it); a
     # daemon that dies leaves its environments to the others after this long.
     lease_seconds: float = Field(default=30.0, ge=3.0)
+    # dv_run_history keeps the runs of this many days (pruned by the daemon and by migrate).
+    history_days: int = Field(default=30, ge=1, le=3650)
 
     @field_validator("shutdown_grace", "lease_seconds", mode="before")
     @classmethod

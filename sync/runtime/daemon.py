@@ -12,9 +12,11 @@ new file is logged and ignored.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,7 +33,7 @@ from sync.runtime.looplag import LoopLagWatch
 from sync.runtime.metrics import Metrics
 from sync.runtime.scheduler import RELOAD_GRACE, Scheduler, sleep_or_stop
 from sync.runtime.wiring import Wiring
-from sync.store.checkpoints import statuses
+from sync.store.checkpoints import prune_run_history, statuses
 from sync.store.dialects.sqlite_maintenance import checkpoint_wal, wal_needs_checkpoint
 from sync.store.open import open_store
 from sync.store.writer_lock import single_writer
@@ -40,6 +42,7 @@ log = get_logger("dvmirror.daemon")
 
 TICK_SECONDS = 1.0
 READY_TIMEOUT = 60.0  # READY=1 after the first tokens, or after this long in any case
+PRUNE_SECONDS = 3600.0  # how often the daemon prunes dv_run_history
 WAL_CHECK_SECONDS = 60.0  # how often the daemon looks at an SQLite store's WAL size
 
 
@@ -71,6 +74,8 @@ class Daemon:
         self._wal_checked_at = time.monotonic()
         self._status_logged: list[str] = []
         self._wal_task: asyncio.Task[None] | None = None
+        self._pruned_at = -math.inf
+        self._prune_task: asyncio.Task[None] | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
         if not self._stop.is_set():
@@ -136,6 +141,8 @@ class Daemon:
                 await self.http.stop()
             if self._wal_task is not None:
                 await self._wal_task
+            if self._prune_task is not None:
+                await self._prune_task
             await self._checkpoint_wal(store)  # a clean stop leaves a small WAL, or none
             await store.dispose()
             if self.handle_signals:
@@ -210,10 +217,31 @@ class Daemon:
         if (self._wal_task is None or self._wal_task.done()) and wal_needs_checkpoint(store):
             self._wal_task = asyncio.create_task(self._checkpoint_wal(store), name="wal")
 
+    def _watch_history(self, store: AsyncEngine) -> None:
+        """At start and every PRUNE_SECONDS: drop runs older than daemon.history_days, in the
+        background (any instance may; the delete is the same from each)."""
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_SECONDS:
+            return
+        self._pruned_at = now
+        if self._prune_task is None or self._prune_task.done():
+            self._prune_task = asyncio.create_task(self._prune_history(store), name="prune")
+
+    async def _prune_history(self, store: AsyncEngine) -> None:
+        keep = self.config.settings.daemon.history_days
+        try:
+            pruned = await prune_run_history(store, keep, now=datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001 - housekeeping never stops the daemon
+            log.warning("run_history_prune_failed", error=str(exc))
+            return
+        if pruned:
+            log.info("run_history_pruned", runs=pruned, kept_days=keep)
+
     async def _tick_until_stopped(self, store: AsyncEngine) -> None:
         interval = min(TICK_SECONDS, notify.watchdog_interval() or TICK_SECONDS)
         while not self._stop.is_set():
             self._watch_wal(store)
+            self._watch_history(store)
             self.health.tick()
             notify.watchdog()
             assert self.scheduler is not None

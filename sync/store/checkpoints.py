@@ -9,10 +9,10 @@ table resumes where it stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
@@ -339,3 +339,19 @@ async def finish_run(
         )
     )
     await write_control(engine, [finish], environment="", table="(runs)")
+
+
+def history_cutoff(now: datetime, keep_days: int) -> datetime:
+    """Runs that started before this are pruned (pure)."""
+    return now - timedelta(days=keep_days)
+
+
+async def prune_run_history(engine: AsyncEngine, keep_days: int, *, now: datetime) -> int:
+    """Delete finished runs that started more than `keep_days` ago; return how many. A run
+    still marked running is kept whatever its age (the scheduler closes stale ones)."""
+    cutoff = history_cutoff(now, keep_days)
+    statement = delete(run_history).where(
+        run_history.c.started_at < cutoff, run_history.c.status != "running"
+    )
+    result = await write_control(engine, [statement], environment="*", table="dv_run_history")
+    return int(getattr(result, "rowcount", 0) or 0)
