@@ -1,0 +1,46 @@
+"""The fix for a table's last error, as `dvmirror check` would print it (pure).
+
+The store keeps the error's message, not its class, so the fix is found again from the words
+the message is made of (sync.dataverse.auth and .classify write them).
+"""
+
+from __future__ import annotations
+
+from sync.config.model import Config, Environment, Tenant
+from sync.dataverse.auth import (
+    CERTIFICATE_FIX,
+    CREDENTIAL_HELP,
+    TENANT_FIX,
+    consent_url_for,
+)
+from sync.dataverse.classify import NO_APP_USER_FIX, PRIVILEGE_FIX
+
+THROTTLED_FIX = (
+    "Nothing to do: dvmirror waits as long as Retry-After says; lower max_concurrency or the "
+    "number of tables if it happens all day."
+)
+
+
+def fix_for(message: str, config: Config, tenant: Tenant, env: Environment) -> str | None:
+    text = message.lower()
+    app = config.app_for(tenant)
+    if "not consented" in text:
+        return (
+            f"An administrator of {tenant.tenant_id} must grant admin consent: open "
+            f"{consent_url_for(app, tenant)}"
+        )
+    if "client secret is" in text or "credential was rejected" in text:
+        return CREDENTIAL_HELP.format(client_id=app.client_id)
+    if "certificate was rejected" in text:
+        return CERTIFICATE_FIX
+    if "unknown tenant" in text:
+        return TENANT_FIX
+    if "no application user" in text:
+        return NO_APP_USER_FIX.replace("<environment>", env.name) + (
+            f" App client id: {app.client_id}."
+        )
+    if "access denied" in text:
+        return PRIVILEGE_FIX.replace("<environment>", env.name)
+    if "throttled" in text:
+        return THROTTLED_FIX
+    return None
