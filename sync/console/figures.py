@@ -60,6 +60,7 @@ def table_entry(
     tenant: Tenant,
     config: Config,
     table: str,
+    *,
     rows: Mapping[str, Mapping[tuple[str, str], Row]],
     now: dt.datetime,
 ) -> dict[str, Any]:
@@ -116,7 +117,9 @@ def environment_entry(
     now: dt.datetime,
 ) -> dict[str, Any]:
     rows = {k: _by_table(raw[k]) for k in ("state", "recent", "ranges")}
-    tables = [table_entry(env, tenant, config, t, rows, now) for t in _tables_of(env, rows)]
+    tables = [
+        table_entry(env, tenant, config, t, rows=rows, now=now) for t in _tables_of(env, rows)
+    ]
     known = {row["name"]: row for row in raw["environments"]}.get(env.name)
     budgets = {row["tenant"]: row for row in raw["budgets"]}
     budget = _budget(tenant, budgets, now)

@@ -22,25 +22,26 @@ THROTTLED_FIX = (
 
 
 def fix_for(message: str, config: Config, tenant: Tenant, env: Environment) -> str | None:
-    text = message.lower()
+    """The first fix whose words the message contains; None when none applies."""
     app = config.app_for(tenant)
-    if "not consented" in text:
-        return (
-            f"An administrator of {tenant.tenant_id} must grant admin consent: open "
-            f"{consent_url_for(app, tenant)}"
-        )
-    if "client secret is" in text or "credential was rejected" in text:
-        return CREDENTIAL_HELP.format(client_id=app.client_id)
-    if "certificate was rejected" in text:
-        return CERTIFICATE_FIX
-    if "unknown tenant" in text:
-        return TENANT_FIX
-    if "no application user" in text:
-        return NO_APP_USER_FIX.replace("<environment>", env.name) + (
-            f" App client id: {app.client_id}."
-        )
-    if "access denied" in text:
-        return PRIVILEGE_FIX.replace("<environment>", env.name)
-    if "throttled" in text:
-        return THROTTLED_FIX
-    return None
+    consent = (
+        f"An administrator of {tenant.tenant_id} must grant admin consent: open "
+        f"{consent_url_for(app, tenant)}"
+    )
+    credential = CREDENTIAL_HELP.format(client_id=app.client_id)
+    rules = (
+        ("not consented", consent),
+        ("client secret is", credential),
+        ("credential was rejected", credential),
+        ("certificate was rejected", CERTIFICATE_FIX),
+        ("unknown tenant", TENANT_FIX),
+        (
+            "no application user",
+            NO_APP_USER_FIX.replace("<environment>", env.name)
+            + f" App client id: {app.client_id}.",
+        ),
+        ("access denied", PRIVILEGE_FIX.replace("<environment>", env.name)),
+        ("throttled", THROTTLED_FIX),
+    )
+    text = message.lower()
+    return next((fix for words, fix in rules if words in text), None)

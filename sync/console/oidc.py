@@ -160,7 +160,6 @@ class SignIn:
         )
         return SignedIn(principal, access)
 
-
     async def _redeem(self, flow: dict[str, Any], query: dict[str, str]) -> Identity:
         client = await self._client()
         try:
@@ -173,7 +172,9 @@ class SignIn:
             await asyncio.to_thread(self._forget_accounts, client)
         if "error" in result:
             description = str(result.get("error_description") or "").splitlines()[:1]
-            raise SignInRefused(f"Entra ID refused the code: {result['error']} {' '.join(description)}")
+            raise SignInRefused(
+                f"Entra ID refused the code: {result['error']} {' '.join(description)}"
+            )
         id_token = result.get("id_token")
         if not isinstance(id_token, str):
             raise SignInRefused("Entra ID answered no id_token")
@@ -190,6 +191,6 @@ class SignIn:
 
     def end_session_url(self, end_session_endpoint: str, post_logout: str) -> str:
         separator = "&" if "?" in end_session_endpoint else "?"
-        return end_session_endpoint + separator + urlencode(
-            {"post_logout_redirect_uri": post_logout}
+        return (
+            end_session_endpoint + separator + urlencode({"post_logout_redirect_uri": post_logout})
         )

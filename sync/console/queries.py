@@ -32,7 +32,9 @@ def _rows(result: Any) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in result]
 
 
-async def control_rows(engine: AsyncEngine, *, since: dt.datetime) -> dict[str, list[dict[str, Any]]]:
+async def control_rows(
+    engine: AsyncEngine, *, since: dt.datetime
+) -> dict[str, list[dict[str, Any]]]:
     """Everything the overview and environment pages need, in one read-only connection."""
     recent = (
         select(

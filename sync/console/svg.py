@@ -8,7 +8,7 @@ drops at each success); the 429s are summed per hour. The SVG is plain markup wi
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -65,7 +65,7 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def plot(
-    runs: list[Mapping[str, Any]], success_before: dt.datetime | None, now: dt.datetime
+    runs: Sequence[Mapping[str, Any]], success_before: dt.datetime | None, now: dt.datetime
 ) -> str:
     """The SVG document (a string of trusted markup: every text in it is escaped)."""
     lag = lag_series(runs, success_before, now)

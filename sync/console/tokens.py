@@ -105,9 +105,7 @@ class DiscoveryClient:
         cached = self._metadata.get(tenant)
         if cached is not None and self._clock() - cached.fetched_at < METADATA_TTL:
             return cached.value
-        url = (
-            f"{self.authority_host}/{quote(tenant, safe='.-')}/v2.0/.well-known/openid-configuration"
-        )
+        url = f"{self.authority_host}/{quote(tenant, safe='.-')}/v2.0/.well-known/openid-configuration"
         document = await self._get_json(url)
         for key in ("issuer", "jwks_uri", "authorization_endpoint"):
             if not isinstance(document.get(key), str):
@@ -198,7 +196,9 @@ class TokenValidator:
         except jwt.ImmatureSignatureError:
             raise TokenRefused("the token is not valid yet (nbf)", tenant_id=tid) from None
         except jwt.InvalidAudienceError:
-            raise TokenRefused("the token was issued for another application", tenant_id=tid) from None
+            raise TokenRefused(
+                "the token was issued for another application", tenant_id=tid
+            ) from None
         except jwt.InvalidIssuerError:
             raise TokenRefused(
                 "the token's issuer does not match its tenant (iss and tid differ)", tenant_id=tid
@@ -206,7 +206,9 @@ class TokenValidator:
         except jwt.InvalidSignatureError:
             raise TokenRefused("the token's signature does not verify", tenant_id=tid) from None
         except jwt.PyJWTError as exc:
-            raise TokenRefused(f"the token is invalid ({type(exc).__name__})", tenant_id=tid) from None
+            raise TokenRefused(
+                f"the token is invalid ({type(exc).__name__})", tenant_id=tid
+            ) from None
         return _identity(claims, tid)
 
 
