@@ -105,7 +105,8 @@ class DiscoveryClient:
         cached = self._metadata.get(tenant)
         if cached is not None and self._clock() - cached.fetched_at < METADATA_TTL:
             return cached.value
-        url = f"{self.authority_host}/{quote(tenant, safe='.-')}/v2.0/.well-known/openid-configuration"
+        where = quote(tenant, safe=".-")
+        url = f"{self.authority_host}/{where}/v2.0/.well-known/openid-configuration"
         document = await self._get_json(url)
         for key in ("issuer", "jwks_uri", "authorization_endpoint"):
             if not isinstance(document.get(key), str):
