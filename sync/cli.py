@@ -247,6 +247,35 @@ def status(state: State, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
+@click.option("--table", "table_name", help="The table to read again (logical name).")
+@click.option("--all", "every_table", is_flag=True, help="Every table of the environment.")
+@click.pass_obj
+def resync(state: State, env_name: str, table_name: str | None, every_table: bool) -> None:
+    """Queue a full pass of a table (or of every table) that sweeps rows gone at the source.
+
+    The running daemon that holds the environment's lease picks it up within a second; without
+    one the request waits. `dvmirror status` shows it: requested, running n%, done or failed.
+    """
+    config = state.load(resolve_secrets=False)
+
+    from sync.commands.resync import run_resync
+
+    sys.exit(
+        run_async(
+            state,
+            lambda: run_resync(
+                config,
+                env=env_name,
+                table=table_name,
+                every_table=every_table,
+                console=table_console(),
+            ),
+        )
+    )
+
+
+@cli.command()
 @click.pass_obj
 def check(state: State) -> None:
     """Call WhoAmI in every environment and say what to fix (exit 3 on auth failures)."""

@@ -23,6 +23,7 @@ from rich.text import Text
 from sqlalchemy import Integer, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sync.commands.resync_view import render_resyncs, resync_line, resync_target
 from sync.config.model import Config
 from sync.logs import mask_text
 from sync.store.control import (
@@ -34,8 +35,10 @@ from sync.store.control import (
     sync_state,
 )
 from sync.store.open import open_store, redact_url
+from sync.store.requests import ResyncRequest, recent_query, request_from_row
 
 RECENT_WINDOW = dt.timedelta(hours=24)
+RESYNC_SHOWN = 50  # resync requests listed: the open ones and the last day's, newest first
 BUDGET_WINDOW = dt.timedelta(hours=24)
 PHASE_STYLES = {
     "new": "dim",
@@ -90,6 +93,10 @@ async def read_control_rows(engine: AsyncEngine, *, since: dt.datetime) -> dict[
             "budgets": [dict(r._mapping) for r in await conn.execute(select(request_budget))],
             "environments": [dict(r._mapping) for r in await conn.execute(select(environments))],
             "leases": [dict(r._mapping) for r in await conn.execute(select(leases))],
+            "resync": [
+                dict(r._mapping)
+                for r in await conn.execute(recent_query(since, limit=RESYNC_SHOWN))
+            ],
             "ranges": [
                 dict(r._mapping)
                 for r in await conn.execute(
@@ -113,6 +120,7 @@ def _table_entry(
     *,
     configured: bool,
     now: dt.datetime,
+    resync: ResyncRequest | None = None,
 ) -> dict[str, Any]:
     state = state or {}
     last_success = as_utc(state.get("last_success"))
@@ -132,6 +140,8 @@ def _table_entry(
         "last_error_at": _iso(state.get("last_error_at")),
         "attempts": int(state.get("attempts") or 0),
         "parked_until": _iso(state.get("parked_until")),
+        # The open resync request that covers this table: requested / running n%.
+        "resync": None if resync is None else {"id": resync.id, "shown": resync.shown},
         "throttled_recent": int(recent["throttled"]) if recent else 0,
         "requests_recent": int(recent["requests"]) if recent else 0,
         "last_run": (
@@ -159,6 +169,12 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
     ranged = _by_table(rows.get("ranges", []))
     known_envs = {row["name"]: row for row in rows["environments"]}
     owners = {row["resource"]: row for row in rows.get("leases", [])}
+    requests = [request_from_row(row) for row in rows.get("resync", [])]
+    # The newest open request per environment and table (None: every table of it).
+    open_requests: dict[tuple[str, str | None], ResyncRequest] = {}
+    for request in reversed(requests):
+        if request.is_open:
+            open_requests[(request.environment, request.table)] = request
     report_envs: list[dict[str, Any]] = []
     seen: set[str] = set()
 
@@ -174,6 +190,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 ranged.get(name, {}).get(table),
                 configured=configured,
                 now=now,
+                resync=open_requests.get((name, table)) or open_requests.get((name, None)),
             )
             for table, configured in [(t, True) for t in configured_tables]
             + [(t, False) for t in extra]
@@ -214,6 +231,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
         "store": redact_url(config.store_url),
         "recent_window_seconds": int(RECENT_WINDOW.total_seconds()),
         "environments": report_envs,
+        "resync_requests": [request.as_dict() for request in requests],
         "budgets": _budgets(config, rows["budgets"], now),
     }
 
@@ -309,6 +327,12 @@ def render_compact(report: Mapping[str, Any], console: Console) -> None:
             if entry["last_error"]:
                 error_line = f"    error: {escape(entry['last_error'])}"
                 console.print(error_line, soft_wrap=True, highlight=False)
+    for request in report.get("resync_requests", []):
+        console.print(
+            escape(f"\nresync #{request['id']} {resync_target(request)}: {resync_line(request)}"),
+            soft_wrap=True,
+            highlight=False,
+        )
     for budget in report["budgets"]:
         if budget["limit"] is None and not budget["used"]:
             continue
@@ -373,6 +397,7 @@ def render(report: Mapping[str, Any], console: Console) -> None:
             env["name"], Text(env.get("owner") or "—"), _short_time(env.get("lease_expires_at"))
         )
     console.print(owners)
+    render_resyncs(report, console)
     budgets = [b for b in report["budgets"] if b["limit"] is not None or b["used"]]
     if budgets:
         table = Table(title="Daily request budgets", title_justify="left")

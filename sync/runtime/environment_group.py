@@ -22,15 +22,18 @@ from sync.config.model import Environment, Tenant
 from sync.errors import AuthError, DvmirrorError, LeaseLostError
 from sync.governor.gate import Governor
 from sync.logs import get_logger
+from sync.mirror import cursor as cur
 from sync.mirror.discovery import list_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import PageProgress, TableJob
 from sync.mirror.runner import run_cycle
 from sync.runtime.metrics import Metrics
+from sync.runtime.resync import ResyncWork, pass_is_current
 from sync.runtime.timing import FIRST_RUN_SPREAD, Timing, backoff_delay, first_delay, next_delay
 from sync.runtime.wiring import Wiring
 from sync.store import checkpoints as state
 from sync.store.environments import record_environment
+from sync.store.requests import start_full_pass
 
 log = get_logger("dvmirror.scheduler")
 
@@ -99,6 +102,8 @@ class EnvironmentGroup:
         self.timing = Timing(interval=environment.interval)
         # Sized in run() once the tables are known (table_concurrency, default all of them).
         self.table_slots = asyncio.Semaphore(environment.table_concurrency or 1)
+        # Resync requests this group (the lease holder) runs (sync.runtime.resync).
+        self.resync = ResyncWork(environment.name, self.store)
 
     @property
     def name(self) -> str:
@@ -125,8 +130,16 @@ class EnvironmentGroup:
                 self.environment.table_concurrency or max(1, len(tables))
             )
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._watch_resyncs(tables), name=f"{self.name}/resync")
                 for table in tables:
                     group.create_task(self._table_loop(client, table), name=f"{self.name}/{table}")
+
+    async def _watch_resyncs(self, tables: tuple[str, ...]) -> None:
+        """Claim and follow the environment's resync requests every tick, until stopped."""
+        try:
+            await self.resync.run(tables, self.stopping)
+        except LeaseLostError as exc:
+            self.lease_lost(exc)
 
     async def _authenticate(self, client: ExactClient) -> bool:
         """WhoAmI until it works; an auth failure parks the whole environment. False if stopped."""
@@ -211,9 +224,23 @@ class EnvironmentGroup:
         attempts = 0
         # Spread first cycles, but never wait longer than one interval for the first one.
         spread = min(FIRST_RUN_SPREAD, self.environment.interval)
-        if await sleep_or_stop(self.stopping, first_delay(self.rng, spread)):
+        if await self._sleep(table, first_delay(self.rng, spread)):
             return
         while not self.stopping.is_set():
+            try:
+                await self._start_requested_pass(table)
+            except LeaseLostError as exc:
+                self.lease_lost(exc)
+                return
+            except DvmirrorError as exc:  # the cycle runs as it stands; the next one tries again
+                log.warning("resync_pass_not_started", table=table, error=exc.message)
+            completed = False
+
+            def page_done(page: PageProgress) -> None:
+                nonlocal completed
+                completed = completed or page.cycle_done
+                self._page_done(page)
+
             job = TableJob(
                 store=self.store,
                 client=client,
@@ -221,7 +248,7 @@ class EnvironmentGroup:
                 table=table,
                 command="run",
                 reconcile_every=timedelta(seconds=self.environment.reconcile_interval),
-                on_page=self._page_done,
+                on_page=page_done,
             )
             async with self.table_slots:
                 error = await self._cycle(job)
@@ -235,27 +262,81 @@ class EnvironmentGroup:
                 with contextlib.suppress(LeaseLostError):
                     await asyncio.shield(job.interrupt())
                 return
-            # The retry is decided before the outcome is stored, so status shows what will happen.
-            retry_in = None if error is None else backoff_delay(self.timing, attempts + 1, self.rng)
-            result = await job.finish(error, retry_in=retry_in)
-            if self.metrics is not None:
-                self.metrics.table_run_finished(self.name, table, ok=result.ok)
-                self.metrics.table_parked(self.name, table, not result.ok)
-                # A token renewal refused mid-run (a secret revoked under the daemon) is a
-                # token failure as much as one at sign-in.
-                if isinstance(error, AuthError):
-                    self.metrics.token_failure(self.tenant.name, error)
-            if result.ok:
-                attempts = 0
-                self.status.failing_tables.pop(table, None)
-                delay = next_delay(self.timing, self.rng)
-            else:
-                attempts += 1
-                self.status.failing_tables[table] = (result.error or "failed")[:300]
-                delay = retry_in if retry_in is not None else next_delay(self.timing, self.rng)
-                log.warning("table_retry_scheduled", table=table, retry_in=round(delay, 1))
-            if await sleep_or_stop(self.stopping, delay):
+            if error is None and not completed and self.resync.wake(table).is_set():
+                # Cut between pages for a resync request: its full pass starts at once.
+                with contextlib.suppress(LeaseLostError):
+                    await job.interrupt()
+                continue
+            attempts, delay = await self._finish_cycle(job, error, attempts)
+            if self.stopping.is_set():
                 return
+            if await self._sleep(table, delay):
+                return
+
+    async def _finish_cycle(
+        self, job: TableJob, error: DvmirrorError | None, attempts: int
+    ) -> tuple[int, float]:
+        """Record the cycle's outcome (a failure parks the table), for its resync requests too;
+        the attempts so far and the delay before the next cycle."""
+        table = job.table
+        # The retry is decided before the outcome is stored, so status shows what will happen.
+        retry_in = None if error is None else backoff_delay(self.timing, attempts + 1, self.rng)
+        result = await job.finish(error, retry_in=retry_in)
+        if self.metrics is not None:
+            self.metrics.table_run_finished(self.name, table, ok=result.ok)
+            self.metrics.table_parked(self.name, table, not result.ok)
+            # A token renewal refused mid-run (a secret revoked under the daemon) is a
+            # token failure as much as one at sign-in.
+            if isinstance(error, AuthError):
+                self.metrics.token_failure(self.tenant.name, error)
+        if result.ok:
+            attempts = 0
+            self.status.failing_tables.pop(table, None)
+            delay = next_delay(self.timing, self.rng)
+        else:
+            attempts += 1
+            self.status.failing_tables[table] = (result.error or "failed")[:300]
+            delay = retry_in if retry_in is not None else next_delay(self.timing, self.rng)
+            log.warning("table_retry_scheduled", table=table, retry_in=round(delay, 1))
+        try:
+            await self.resync.cycle_finished(table, job.cursor, result.error)
+        except LeaseLostError as exc:
+            self.lease_lost(exc)
+        except DvmirrorError as exc:
+            log.warning("resync_record_failed", table=table, error=exc.message)
+        return attempts, delay
+
+    async def _start_requested_pass(self, table: str) -> None:
+        """A resync request waits for this table: store a full-pass cursor (the one an expired
+        delta token gives), unless the table is in a pass started for the request already (a
+        takeover resumes it)."""
+        self.resync.wake(table).clear()
+        since = self.resync.since(table)
+        if since is None:
+            return
+        now = datetime.now(UTC)
+        stored = await state.ensure(self.store, self.name, table, now=now)
+        if not pass_is_current(stored.cursor, since):
+            await start_full_pass(
+                self.store, self.name, table, cur.expired(stored.cursor, now=now), now=now
+            )
+            log.info("resync_pass_started", environment=self.name, table=table)
+        self.resync.pass_started(table)
+
+    async def _sleep(self, table: str, seconds: float) -> bool:
+        """Wait `seconds` before the table's next cycle, less when a resync request wants it
+        (a parked table is un-parked for the pass). True when stopping."""
+        wake = self.resync.wake(table)
+        if not wake.is_set() and not self.stopping.is_set():
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.stopping, wake)]
+            try:
+                await asyncio.wait(
+                    waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+        return self.stopping.is_set()
 
     def lease_lost(self, error: LeaseLostError) -> None:
         """The whole environment stops at once: every write of it would fail the fence now."""
@@ -267,15 +348,32 @@ class EnvironmentGroup:
     async def _cycle(self, job: TableJob) -> DvmirrorError | None:
         """Run pages until the cycle ends or the group is told to stop."""
         self.status.busy_tables.add(job.table)
+        halt = asyncio.Event()  # the group stops, or a resync request wants this table now
+        relay = asyncio.create_task(_either(halt, self.stopping, self.resync.wake(job.table)))
         try:
-            return await run_cycle(job, until="cycle", stopping=self.stopping)
+            return await run_cycle(job, until="cycle", stopping=halt)
         finally:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
             self.status.busy_tables.discard(job.table)
 
     def _page_done(self, page: PageProgress) -> None:
+        self.resync.page(page)
         if self.metrics is not None:
             self.metrics.page_committed(
                 page.environment, page.table, upserted=page.rows, deleted=page.deleted
             )
         if self.on_page is not None:
             self.on_page(page)
+
+
+async def _either(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    """Set `target` as soon as one of `sources` is set."""
+    waits = [asyncio.ensure_future(source.wait()) for source in sources]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        target.set()
+    finally:
+        for waiting in waits:
+            waiting.cancel()

@@ -175,3 +175,46 @@ deletions = Table(
     Column("observed_at", DateTime(timezone=True), nullable=False),
     Index(None, "environment", "table", "observed_at"),
 )
+
+# Resync on demand (store.requests): `dvmirror resync` and the console write a row, the daemon
+# holding the environment's lease runs a full pass of the table(s) and writes its progress back.
+# table_name NULL: every table of the environment. state: requested | running | done | failed.
+# `open_key` is environment/table while the request is open (requested or running) and NULL
+# once it ended: its unique index keeps one open request per environment and table.
+resync_requests = Table(
+    "dv_resync_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(63), nullable=False),
+    Column("table_name", String(128)),
+    Column("requested_by", String(255), nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False, server_default="requested"),
+    Column("rows_done", BigInteger, nullable=False, server_default="0"),
+    Column("rows_expected", BigInteger),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("error", Text),
+    Column("handled_by", String(255)),
+    Column("open_key", String(200)),
+    Index(None, "open_key", unique=True),
+    Index(None, "environment", "requested_at"),
+)
+
+# Who did what, for the console and the CLI: sign-ins, refusals, resync requests. Never a token.
+# outcome: "ok", or "refused: <reason>".
+audit = Table(
+    "dv_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("tenant_id", String(255)),
+    Column("user_oid", String(36)),
+    Column("preferred_username", String(255)),
+    Column("action", String(32), nullable=False),
+    Column("environment", String(63)),
+    Column("target", String(255)),
+    Column("outcome", String(255), nullable=False),
+    Index(None, "at"),
+    Index(None, "environment", "at"),
+)
