@@ -124,6 +124,7 @@ class ConsoleServer:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+        await self.context.sign_in.close()
         await self.context.discovery.close()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,24 @@ def nonce_claim(flow_nonce: str) -> str:
     return hashlib.sha256(flow_nonce.encode("ascii")).hexdigest()
 
 
+def _initiate(client: Any, redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
+    # The answer comes back as a query (a GET), not form_post: a cross-site POST from the
+    # authority would not carry the SameSite=Lax session cookie that binds the flow to this
+    # browser. The code is single-use and PKCE-bound, the callback answers with a redirect and
+    # Referrer-Policy: no-referrer, and the console keeps no access log, so MSAL's advice
+    # (a UserWarning on every call) is acknowledged here rather than followed.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended")
+        flow: dict[str, Any] = client.initiate_auth_code_flow(
+            scopes=[],
+            redirect_uri=redirect_uri,
+            state=secrets.token_urlsafe(32),
+            login_hint=login_hint,
+            response_mode="query",
+        )
+    return flow
+
+
 class SignIn:
     """One registration's sign-in; `authority` is `<authority_host>/organizations` by default."""
 
@@ -73,6 +92,7 @@ class SignIn:
         self.replay = replay
         self.authority = authority or f"{app.authority_host}/organizations"
         self._msal: Any = None
+        self._http: Any = None
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -89,25 +109,29 @@ class SignIn:
 
         from sync.dataverse.auth import client_credential, make_http_client
 
+        self._http = make_http_client(self.app.ca_bundle)
         return msal.ConfidentialClientApplication(
             self.app.client_id,
             client_credential=client_credential(self.app),
             authority=self.authority,
-            http_client=make_http_client(self.app.ca_bundle),
+            http_client=self._http,
             instance_discovery=False,
             exclude_scopes=EXCLUDED_SCOPES,
             token_cache=msal.TokenCache(),
         )
 
+    async def close(self) -> None:
+        """Close MSAL's HTTP connections (keep-alive sockets to the authority)."""
+        if self._http is not None:
+            await asyncio.to_thread(self._http.close)
+            self._http = None
+            self._msal = None
+
     async def start(self, *, login_hint: str | None = None) -> tuple[str, dict[str, Any]]:
         """(the URL to send the browser to, the flow to keep for the callback)."""
         client = await self._client()
         flow: dict[str, Any] = await asyncio.to_thread(
-            client.initiate_auth_code_flow,
-            scopes=[],
-            redirect_uri=self.redirect_uri,
-            state=secrets.token_urlsafe(32),
-            login_hint=login_hint or None,
+            _initiate, client, self.redirect_uri, login_hint or None
         )
         auth_uri = str(flow["auth_uri"])
         return auth_uri, {key: flow[key] for key in FLOW_KEYS if key in flow}
