@@ -186,7 +186,7 @@ async def running_console(directory: Path) -> AsyncIterator[Harness]:
     idp = IdentityProvider(
         host="",
         clients={CLIENT_ID: CLIENT_SECRET},
-        tenants={"contoso.example": CONTOSO, "admins.example": ADMINS},
+        tenants={"contoso.example": CONTOSO, "admins.example": ADMINS, "strangers.example": STRANGERS},
         users=list(USERS.values()),
     )
     runner = web.AppRunner(idp.application(), access_log=None)
