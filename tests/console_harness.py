@@ -38,12 +38,44 @@ STRANGERS = "0f0e0d0c-0b0a-4909-8807-060504030204"
 OPERATOR, VIEWER = "Mirror.Operator", "Mirror.Viewer"
 
 USERS = {
-    "olga": User("olga@contoso.example", "Olga Operator", "11111111-1111-4111-8111-111111111111", CONTOSO, (OPERATOR,)),
-    "victor": User("victor@contoso.example", "Victor Viewer", "22222222-2222-4222-8222-222222222222", CONTOSO, (VIEWER,)),
-    "fay": User("fay@fabrikam.example", "Fay Fabrikam", "33333333-3333-4333-8333-333333333333", FABRIKAM, (VIEWER,)),
-    "ada": User("ada@admins.example", "Ada Admin", "44444444-4444-4444-8444-444444444444", ADMINS, (OPERATOR,)),
-    "nora": User("nora@contoso.example", "Nora Norole", "55555555-5555-4555-8555-555555555555", CONTOSO, ()),
-    "sam": User("sam@strangers.example", "Sam Stranger", "66666666-6666-4666-8666-666666666666", STRANGERS, (OPERATOR,)),
+    "olga": User(
+        "olga@contoso.example",
+        "Olga Operator",
+        "11111111-1111-4111-8111-111111111111",
+        CONTOSO,
+        (OPERATOR,),
+    ),
+    "victor": User(
+        "victor@contoso.example",
+        "Victor Viewer",
+        "22222222-2222-4222-8222-222222222222",
+        CONTOSO,
+        (VIEWER,),
+    ),
+    "fay": User(
+        "fay@fabrikam.example",
+        "Fay Fabrikam",
+        "33333333-3333-4333-8333-333333333333",
+        FABRIKAM,
+        (VIEWER,),
+    ),
+    "ada": User(
+        "ada@admins.example",
+        "Ada Admin",
+        "44444444-4444-4444-8444-444444444444",
+        ADMINS,
+        (OPERATOR,),
+    ),
+    "nora": User(
+        "nora@contoso.example", "Nora Norole", "55555555-5555-4555-8555-555555555555", CONTOSO, ()
+    ),
+    "sam": User(
+        "sam@strangers.example",
+        "Sam Stranger",
+        "66666666-6666-4666-8666-666666666666",
+        STRANGERS,
+        (OPERATOR,),
+    ),
 }
 
 
@@ -186,7 +218,12 @@ async def running_console(directory: Path) -> AsyncIterator[Harness]:
     idp = IdentityProvider(
         host="",
         clients={CLIENT_ID: CLIENT_SECRET},
-        tenants={"contoso.example": CONTOSO, "admins.example": ADMINS, "strangers.example": STRANGERS},
+        tenants={
+            "contoso.example": CONTOSO,
+            "admins.example": ADMINS,
+            "strangers.example": STRANGERS,
+            "fabrikam.example": FABRIKAM,
+        },
         users=list(USERS.values()),
     )
     runner = web.AppRunner(idp.application(), access_log=None)

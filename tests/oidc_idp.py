@@ -203,7 +203,9 @@ class IdentityProvider:
             return _error(400, "unsupported_grant_type", 70003, "Only authorization_code here.")
         grant = self.codes.pop(str(form.get("code", "")), None)  # single use
         if grant is None or grant.expires < time.time():
-            return _error(400, "invalid_grant", 54005, "OAuth2 Authorization code was already redeemed.")
+            return _error(
+                400, "invalid_grant", 54005, "OAuth2 Authorization code was already redeemed."
+            )
         if grant.redirect_uri != form.get("redirect_uri") or grant.client_id != client_id:
             return _error(400, "invalid_grant", 50148, "The redirect URI does not match.")
         verifier = str(form.get("code_verifier", ""))
@@ -225,7 +227,9 @@ class IdentityProvider:
         )
 
     async def _logout(self, request: web.Request) -> web.Response:
-        return web.Response(text=f"signed out; back to {request.query.get('post_logout_redirect_uri')}")
+        return web.Response(
+            text=f"signed out; back to {request.query.get('post_logout_redirect_uri')}"
+        )
 
 
 def _error(status: int, error: str, code: int, text: str) -> web.Response:

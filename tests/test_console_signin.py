@@ -76,13 +76,22 @@ async def test_badly_signed_id_tokens_are_refused(h: Harness, signing: str, word
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        ({"exp": int(time.time()) - 400, "nbf": int(time.time()) - 4000, "iat": int(time.time()) - 4000}, "expired"),
+        (
+            {
+                "exp": int(time.time()) - 400,
+                "nbf": int(time.time()) - 4000,
+                "iat": int(time.time()) - 4000,
+            },
+            "expired",
+        ),
         ({"aud": "00000000-0000-4000-8000-000000000000"}, "another application"),
         ({"iss": f"https://login.example/{FABRIKAM}/v2.0"}, "iss and tid differ"),
     ],
     ids=["expired", "wrong-aud", "iss-not-tid"],
 )
-async def test_invalid_claims_are_refused(h: Harness, overrides: dict[str, object], words: str) -> None:
+async def test_invalid_claims_are_refused(
+    h: Harness, overrides: dict[str, object], words: str
+) -> None:
     """Expired (beyond the 5-minute skew), another audience, and an issuer that does not match
     the token's tid are refused, with no session cookie."""
     h.idp.overrides = overrides
@@ -122,7 +131,9 @@ async def test_replayed_code_is_refused(h: Harness) -> None:
     first = await browser.get(callback, allow_redirects=False)
     assert first.status == 302
     attacker = h.browser()
-    attacker.cookie_jar.update_cookies({"dvmirror_console": flow_cookie}, response_url=__import__("yarl").URL(h.url))
+    attacker.cookie_jar.update_cookies(
+        {"dvmirror_console": flow_cookie}, response_url=__import__("yarl").URL(h.url)
+    )
     second = await attacker.get(callback, allow_redirects=False)
     assert second.status == 401
     assert "already used" in await second.text()
@@ -133,9 +144,13 @@ async def test_nonce_of_another_browser_is_refused(h: Harness) -> None:
     """Browser B's authorization request carrying browser A's nonce yields an id_token whose
     nonce is not B's: refused, no session in B."""
     a, b = h.browser(), h.browser()
-    login_a = await a.get(f"{h.url}/auth/login", params={"login_hint": "olga@contoso.example"}, allow_redirects=False)
+    login_a = await a.get(
+        f"{h.url}/auth/login", params={"login_hint": "olga@contoso.example"}, allow_redirects=False
+    )
     nonce_a = query_of(login_a.headers["Location"])["nonce"]
-    login_b = await b.get(f"{h.url}/auth/login", params={"login_hint": "olga@contoso.example"}, allow_redirects=False)
+    login_b = await b.get(
+        f"{h.url}/auth/login", params={"login_hint": "olga@contoso.example"}, allow_redirects=False
+    )
     auth_b = login_b.headers["Location"]
     nonce_b = query_of(auth_b)["nonce"]
     callback = await h.authorize(b, auth_b.replace(f"nonce={nonce_b}", f"nonce={nonce_a}"))
@@ -159,7 +174,9 @@ async def test_state_must_match(h: Harness, change: str) -> None:
     assert h.idp.issued == 0
 
 
-@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"])
+@pytest.mark.parametrize(
+    "target", ["//evil.example/", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"]
+)
 async def test_next_is_same_origin_paths_only(h: Harness, target: str) -> None:
     """`next=` pointing anywhere but a path of this origin lands on `/` after sign-in."""
     response = await h.sign_in(h.browser(), "olga", next_path=target)

@@ -23,7 +23,7 @@ from sync.console.tokens import TokenRefused
 def _json(status: int, document: Any, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,
-        body=orjson.dumps(document),
+        text=orjson.dumps(document).decode(),
         content_type="application/json",
         headers=headers,
     )
@@ -31,7 +31,7 @@ def _json(status: int, document: Any, headers: dict[str, str] | None = None) -> 
 
 def _unauthorized(reason: str) -> web.HTTPException:
     return web.HTTPUnauthorized(
-        body=orjson.dumps({"error": "invalid_token", "error_description": reason}),
+        text=orjson.dumps({"error": "invalid_token", "error_description": reason}).decode(),
         content_type="application/json",
         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
     )
@@ -45,12 +45,12 @@ async def caller(request: web.Request) -> Principal:
         principal = await session_principal(request)
         if principal is None:
             raise web.HTTPUnauthorized(
-                body=orjson.dumps(
+                text=orjson.dumps(
                     {
                         "error": "unauthorized",
                         "error_description": "sign in or send an Entra bearer token",
                     }
-                ),
+                ).decode(),
                 content_type="application/json",
                 headers={"WWW-Authenticate": "Bearer"},
             )
@@ -78,7 +78,7 @@ async def caller(request: web.Request) -> Principal:
             outcome=f"refused: {exc.reason}"[:255],
         )
         raise web.HTTPForbidden(
-            body=orjson.dumps({"error": "forbidden", "error_description": exc.reason}),
+            text=orjson.dumps({"error": "forbidden", "error_description": exc.reason}).decode(),
             content_type="application/json",
         ) from None
     return signed_in.principal

@@ -162,7 +162,15 @@ class TokenValidator:
     def __init__(self, discovery: DiscoveryClient) -> None:
         self.discovery = discovery
 
-    async def validate(self, token: str, *, audiences: Collection[str]) -> Identity:
+    async def validate(
+        self,
+        token: str,
+        *,
+        audiences: Collection[str],
+        tenant_allowed: Callable[[str], bool] | None = None,
+    ) -> Identity:
+        """The token's identity, or TokenRefused. With `tenant_allowed`, a token of another
+        tenant is refused before anything is fetched for it (bearer tokens from anyone)."""
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -177,6 +185,8 @@ class TokenValidator:
         if not isinstance(tid, str) or not GUID.match(tid):
             raise TokenRefused("the token carries no tenant id (tid)")
         tid = tid.lower()
+        if tenant_allowed is not None and not tenant_allowed(tid):
+            raise TokenRefused(f"tenant {tid} is not configured", tenant_id=tid)
         metadata = await self.discovery.metadata(tid)
         issuer = expected_issuer(str(metadata["issuer"]), tid)
         if tid not in issuer.lower():
