@@ -29,7 +29,7 @@ from sync.store.open import open_store
 from tests.oidc_idp import IdentityProvider, User
 
 CLIENT_ID = "7a3c1e55-0b7d-4c8a-9e21-5f6a7b8c9d01"
-CLIENT_SECRET = "console-test-secret-value"  # noqa: S105 - a test value, never a real secret
+CLIENT_SECRET = "console-test-secret-value"
 SESSION_KEY = "a-session-key-of-more-than-thirty-two-bytes-for-tests"
 CONTOSO = "6f1d4c2b-3a5e-4b7d-8c9f-0a1b2c3d4e01"
 FABRIKAM = "1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c02"

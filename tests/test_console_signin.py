@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.console_harness import (
-    ADMINS,
     FABRIKAM,
     STRANGERS,
     Harness,

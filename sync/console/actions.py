@@ -7,11 +7,11 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sync.store.requests import Actor
 
 from sync.console.authz import Principal
 from sync.console.figures import iso
 from sync.store import requests as store_requests
+from sync.store.requests import Actor
 
 ANONYMOUS = Actor(requested_by="console:(not signed in)")
 
