@@ -116,3 +116,28 @@ def test_loopback_http_is_allowed_for_a_local_console(tmp_path: Path) -> None:
     )
     result = run_cli("--config", path, "config", "check", env=ENV, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_console_command_needs_a_console_section(tmp_path: Path) -> None:
+    """`dvmirror console` without [console] exits 2 with one line saying to add it."""
+    path = tmp_path / "dvmirror.toml"
+    path.write_text(BASE + f'\n[store]\nurl = "sqlite+aiosqlite:///{tmp_path / "m.db"}"\n')
+    result = run_cli("--config", path, "console", env=ENV, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "no [console] section" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_console_command_refuses_an_unmigrated_store(tmp_path: Path) -> None:
+    """`dvmirror console` never migrates: against a fresh store it exits 2 and says to run
+    `dvmirror migrate` first (the schema is the daemon's to change)."""
+    path = tmp_path / "dvmirror.toml"
+    db = tmp_path / "m.db"
+    path.write_text(
+        BASE.replace("[[tenants]]", f'[store]\nurl = "sqlite+aiosqlite:///{db}"\n\n[[tenants]]', 1)
+        + "\n[console]\n"
+        + GOOD
+    )
+    result = run_cli("--config", path, "console", env=ENV, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "dvmirror migrate" in result.stderr and "Traceback" not in result.stderr
