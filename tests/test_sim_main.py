@@ -20,7 +20,9 @@ from tests.cli import clean_env
 from tests.simfixtures import REPO, _read_line, running_simulator
 
 
-@pytest.mark.parametrize("name", ["basic", "auth", "demo", "throttled", "realistic", "latency"])
+@pytest.mark.parametrize(
+    "name", ["basic", "auth", "demo", "throttled", "realistic", "latency", "signin"]
+)
 def test_bundled_scenarios_are_valid(name: str) -> None:
     """Every bundled scenario loads and validates."""
     assert name in bundled_scenarios()

@@ -192,3 +192,176 @@ def unavailable() -> EntraError:
         90055,
         "The service is temporarily unavailable; too many incoming requests. Retry later.",
     )
+
+
+# -- sign-in (authorization endpoint and authorization_code grant) -----------------------------
+# Texts follow the "AADSTS error codes" reference (reference-error-codes.md); where it gives only
+# a name, the text says what went wrong in the same terms.
+
+
+def reply_mismatch(redirect_uri: str, client_id: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_request",
+        50011,
+        f"The redirect URI '{redirect_uri}' specified in the request does not match the "
+        f"redirect URIs configured for the application '{client_id}'. Make sure the redirect "
+        "URI sent in the request matches one added to your application in the Azure portal.",
+    )
+
+
+def no_reply_address() -> EntraError:
+    return EntraError(400, "invalid_request", 900971, "No reply address provided.")
+
+
+def non_multitenant_common(client_id: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_request",
+        50194,
+        f"Application '{client_id}' is not configured as a multi-tenant application. Usage of "
+        "the /common endpoint is not supported for such applications. Use a tenant-specific "
+        "endpoint or configure the application to be multi-tenant.",
+    )
+
+
+def unsupported_response_type(response_type: str) -> EntraError:
+    return EntraError(
+        400,
+        "unsupported_response_type",
+        700054,
+        f"Response_type '{response_type}' is not enabled for the application. Expected value "
+        "is 'code'.",
+    )
+
+
+def unsupported_response_mode(mode: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_request",
+        70007,
+        f"The application returned an unsupported value '{mode}' of 'response_mode'.",
+    )
+
+
+def invalid_request(text: str) -> EntraError:
+    return EntraError(400, "invalid_request", 90023, f"The request is not valid. {text}")
+
+
+def code_challenge_size() -> EntraError:
+    return EntraError(400, "invalid_request", 501491, "Invalid size of Code_Challenge parameter.")
+
+
+def login_required() -> EntraError:
+    return EntraError(
+        400,
+        "login_required",
+        50058,
+        "A silent sign-in request was sent but no user is signed in.",
+    )
+
+
+def user_not_found(upn: str, tenant: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_request",
+        50034,
+        f"The user account {upn} does not exist in the {tenant} directory. To sign into this "
+        "application, the account must be added to the directory.",
+    )
+
+
+def user_not_in_tenant(upn: str, tenant: str, client_id: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_request",
+        50020,
+        f"User account '{upn}' from identity provider does not exist in tenant '{tenant}' and "
+        f"cannot access the application '{client_id}' in that tenant. The account needs to be "
+        "added as an external user in the tenant first.",
+    )
+
+
+def no_role_assignment(upn: str, client_id: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_request",
+        50105,
+        f"Your administrator has configured the application '{client_id}' to block users "
+        f"unless they are specifically granted ('assigned') access to the application. The "
+        f"signed in user '{upn}' is blocked because they are not a direct member of a group "
+        "with access, nor had access directly assigned by an administrator.",
+    )
+
+
+def consent_required(client_id: str, *, silent: bool) -> EntraError:
+    # Interactive: the user could not consent (admin consent needed); silent: prompt=none.
+    return EntraError(
+        400,
+        "interaction_required" if silent else "consent_required",
+        65001,
+        f"The user or administrator has not consented to use the application with ID "
+        f"'{client_id}'. Send an interactive authorization request for this user and resource.",
+    )
+
+
+def code_redeemed() -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        54005,
+        "OAuth2 Authorization code was already redeemed, please retry with a new valid code or "
+        "use an existing refresh token.",
+    )
+
+
+def code_expired() -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        70008,
+        "The provided authorization code or refresh token has expired due to inactivity. Send "
+        "a new interactive authorization request for this user and resource.",
+    )
+
+
+def code_invalid(reason: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        70000,
+        f"The provided value for the 'code' parameter is not valid. {reason}",
+    )
+
+
+def code_other_tenant() -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        700005,
+        "Provided Authorization Code is intended to use against other tenant, thus rejected.",
+    )
+
+
+def code_reply_mismatch() -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        500112,
+        "The reply address does not match the reply address provided when requesting the "
+        "authorization code.",
+    )
+
+
+def pkce_mismatch() -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        501481,
+        "The Code_Verifier does not match the code_challenge supplied in the authorization "
+        "request.",
+    )
+
+
+def signout_invalid(text: str) -> EntraError:
+    return EntraError(400, "invalid_request", 50061, f"Unable to complete sign out. {text}")

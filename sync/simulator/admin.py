@@ -5,7 +5,9 @@ Tests, the demo and benchmarks use it to change the simulated world while a clie
 make pages hostile, change fault rates or limits) and to read what happened (`GET /stats`: per
 application user and environment, requests, 429s by code, Retry-After violations, peak
 concurrency, rows served and the throughput ceiling the limits allow; `GET …/rows`: the
-table's current rows as JSON lines, streamed, never built in memory).
+table's current rows as JSON lines, streamed, never built in memory). App secrets:
+admin_apps.py; signing keys, the authority's clock, redirect URIs and minted id_tokens:
+admin_signin.py.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from sync.simulator.admin_apps import add_app_routes
+from sync.simulator.admin_signin import add_signin_routes
 from sync.simulator.dataverse_http import EnvironmentRuntime
 from sync.simulator.entra import Entra
 from sync.simulator.protection import Limits
@@ -70,6 +73,7 @@ class AdminServer:
         app.router.add_post(f"{table}/expire-delta-tokens", self._expire)
         app.router.add_post(f"{table}/hostile", self._hostile)
         add_app_routes(app, self._entra)
+        add_signin_routes(app, self._entra)
         return app
 
     @web.middleware

@@ -1,13 +1,21 @@
-"""The simulated Microsoft Entra ID authority (OAuth 2.0 client credentials, v2.0 endpoint).
+"""The simulated Microsoft Entra ID authority (v2.0 endpoints).
 
-Routes, per tenant (GUID or verified domain) [reference 1, checklist 10]:
-``GET /{tenant}/v2.0/.well-known/openid-configuration``, ``POST /{tenant}/oauth2/v2.0/token``,
-``GET /{tenant}/discovery/v2.0/keys`` and MSAL's ``GET /common/discovery/instance``.
-The token endpoint takes a client secret (form body or HTTP Basic) or a client assertion JWT
-signed with the app's registered certificate (assertion.py). Failures use Entra's full error
-shape and the documented AADSTS codes (aadsts.py); success returns ``token_type``,
-``expires_in``, ``ext_expires_in`` and ``access_token`` (no ``scope``, no refresh token).
-An app may sign in to its home tenant, and — when multi-tenant — to tenants that consented.
+Routes, per tenant (GUID or verified domain; ``organizations``/``common`` where Entra takes
+them) [reference 1 and 11, checklist 10]: ``GET /{tenant}/v2.0/.well-known/openid-configuration``,
+``POST /{tenant}/oauth2/v2.0/token``, ``GET /{tenant}/discovery/v2.0/keys``, MSAL's
+``GET /common/discovery/instance``, and the browser sign-in (signin_http.py: authorize, the
+account picker, logout). The token endpoint takes a client secret (form body or HTTP Basic) or a
+client assertion JWT signed with the app's registered certificate (assertion.py), for two grants:
+
+- ``client_credentials``: scope ``<Dataverse URL>/.default`` gives the access token the
+  simulated environments accept; scope ``<App ID URI or client id of an API app>/.default``
+  gives a v2.0 API access token (claims.py: ``aud`` the API's client id, ``roles`` assigned to
+  the caller in that tenant). No ``scope`` in the answer, no refresh token.
+- ``authorization_code`` (authcodes.py, code_grant.py): PKCE, redirect URI, single use,
+  10-minute codes, id_token.
+
+Failures use Entra's full error shape and the documented AADSTS codes (aadsts.py). An app may
+sign in to its home tenant, and — when multi-tenant — to tenants that consented.
 """
 
 from __future__ import annotations
@@ -25,10 +33,15 @@ from aiohttp import web
 
 from sync.simulator import aadsts
 from sync.simulator.assertion import ASSERTION_TYPE, AssertionChecker
+from sync.simulator.authcodes import CodeStore
+from sync.simulator.authorize import MULTI_TENANT_AUTHORITIES
+from sync.simulator.claims import app_token_claims
+from sync.simulator.code_grant import token_response
 from sync.simulator.credentials import AppCredential
 from sync.simulator.faults import EntraFaultInjector
 from sync.simulator.scenario import AppSpec, Scenario, TenantSpec
-from sync.simulator.tokens import TokenAuthority, normalise_resource
+from sync.simulator.signin_http import SignIn
+from sync.simulator.tokens import TokenAuthority, normalise_resource, service_principal_id
 
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
 
@@ -79,6 +92,30 @@ class Entra:
         self.faults = faults
         self.stats = EntraStats()
         self.assertions = AssertionChecker(reject_replays=scenario.entra.reject_replayed_assertions)
+        # Redirect URIs per app: the scenario's, plus any the admin API registers later.
+        self.redirect_uris: dict[str, list[str]] = {
+            a.client_id: list(a.redirect_uris) for a in scenario.apps
+        }
+        self.codes = CodeStore(tokens.now)
+        self.signin = SignIn(
+            scenario,
+            self.codes,
+            self.redirect_uris,
+            host=self._host,
+            clock=tokens.now,
+            on_error=self._count_error,
+        )
+
+    @property
+    def tokens(self) -> TokenAuthority:
+        return self._tokens
+
+    @property
+    def scenario(self) -> Scenario:
+        return self._scenario
+
+    def _count_error(self, error: aadsts.EntraError) -> None:
+        self.stats.errors[f"AADSTS{error.code}"] += 1
 
     def credential(self, client_id: str) -> AppCredential | None:
         """One app's credential (the admin API adds and revokes its secrets)."""
@@ -90,6 +127,7 @@ class Entra:
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._openid)
         app.router.add_get("/{tenant}/discovery/v2.0/keys", self._keys)
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
+        self.signin.add_routes(app)
         return app
 
     # -- discovery -------------------------------------------------------------------------
@@ -111,11 +149,17 @@ class Entra:
         )
 
     async def _openid(self, request: web.Request) -> web.Response:
+        """The discovery document; for organizations/common the issuer is the template
+        ``…/{tenantid}/v2.0`` that a multi-tenant app fills with the token's ``tid``."""
         identifier = request.match_info["tenant"]
-        tenant = self._scenario.tenant(identifier)
-        if tenant is None:
-            return self._error_response(request, aadsts.unknown_tenant(identifier))
-        base = f"{self._host}/{tenant.tenant_id}"
+        if identifier.lower() in MULTI_TENANT_AUTHORITIES:
+            segment, issuer = identifier.lower(), self._tokens.issuer("{tenantid}")
+        else:
+            tenant = self._scenario.tenant(identifier)
+            if tenant is None:
+                return self._error_response(request, aadsts.unknown_tenant(identifier))
+            segment, issuer = tenant.tenant_id, self._tokens.issuer(tenant.tenant_id)
+        base = f"{self._host}/{segment}"
         return _json(
             200,
             {
@@ -131,18 +175,48 @@ class Entra:
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
                 "scopes_supported": ["openid", "profile", "email", "offline_access"],
-                "issuer": self._tokens.issuer(tenant.tenant_id),
+                "issuer": issuer,
                 "request_uri_parameter_supported": False,
+                "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
                 "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
                 "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                "http_logout_supported": True,
+                "frontchannel_logout_supported": True,
                 "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+                "claims_supported": [
+                    "sub",
+                    "iss",
+                    "cloud_instance_name",
+                    "cloud_instance_host_name",
+                    "cloud_graph_host_name",
+                    "msgraph_host",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "auth_time",
+                    "acr",
+                    "nonce",
+                    "preferred_username",
+                    "name",
+                    "tid",
+                    "ver",
+                    "at_hash",
+                    "c_hash",
+                    "email",
+                ],
+                "kerberos_endpoint": f"{base}/kerberos",
+                "tenant_region_scope": None if segment in MULTI_TENANT_AUTHORITIES else "EU",
                 "cloud_instance_name": urlsplit(self._host).netloc,
+                "cloud_graph_host_name": "graph.windows.net",
+                "msgraph_host": "graph.microsoft.com",
+                "rbac_url": "https://pas.windows.net",
             },
         )
 
     async def _keys(self, request: web.Request) -> web.Response:
         identifier = request.match_info["tenant"]
-        if self._scenario.tenant(identifier) is None:
+        known = identifier.lower() in MULTI_TENANT_AUTHORITIES or self._scenario.tenant(identifier)
+        if not known:
             return self._error_response(request, aadsts.unknown_tenant(identifier))
         return _json(200, self._tokens.jwks())
 
@@ -170,9 +244,10 @@ class Entra:
     def grant(
         self, identifier: str, form: Mapping[str, str], authorization: str | None
     ) -> dict[str, Any]:
-        """Decide one client-credentials token request (raises `aadsts.EntraError`)."""
-        tenant = self._scenario.tenant(identifier)
-        if tenant is None:
+        """Decide one token request (raises `aadsts.EntraError`)."""
+        multi = identifier.lower() in MULTI_TENANT_AUTHORITIES
+        tenant = None if multi else self._scenario.tenant(identifier)
+        if tenant is None and not (multi and form.get("grant_type") == "authorization_code"):
             raise aadsts.unknown_tenant(identifier)
         basic_id, basic_secret = _basic_credentials(authorization)
         client_id = (form.get("client_id") or basic_id or "").strip().lower()
@@ -183,18 +258,26 @@ class Entra:
         grant_type = form.get("grant_type")
         if not grant_type:
             raise aadsts.missing("grant_type")
+        if grant_type == "authorization_code":
+            return self._code_grant(identifier, tenant, client_id, form, basic_secret)
         if grant_type != "client_credentials":
             raise aadsts.unsupported_grant(grant_type)
+        assert tenant is not None
         app = self._scenario.app(client_id)
         if app is None or not self._scenario.can_sign_in(app, tenant):
             raise aadsts.app_not_found(client_id, tenant.domain)
-        self._authenticate(app, tenant, form, basic_secret)
-        resource = self._resource(tenant, form.get("scope", ""))
+        self._authenticate(app, self._audiences(tenant, identifier), form, basic_secret)
+        scope = form.get("scope", "")
+        api = self._api_resource(tenant, scope)
         lifetime = self._scenario.token_lifetime
+        if api is not None:
+            token = self._api_token(app, api, tenant, lifetime)
+        else:
+            resource = self._resource(tenant, scope)
+            token = self._tokens.issue(
+                audience=resource, tenant_id=tenant.tenant_id, app_id=client_id, lifetime=lifetime
+            )
         self.stats.tokens_issued[f"{tenant.name}/{client_id}"] += 1
-        token = self._tokens.issue(
-            audience=resource, tenant_id=tenant.tenant_id, app_id=client_id, lifetime=lifetime
-        )
         return {
             "token_type": "Bearer",
             "expires_in": lifetime,
@@ -202,8 +285,78 @@ class Entra:
             "access_token": token,
         }
 
+    def _code_grant(
+        self,
+        identifier: str,
+        tenant: TenantSpec | None,
+        client_id: str,
+        form: Mapping[str, str],
+        basic_secret: str | None,
+    ) -> dict[str, Any]:
+        """Redeem an authorization code: client authentication first, then the code."""
+        app = self._scenario.app(client_id)
+        if app is None or (tenant is not None and not self._scenario.can_sign_in(app, tenant)):
+            raise aadsts.app_not_found(client_id, tenant.domain if tenant else identifier)
+        self._authenticate(app, self._audiences(tenant, identifier), form, basic_secret)
+        code, redirect_uri = form.get("code"), form.get("redirect_uri")
+        if not code:
+            raise aadsts.missing("code")
+        if not redirect_uri:
+            raise aadsts.missing("redirect_uri")
+        grant = self.codes.redeem(
+            code,
+            client_id=client_id,
+            redirect_uri=redirect_uri,
+            code_verifier=form.get("code_verifier"),
+            authority=identifier.lower(),
+            tenant_ids=(tenant.tenant_id,) if tenant is not None else (),
+        )
+        response = token_response(
+            grant, self._scenario, self._tokens, want_client_info=form.get("client_info") == "1"
+        )
+        signed_in = self._scenario.tenant(grant.tenant_id)
+        self.stats.tokens_issued[f"{signed_in.name if signed_in else '?'}/{client_id}"] += 1
+        return response
+
+    def _audiences(self, tenant: TenantSpec | None, identifier: str) -> list[str]:
+        """The token URLs a client assertion may name as its ``aud``."""
+        names = [identifier.lower()] if tenant is None else [tenant.tenant_id, tenant.domain]
+        return [
+            f"{self._host}/{t}/oauth2/{path}" for t in names for path in ("v2.0/token", "token")
+        ]
+
+    def _api_resource(self, tenant: TenantSpec, scope: str) -> AppSpec | None:
+        """The API app a ``<App ID URI or client id>/.default`` scope names, if any."""
+        scopes = [s for s in scope.split() if s not in RESERVED_SCOPES]
+        if len(scopes) != 1 or not scopes[0].endswith("/.default"):
+            return None
+        api = self._scenario.api_app(scopes[0].removesuffix("/.default"))
+        if api is not None and not self._scenario.can_sign_in(api, tenant):
+            raise aadsts.unknown_resource(scopes[0].removesuffix("/.default"), tenant.domain)
+        return api
+
+    def _api_token(self, app: AppSpec, api: AppSpec, tenant: TenantSpec, lifetime: int) -> str:
+        now = int(self._tokens.now())
+        return self._tokens.sign(
+            app_token_claims(
+                issuer=self._tokens.issuer(tenant.tenant_id),
+                audience=api.client_id,
+                tenant_id=tenant.tenant_id,
+                client_id=app.client_id,
+                principal_id=service_principal_id(tenant.tenant_id, app.client_id),
+                roles=self._scenario.app_roles_granted(tenant, app.client_id, api.client_id),
+                credential=app.credential,
+                now=now,
+                lifetime=lifetime,
+            )
+        )
+
     def _authenticate(
-        self, app: AppSpec, tenant: TenantSpec, form: Mapping[str, str], basic_secret: str | None
+        self,
+        app: AppSpec,
+        audiences: list[str],
+        form: Mapping[str, str],
+        basic_secret: str | None,
     ) -> None:
         credential = self._credentials[app.client_id]
         assertion = form.get("client_assertion")
@@ -211,11 +364,6 @@ class Entra:
         if assertion is not None:
             if form.get("client_assertion_type") != ASSERTION_TYPE:
                 raise aadsts.missing("client_assertion_type")
-            audiences = [
-                f"{self._host}/{t}/oauth2/{path}"
-                for t in (tenant.tenant_id, tenant.domain)
-                for path in ("v2.0/token", "token")
-            ]
             resource = normalise_resource(form.get("scope", ""))
             self.assertions.check(assertion, credential, audiences=audiences, resource=resource)
         elif secret is not None:

@@ -32,6 +32,7 @@ from sync.simulator.credentials import AppCredential, make_credential
 from sync.simulator.dataverse_http import MAX_REQUEST_LINE, EnvironmentRuntime, EnvironmentServer
 from sync.simulator.entra import Entra
 from sync.simulator.faults import EntraFaultInjector, FaultInjector
+from sync.simulator.identities import user_roles
 from sync.simulator.protection import ServiceProtection
 from sync.simulator.scenario import Scenario, load_scenario
 from sync.simulator.tls import make_tls
@@ -170,10 +171,27 @@ async def _serve(spec: Scenario, scenario_path: Path, directory: Path) -> None:
                         }
                         for e in t.environments
                     ],
+                    "users": [
+                        {
+                            "name": u.name,
+                            "upn": u.upn,
+                            "oid": u.oid,
+                            "roles": {a.client_id: user_roles(u, a) for a in spec.apps},
+                        }
+                        for u in t.users
+                    ],
                 }
                 for t in spec.tenants
             ],
-            "apps": [credentials[a.client_id].ready_info() for a in spec.apps],
+            "apps": [
+                {
+                    **credentials[a.client_id].ready_info(),
+                    "redirect_uris": list(a.redirect_uris),
+                    "app_id_uri": a.app_id_uri,
+                    "app_roles": list(a.app_roles),
+                }
+                for a in spec.apps
+            ],
             "config_file": str(config_file),
             "state_dir": str(directory),
             "scenario": str(scenario_path),

@@ -13,6 +13,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -28,11 +29,13 @@ from sync.config.model import parse_interval
 from sync.errors import ConfigError
 from sync.simulator.dataset import TableSpec
 from sync.simulator.faults import EntraFaultRates, FaultRates
+from sync.simulator.identities import AppAssignmentSpec, RoleValue, UserSpec, check_assignments
 from sync.simulator.protection import Limits
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1"})
 BUNDLED_DIRS = (
     Path(__file__).resolve().parents[2] / "config" / "scenarios",  # source checkout
     Path(__file__).resolve().parents[1] / "_scenarios",  # installed wheel
@@ -67,6 +70,28 @@ class AppSpec(_Frozen):
     home_tenant: str
     multi_tenant: bool = True
     secret_expired: bool = Field(default=False, description="the secret is rejected as expired")
+    # Web platform redirect URIs (sign-in and post-logout); http only on loopback, whose port
+    # is ignored when matching, as Entra does (reply-url restrictions).
+    redirect_uris: tuple[str, ...] = ()
+    app_roles: tuple[RoleValue, ...] = Field(default=(), description="appRoles values")
+    app_id_uri: str | None = Field(default=None, description="the API's identifier URI")
+    assignment_required: bool = Field(
+        default=False, description="users without a role assignment cannot sign in (50105)"
+    )
+
+    @field_validator("redirect_uris")
+    @classmethod
+    def _redirect_uris(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            check_redirect_uri(value)
+        return values
+
+    @field_validator("app_id_uri")
+    @classmethod
+    def _app_id_uri(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(api://|https://)[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError(f"{value!r} is not an App ID URI (api://… or https://…)")
+        return value.rstrip("/") if value else value
 
 
 class EnvironmentSpec(_Frozen):
@@ -108,6 +133,8 @@ class TenantSpec(_Frozen):
     domain: str
     consented_apps: tuple[Guid, ...] = ()
     environments: tuple[EnvironmentSpec, ...] = Field(min_length=1)
+    users: tuple[UserSpec, ...] = ()
+    app_assignments: tuple[AppAssignmentSpec, ...] = ()
 
     @field_validator("domain")
     @classmethod
@@ -125,6 +152,10 @@ class EntraSpec(_Frozen):
     # MSAL reuses one signed assertion for ~9 minutes across scopes, so a replay is the same
     # jti presented again for the same resource.
     reject_replayed_assertions: bool = True
+    # Entra accepts PKCE "plain" and codes without PKCE from confidential clients; the
+    # simulator is stricter by default, so that a client that skips S256 fails here first.
+    pkce_required: bool = True
+    pkce_plain_allowed: bool = False
 
 
 class Scenario(_Frozen):
@@ -148,7 +179,13 @@ class Scenario(_Frozen):
         for app in self.apps:
             if app.home_tenant not in tenants:
                 raise ValueError(f"app {app.client_id}: home_tenant {app.home_tenant!r} is unknown")
+        app_ids = {a.app_id_uri for a in self.apps if a.app_id_uri}
+        if len(app_ids) != len([a for a in self.apps if a.app_id_uri]):
+            raise ValueError("two apps share one app_id_uri")
         for tenant in self.tenants:
+            check_assignments(
+                tenant.name, tenant.users, tenant.app_assignments, self.apps, tenant.domain
+            )
             for client_id in tenant.consented_apps:
                 if client_id not in apps:
                     raise ValueError(f"tenant {tenant.name}: consented app {client_id} is unknown")
@@ -161,16 +198,61 @@ class Scenario(_Frozen):
     def app(self, client_id: str) -> AppSpec | None:
         return next((a for a in self.apps if a.client_id == client_id.lower()), None)
 
+    def api_app(self, identifier: str) -> AppSpec | None:
+        """The app whose API a scope names: by its App ID URI or its client id."""
+        wanted = identifier.rstrip("/")
+        for app in self.apps:
+            if app.app_id_uri and (wanted == app.app_id_uri or wanted.lower() == app.client_id):
+                return app
+        return None
+
     def tenant(self, identifier: str) -> TenantSpec | None:
         """The tenant named by its GUID or its domain, as Entra accepts both."""
         wanted = identifier.lower()
         return next((t for t in self.tenants if wanted in (t.tenant_id, t.domain)), None)
+
+    def find_user(
+        self, upn: str, tenant: TenantSpec | None = None
+    ) -> tuple[TenantSpec, UserSpec] | None:
+        """The user with that UPN (in `tenant`, or in any tenant)."""
+        wanted = upn.strip().lower()
+        for candidate in (tenant,) if tenant is not None else self.tenants:
+            for user in candidate.users:
+                if user.upn == wanted:
+                    return candidate, user
+        return None
+
+    def user(self, tenant_id: str, oid: str) -> tuple[TenantSpec, UserSpec] | None:
+        tenant = self.tenant(tenant_id)
+        user = next((u for u in tenant.users if u.oid == oid.lower()), None) if tenant else None
+        return (tenant, user) if tenant is not None and user is not None else None
+
+    def app_roles_granted(self, tenant: TenantSpec, client_id: str, resource: str) -> list[str]:
+        """App roles of `resource` assigned to the service principal of `client_id`."""
+        roles: list[str] = []
+        for grant in tenant.app_assignments:
+            if grant.client_id == client_id and grant.resource == resource:
+                roles += [r for r in grant.roles if r not in roles]
+        return roles
 
     def can_sign_in(self, app: AppSpec, tenant: TenantSpec) -> bool:
         """An app has a service principal in its home tenant, and where it was consented."""
         if tenant.name == app.home_tenant:
             return True
         return app.multi_tenant and app.client_id in tenant.consented_apps
+
+
+def check_redirect_uri(value: str) -> str:
+    """A redirect URI Entra would register: absolute https (http on loopback), no fragment."""
+    parts = urlsplit(value)
+    loopback = parts.hostname in LOOPBACK_HOSTS
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
+        raise ValueError(f"{value!r} is not an absolute https URI without a fragment")
+    if parts.scheme == "http" and not loopback:
+        raise ValueError(f"{value!r}: http is allowed only for localhost and 127.0.0.1")
+    if len(value) > 256 or any(c in value for c in "!$'(),;"):
+        raise ValueError(f"{value!r}: at most 256 characters, none of ! $ ' ( ) , ;")
+    return value
 
 
 def _unique(what: str, values: list[str]) -> None:

@@ -1,10 +1,13 @@
 """Access tokens the simulated Entra issues and the simulated environments accept.
 
-Tokens are RS256 JWTs signed with a key generated when the simulator starts. They carry the
-claims Dataverse relies on: ``aud`` (the environment URL taken from the requested scope),
-``tid``, ``appid``/``azp`` (the client id), ``oid`` (the service principal in that tenant),
-``iss``, ``exp``, ``nbf`` and ``iat``. `TokenAuthority.verify` is what an environment calls
-before anything else; a token minted for one environment is rejected by every other.
+Tokens are RS256 JWTs signed with the authority's current key (signing.py: one published set
+for every tenant, rotated through the admin API). They carry the claims Dataverse relies on:
+``aud`` (the environment URL taken from the requested scope), ``tid``, ``appid``/``azp`` (the
+client id), ``oid`` (the service principal in that tenant), ``iss``, ``exp``, ``nbf``, ``iat``.
+`TokenAuthority.verify` is what an environment calls before anything else; a token minted
+for one environment is rejected by every other, and a token whose key is no longer published
+is rejected too. The authority's clock has an offset (admin API) so that tests can age
+authorization codes and tokens without waiting.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 
-SIGNING_KEY_ID = "dvmirror-simulator"
+from sync.simulator.signing import SigningKeys
+
 OID_NAMESPACE = uuid.UUID("5f6a2d35-8d3b-4a52-9f63-3d1e2b7c9a10")
 
 
@@ -60,15 +63,23 @@ class TokenAuthority:
     def __init__(self, issuer_host: str, *, clock: Callable[[], float] = time.time) -> None:
         self._issuer_host = issuer_host.rstrip("/")
         self._clock = clock
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.offset = 0.0  # seconds added to the clock (admin API: age codes and tokens)
+        self.keys = SigningKeys()
+
+    def now(self) -> float:
+        return self._clock() + self.offset
 
     def issuer(self, tenant_id: str) -> str:
         return f"{self._issuer_host}/{tenant_id}/v2.0"
 
+    def sign(self, claims: dict[str, Any]) -> str:
+        """Any token's claims, signed RS256 by the active key (header typ, alg, kid)."""
+        return self.keys.sign(claims)
+
     def issue(self, *, audience: str, tenant_id: str, app_id: str, lifetime: int) -> str:
         """Mint a token for `app_id` in `tenant_id`, valid for `lifetime` seconds."""
-        now = int(self._clock())
-        claims = {
+        now = int(self.now())
+        claims: dict[str, Any] = {
             "aud": normalise_resource(audience),
             "iss": self.issuer(tenant_id),
             "iat": now,
@@ -83,7 +94,7 @@ class TokenAuthority:
             "ver": "2.0",
             "uti": uuid.uuid4().hex,
         }
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": SIGNING_KEY_ID})
+        return self.sign(claims)
 
     def verify(self, token: str, *, audience: str) -> AccessClaims:
         """Return the claims of a token valid for `audience`, or raise `InvalidToken`."""
@@ -91,10 +102,11 @@ class TokenAuthority:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise InvalidToken("the bearer token is not a JWT") from None
-        if header.get("kid") != SIGNING_KEY_ID or header.get("alg") != "RS256":
+        key = self.keys.get(str(header.get("kid")))
+        if key is None or header.get("alg") != "RS256":
             raise InvalidToken("the bearer token was not issued by this authority")
         try:
-            claims = self._decode_with_clock(token, audience)
+            claims = self._decode_with_clock(token, audience, key.private_key.public_key())
         except jwt.ExpiredSignatureError:
             raise InvalidToken("the access token has expired") from None
         except jwt.InvalidAudienceError:
@@ -111,11 +123,13 @@ class TokenAuthority:
             expires_at=float(claims["exp"]),
         )
 
-    def _decode_with_clock(self, token: str, audience: str) -> dict[str, Any]:
+    def _decode_with_clock(
+        self, token: str, audience: str, public_key: rsa.RSAPublicKey
+    ) -> dict[str, Any]:
         """Verify signature and audience with PyJWT, time claims with the injected clock."""
         claims: dict[str, Any] = jwt.decode(
             token,
-            self._key.public_key(),
+            public_key,
             algorithms=["RS256"],
             audience=normalise_resource(audience),
             options={
@@ -125,7 +139,7 @@ class TokenAuthority:
                 "verify_iat": False,
             },
         )
-        now = self._clock()
+        now = self.now()
         if now >= float(claims["exp"]):
             raise jwt.ExpiredSignatureError("expired")
         if now < float(claims["nbf"]):
@@ -133,7 +147,5 @@ class TokenAuthority:
         return claims
 
     def jwks(self) -> dict[str, Any]:
-        """The public signing key as a JWK set (served at the tenant's jwks_uri)."""
-        jwk: dict[str, Any] = RSAAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
-        jwk.update({"kid": SIGNING_KEY_ID, "use": "sig", "alg": "RS256"})
-        return {"keys": [jwk]}
+        """The published signing keys as a JWK set (served at every tenant's jwks_uri)."""
+        return self.keys.jwks(issuer=f"{self._issuer_host}/{{tenantid}}/v2.0")
