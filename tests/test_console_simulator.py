@@ -1,0 +1,96 @@
+"""The console signs users in against dvmirror's own simulator too (its Entra sign-in side):
+real MSAL, the simulator over HTTPS, the console on a loopback http URL (whose registered
+redirect URI ignores the port, as Entra does for loopback)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sync.config.loading import load_config
+from sync.console.app import ConsoleServer, start_console
+from sync.store.open import open_store
+from tests.console_harness import free_port, session_cookie
+from tests.simfixtures import app_info, async_running_simulator, tenant
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+WEB = "a1a1a1a1-0000-4000-8000-000000000001"
+
+
+@pytest.fixture(name="console")
+async def _console(tmp_path: Path) -> AsyncIterator[tuple[ConsoleServer, dict[str, Any]]]:
+    async with async_running_simulator("signin", tmp_path / "sim") as ready:
+        port = free_port()
+        path = tmp_path / "dvmirror.toml"
+        path.write_text(
+            f"""
+[app]
+client_id = "{WEB}"
+client_secret = {{ env = "WEB_SECRET" }}
+authority_host = "{ready["authority_host"]}"
+ca_bundle = "{ready["ca_file"]}"
+
+[store]
+url = "sqlite+aiosqlite:///{tmp_path / "mirror.db"}"
+
+[console]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+session_key = {{ env = "SESSION_KEY" }}
+
+[[tenants]]
+name = "contoso"
+tenant_id = "contoso.onmicrosoft.com"
+
+[[tenants.environments]]
+name = "contoso_prod"
+url = "https://contoso.crm.dynamics.com"
+tables = ["account"]
+"""
+        )
+        environ = {"WEB_SECRET": app_info(ready, WEB)["client_secret"], "SESSION_KEY": "s" * 40}
+        config = load_config(path, environ=environ)
+        store = await open_store(config)
+        server = await start_console(config, store)
+        try:
+            yield server, ready
+        finally:
+            await server.stop()
+            await store.dispose()
+
+
+async def test_operator_signs_in_through_the_simulator(
+    console: tuple[ConsoleServer, dict[str, Any]],
+) -> None:
+    """An operator of Contoso signs in with a login_hint through the simulated authority, sees
+    Contoso's environment with the resync button, and signs out to the tenant's
+    end_session_endpoint; the cookie is not Secure on this loopback http URL."""
+    server, ready = console
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+        connector=aiohttp.TCPConnector(
+            ssl=__import__("ssl").create_default_context(cafile=ready["ca_file"])
+        ),
+    ) as browser:
+        login = await browser.get(
+            f"{server.url}/auth/login",
+            params={"login_hint": "ada@contoso.onmicrosoft.com"},
+            allow_redirects=False,
+        )
+        assert login.status == 302
+        answer = await browser.get(login.headers["Location"], allow_redirects=False)
+        assert answer.status == 302, await answer.text()
+        callback = await browser.get(answer.headers["Location"], allow_redirects=False)
+        assert callback.status == 302, await callback.text()
+        assert "Secure" not in callback.headers.getall("Set-Cookie")[-1]
+        assert session_cookie(browser)
+        page = await browser.get(f"{server.url}/env/contoso_prod")
+        html = await page.text()
+        assert page.status == 200 and 'id="resync-env-button"' in html
+        out = await browser.get(f"{server.url}/auth/logout", allow_redirects=False)
+        contoso = tenant(ready, "contoso")["tenant_id"]
+        assert out.status == 302 and f"/{contoso}/oauth2/v2.0/logout" in out.headers["Location"]
