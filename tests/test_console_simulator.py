@@ -94,3 +94,51 @@ async def test_operator_signs_in_through_the_simulator(
         out = await browser.get(f"{server.url}/auth/logout", allow_redirects=False)
         contoso = tenant(ready, "contoso")["tenant_id"]
         assert out.status == 302 and f"/{contoso}/oauth2/v2.0/logout" in out.headers["Location"]
+
+
+def test_dvmirror_run_serves_the_console_beside_metrics(tmp_path: Path) -> None:
+    """`dvmirror run` with a [console] section serves the console in the same process, on its
+    own listener next to /metrics: an operator signs in and sees the table synced by that
+    daemon; SIGTERM stops both and the daemon exits 0."""
+    import re
+    import ssl
+    import urllib.request
+
+    from tests.daemonproc import DaemonProcess, EnvSpec, wait_until, write_config
+    from tests.simfixtures import running_simulator
+
+    with running_simulator("signin", tmp_path / "sim") as ready:
+        port = free_port()
+        config = write_config(ready, tmp_path, {"contoso_prod": EnvSpec(("account",))})
+        config.write_text(
+            config.read_text().replace(
+                "[[tenants]]",
+                f'[console]\nlisten = "127.0.0.1:{port}"\npublic_url = "http://127.0.0.1:{port}"\n'
+                'session_key = { env = "SESSION_KEY" }\n\n[[tenants]]',
+                1,
+            )
+        )
+        daemon = DaemonProcess.start(config, tmp_path / "daemon.log", env={"SESSION_KEY": "s" * 40})
+        try:
+            daemon.wait_event("console_listening")
+            assert daemon.get("/healthz")[0] == 200
+            context = ssl.create_default_context(cafile=ready["ca_file"])
+            opener = urllib.request.build_opener(
+                urllib.request.HTTPCookieProcessor(), urllib.request.HTTPSHandler(context=context)
+            )
+            base = f"http://127.0.0.1:{port}"
+            hint = "ada@contoso.onmicrosoft.com"
+
+            def synced() -> str | None:
+                with opener.open(
+                    f"{base}/auth/login?login_hint={hint}&next=/env/contoso_prod", timeout=30
+                ) as r:
+                    html = r.read().decode()
+                found = re.search(r'id="table-account".*?class="num rows">([\d,]+)<', html, re.S)
+                return html if found and found.group(1) != "0" else None
+
+            html = wait_until(synced, timeout=60, every=1.0, what="the account table's rows")
+            assert 'id="resync-env-button"' in html
+        finally:
+            code = daemon.stop()
+        assert code == 0, daemon.tail()
