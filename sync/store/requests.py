@@ -7,8 +7,8 @@ not written: the open one is returned, merged); the daemon holding the environme
 claims it with `claim` through its fenced engine (store.leases: only the lease holder can),
 writes progress, then done or failed. Nobody else writes these rows after they were queued.
 
-The audit says who did what (sign-ins, refusals, resync requests); its rows never hold a secret
-or a token, only names and ids. Errors are stored as one masked line.
+Each request is audited in the same transaction (store.audit). Errors are stored as one masked
+line; no secret or token is ever written.
 """
 
 from __future__ import annotations
@@ -24,30 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 from sync.errors import StoreError
-from sync.logs import mask_text
 from sync.store import key_ranges
-from sync.store.checkpoints import TableState, checkpoint_statements
-from sync.store.control import audit, resync_requests, sync_state
+from sync.store.audit import Actor, audit_row, one_line
+from sync.store.checkpoints import TableState, checkpoint_statements, utc
+from sync.store.control import resync_requests, sync_state
 from sync.store.dialects import dialect_for
 from sync.store.leases import token_stamp
 from sync.store.writer import database_of, map_store_errors, patiently, write_control
 
 State = Literal["requested", "running", "done", "failed"]
 OPEN_STATES: tuple[State, ...] = ("requested", "running")
-ERROR_LENGTH = 500  # one line: the console and `status` show it whole
-
-
-def utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every stored moment is UTC."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def one_line(text: str) -> str:
-    """An error as stored: masked, its first line, at most ERROR_LENGTH characters."""
-    line = (mask_text(text).strip().splitlines() or [""])[0]
-    return line if len(line) <= ERROR_LENGTH else line[: ERROR_LENGTH - 1] + "…"
 
 
 def open_key(environment: str, table: str | None) -> str:
@@ -145,17 +131,6 @@ def _request(row: Row[Any]) -> ResyncRequest:
 
 
 @dataclass(frozen=True)
-class Actor:
-    """Who asks, for the request's `requested_by` and the audit row: `cli:<os user>`, or a
-    console user (`console:<upn> (<oid>)`, with their tenant id and object id)."""
-
-    requested_by: str
-    tenant_id: str | None = None
-    user_oid: str | None = None
-    preferred_username: str | None = None
-
-
-@dataclass(frozen=True)
 class Queued:
     """What `request_resync` did: `created` False when an open request was returned instead."""
 
@@ -178,21 +153,6 @@ async def _transaction(engine: AsyncEngine, what: str, work: Any) -> Any:
 
     with map_store_errors(what, dialect_for(engine), database=database_of(engine)):
         return await patiently(attempt, environment="", table=what)
-
-
-def _audit_row(
-    actor: Actor, action: str, *, at: datetime, environment: str | None, target: str, outcome: str
-) -> Executable:
-    return insert(audit).values(
-        at=at,
-        tenant_id=actor.tenant_id,
-        user_oid=actor.user_oid,
-        preferred_username=actor.preferred_username or actor.requested_by,
-        action=action,
-        environment=environment,
-        target=target[:255],
-        outcome=one_line(outcome)[:255],
-    )
 
 
 async def _open_request(
@@ -242,7 +202,7 @@ async def request_resync(
         else:  # one is open already (or another process queued it just now): merged
             created, outcome = existing, f"ok: merged into open #{existing.id}"
         await conn.execute(
-            _audit_row(
+            audit_row(
                 actor,
                 "resync_requested",
                 at=moment,
@@ -407,87 +367,18 @@ async def start_full_pass(
     await write_control(engine, statements, environment=environment, table=table)
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    """One row of dv_audit."""
-
-    id: int
-    at: datetime
-    tenant_id: str | None
-    user_oid: str | None
-    preferred_username: str | None
-    action: str
-    environment: str | None
-    target: str | None
-    outcome: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "at": self.at.isoformat(),
-            "tenant_id": self.tenant_id,
-            "user_oid": self.user_oid,
-            "preferred_username": self.preferred_username,
-            "action": self.action,
-            "environment": self.environment,
-            "target": self.target,
-            "outcome": self.outcome,
-        }
-
-
-async def record_audit(
-    engine: AsyncEngine,
-    actor: Actor,
-    action: str,
-    *,
-    outcome: str,
-    environment: str | None = None,
-    target: str = "",
-    now: datetime | None = None,
-) -> None:
-    """Append one audit row (sign_in, sign_in_refused, resync_refused, …). `outcome` is "ok"
-    or "refused: <reason>"; it is stored as one masked line."""
-    row = _audit_row(
-        actor,
-        action[:32],
-        at=now or datetime.now(UTC),
-        environment=environment,
-        target=target,
-        outcome=outcome,
-    )
-    await write_control(engine, [row], environment=environment or "", table="(audit)")
-
-
-async def list_audit(
-    engine: AsyncEngine,
-    *,
-    environment: str | None = None,
-    tenant_id: str | None = None,
-    limit: int = 100,
-) -> list[AuditEntry]:
-    """Audit rows, most recent first, optionally of one environment or one user tenant."""
-    query = select(audit).order_by(audit.c.id.desc()).limit(limit)
-    if environment is not None:
-        query = query.where(audit.c.environment == environment)
-    if tenant_id is not None:
-        query = query.where(audit.c.tenant_id == tenant_id)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    out: list[AuditEntry] = []
-    for row in rows:
-        at = utc(row.at)
-        assert at is not None
-        out.append(
-            AuditEntry(
-                int(row.id),
-                at,
-                row.tenant_id,
-                row.user_oid,
-                row.preferred_username,
-                row.action,
-                row.environment,
-                row.target,
-                row.outcome,
-            )
-        )
-    return out
+__all__ = [
+    "Actor",
+    "Queued",
+    "ResyncRequest",
+    "claim",
+    "get_request",
+    "list_requests",
+    "mark_done",
+    "mark_failed",
+    "mark_progress",
+    "recent_query",
+    "request_from_row",
+    "request_resync",
+    "start_full_pass",
+]
