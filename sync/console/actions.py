@@ -1,5 +1,5 @@
 """The console's only writes: audit rows and resync requests, through the store's public
-functions (sync.store.requests), plus the reads of both for the environment page."""
+functions (sync.store.audit, sync.store.requests), plus the reads of both for the pages."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.console.authz import Principal
 from sync.console.figures import iso
+from sync.store import audit as store_audit
 from sync.store import requests as store_requests
-from sync.store.requests import Actor
+from sync.store.audit import Actor
 
 ANONYMOUS = Actor(requested_by="console:(not signed in)")
 
@@ -45,7 +46,7 @@ async def audit(
     environment: str | None = None,
     target: str = "",
 ) -> None:
-    await store_requests.record_audit(
+    await store_audit.record_audit(
         store, actor, action, outcome=outcome, environment=environment, target=target
     )
 
@@ -93,5 +94,5 @@ async def audit_rows(store: AsyncEngine, environment: str) -> list[dict[str, Any
             "target": entry.target,
             "outcome": entry.outcome,
         }
-        for entry in await store_requests.list_audit(store, environment=environment, limit=50)
+        for entry in await store_audit.list_audit(store, environment=environment, limit=50)
     ]
