@@ -142,3 +142,38 @@ def test_dvmirror_run_serves_the_console_beside_metrics(tmp_path: Path) -> None:
         finally:
             code = daemon.stop()
         assert code == 0, daemon.tail()
+
+
+FORGERIES = [
+    ({"signing": "forged"}, "signature"),
+    ({"signing": "none"}, "'none'"),
+    ({"signing": "hs256-public-key"}, "'HS256'"),
+    ({"signing": "unknown-key"}, "no signing key"),
+    ({"expires_in": -600}, "expired"),
+    ({"claims": {"aud": "a4a4a4a4-0000-4000-8000-000000000004"}}, "another application"),
+]
+
+
+@pytest.mark.parametrize(("change", "words"), FORGERIES, ids=[str(f[0]) for f in FORGERIES])
+async def test_simulator_forgeries_are_refused_like_the_independent_providers(
+    console: tuple[ConsoleServer, dict[str, Any]], change: dict[str, Any], words: str
+) -> None:
+    """Tokens the simulator forges on demand (its admin API) meet the same validation: the
+    genuine one is accepted as a bearer token, each forgery answers 401 with the reason."""
+    import asyncio
+
+    from tests.simfixtures import admin
+
+    server, ready = console
+    body = {"tenant": "contoso", "user": "ada@contoso.onmicrosoft.com", "client_id": WEB}
+    genuine = (await asyncio.to_thread(admin, ready, "POST", "/id-tokens", body))["id_token"]
+    forged = (await asyncio.to_thread(admin, ready, "POST", "/id-tokens", {**body, **change}))[
+        "id_token"
+    ]
+    async with aiohttp.ClientSession() as api:
+        url = f"{server.url}/api/v1/environments"
+        ok = await api.get(url, headers={"Authorization": f"Bearer {genuine}"})
+        assert ok.status == 200, await ok.text()
+        refused = await api.get(url, headers={"Authorization": f"Bearer {forged}"})
+        assert refused.status == 401
+        assert words in (await refused.json())["error_description"]
