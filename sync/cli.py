@@ -50,11 +50,16 @@ class State:
                     "(config/dvmirror.example.toml is a documented starting point)"
                 )
         config = load_config(path, resolve_secrets=resolve_secrets)
+        apps = {id(config.app_for(t)): config.app_for(t) for t in config.tenants}
+        if config.console is not None:
+            apps[id(config.console_app())] = config.console_app()
         secrets = [
             app.client_secret.get_secret_value()
-            for app in {id(config.app_for(t)): config.app_for(t) for t in config.tenants}.values()
+            for app in apps.values()
             if app.client_secret is not None and app.client_secret.get_secret_value()
         ]
+        if config.console is not None and config.console.session_key.get_secret_value():
+            secrets.append(config.console.session_key.get_secret_value())
         configure_logging(self.log_level or config.settings.daemon.log_level, secrets=secrets)
         for warning in config.warnings:
             click.echo(f"dvmirror: warning: {config.path}: {warning}", err=True)
@@ -166,6 +171,19 @@ def config_check(state: State) -> None:
         for env in tenant.environments:
             tables = "all" if env.tables == "all" else ", ".join(env.tables)
             click.echo(f"    {env.name}: {env.url} every {env.interval:g}s: {tables}")
+    console = config.console
+    if console is not None:
+        app = config.console_app()
+        tls = "TLS" if console.tls_cert else "plain HTTP (behind a TLS proxy)"
+        click.echo(
+            f"  console: {console.listen} [{tls}] public {console.public_url}, "
+            f"redirect URI {console.redirect_uri}, app {app.client_id}"
+        )
+        admins = ", ".join(console.admin_tenants) or "none"
+        click.echo(
+            f"    roles {console.viewer_role} (read) / {console.operator_role} (resync); "
+            f"admin tenants: {admins}"
+        )
 
 
 @cli.command()
@@ -397,12 +415,26 @@ def run(state: State) -> None:
     """Run the daemon: keep every configured table in sync until SIGTERM.
 
     SIGHUP reloads the configuration. With systemd (Type=notify) it reports READY, STATUS
-    and WATCHDOG. /metrics and /healthz listen on daemon.metrics_listen.
+    and WATCHDOG. /metrics and /healthz listen on daemon.metrics_listen; with a [console]
+    section the web console listens on console.listen in the same process.
     """
     config = state.load()
-    from sync.runtime.daemon import run_daemon
+    from sync.commands.console import run_with_console
 
-    sys.exit(run_async(state, lambda: run_daemon(config)))
+    sys.exit(run_async(state, lambda: run_with_console(config)))
+
+
+@cli.command("console")
+@click.pass_obj
+def console_command(state: State) -> None:
+    """Serve the web console alone, against the same store (writes only resync requests).
+
+    Needs a [console] section; listens on console.listen until SIGTERM.
+    """
+    config = state.load()
+    from sync.commands.console import run_console
+
+    sys.exit(run_async(state, lambda: run_console(config)))
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from sync.config.model import Config, KeyPathError, Settings
 from sync.errors import ConfigError
 
 ENV_PREFIX = "DVMIRROR_"
-OVERRIDABLE_SECTIONS = ("app", "store", "daemon", "tenants")
+OVERRIDABLE_SECTIONS = ("app", "store", "daemon", "console", "tenants")
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

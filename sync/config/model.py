@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from sync.config.console import ConsoleSettings
 from sync.config.credentials import AppRegistration, Certificate, SecretRef
 from sync.config.values import (
     DOMAIN,
@@ -41,6 +42,7 @@ __all__ = [
     "AppRegistration",
     "Certificate",
     "Config",
+    "ConsoleSettings",
     "Daemon",
     "Environment",
     "SecretRef",
@@ -257,6 +259,7 @@ class Settings(FrozenModel):
     app: AppRegistration | None = None
     store: Store = Store()
     daemon: Daemon = Daemon()
+    console: ConsoleSettings | None = None
     tenants: tuple[Tenant, ...]
 
     @model_validator(mode="after")
@@ -288,6 +291,10 @@ class Settings(FrozenModel):
                         f"{env.name!r} is a reserved schema name in a PostgreSQL store "
                         "(each environment is a schema of its name): rename the environment",
                     )
+        if self.console is not None and self.console.app is None and self.app is None:
+            raise KeyPathError(
+                "console", "no registration to sign users in with: add [console.app] or [app]"
+            )
         return self
 
 
@@ -315,6 +322,17 @@ class Config:
 
     def app_for(self, tenant: Tenant) -> AppRegistration:
         app = tenant.app or self.settings.app
+        assert app is not None  # guaranteed by Settings._cross_checks
+        return app
+
+    @property
+    def console(self) -> ConsoleSettings | None:
+        return self.settings.console
+
+    def console_app(self) -> AppRegistration:
+        """The registration users sign in to the console with ([console.app], else [app])."""
+        console = self.settings.console
+        app = (console.app if console else None) or self.settings.app
         assert app is not None  # guaranteed by Settings._cross_checks
         return app
 

@@ -15,8 +15,9 @@ import asyncio
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,6 +41,15 @@ from sync.store.writer_lock import single_writer
 
 log = get_logger("dvmirror.daemon")
 
+
+class Sidecar(Protocol):
+    async def stop(self) -> None: ...
+
+
+# A service started beside /metrics once the store is open (the web console); it is given the
+# configuration and the store, and stopped after the scheduler drained.
+SidecarFactory = Callable[[Config, AsyncEngine], Awaitable[Sidecar]]
+
 TICK_SECONDS = 1.0
 READY_TIMEOUT = 60.0  # READY=1 after the first tokens, or after this long in any case
 PRUNE_SECONDS = 3600.0  # how often the daemon prunes dv_run_history
@@ -57,8 +67,11 @@ class Daemon:
         on_page: Callable[[PageProgress], None] | None = None,
         serve_http: bool = True,
         handle_signals: bool = True,
+        sidecars: Sequence[SidecarFactory] = (),
     ) -> None:
         self.config = config
+        self.sidecar_factories = tuple(sidecars)
+        self.sidecars: list[Sidecar] = []
         self.metrics = metrics or Metrics()
         self.on_page = on_page
         self.serve_http = serve_http
@@ -109,6 +122,7 @@ class Daemon:
                     self.config.settings.daemon.metrics_listen, self.metrics.registry, self.health
                 )
                 log.info("http_listening", url=self.http.url)
+            await self._start_sidecars(store)
             self.scheduler = Scheduler(wiring, metrics=self.metrics, on_page=self.on_page)
             self.keeper = LeaseKeeper(
                 store,
@@ -137,6 +151,7 @@ class Daemon:
                     await keeping
                 await self.keeper.stop()
             await wiring.close()
+            await self._stop_sidecars()
             if self.http is not None:
                 await self.http.stop()
             if self._wal_task is not None:
@@ -150,6 +165,14 @@ class Daemon:
                     loop.remove_signal_handler(sig)
             log.info("stopped", reason=self.stop_reason)
         return 0
+
+    async def _start_sidecars(self, store: AsyncEngine) -> None:
+        for factory in self.sidecar_factories:
+            self.sidecars.append(await factory(self.config, store))
+
+    async def _stop_sidecars(self) -> None:
+        while self.sidecars:
+            await self.sidecars.pop().stop()
 
     def _problems(self) -> dict[str, str]:
         return self.scheduler.problems() if self.scheduler is not None else {}

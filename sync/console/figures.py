@@ -1,0 +1,212 @@
+"""The console's figures, built by pure functions from control rows, the configuration and `now`.
+
+The same documents feed the HTML pages and the JSON API, so both always agree. An environment's
+state is one word: `unconsented` (no WhoAmI has succeeded and an error says consent or the
+application user is missing), `budget spent` (its tenant used the daily request budget),
+`parked` (a table's last error is newer than its last success), `syncing` (a run is under way)
+or `idle`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sync.config.model import Config, Environment, Tenant
+from sync.console.fixes import fix_for
+from sync.logs import mask_text
+
+Row = Mapping[str, Any]
+WINDOW = dt.timedelta(hours=24)
+UNCONSENTED_HINTS = ("not consented", "no application user", "admin consent")
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; the store always writes UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    utc = as_utc(value)
+    return utc.isoformat() if utc else None
+
+
+def _by_table(rows: Iterable[Row]) -> dict[tuple[str, str], Row]:
+    return {(row["environment"], row["table_name"]): row for row in rows}
+
+
+def phase_label(state: Row, ranges: Row | None) -> tuple[str, int | None]:
+    """("full load", percent) / ("ranges d/t", percent) / ("incremental", None) / ("new", None)."""
+    phase = str(state.get("phase") or "new")
+    rows = int(state.get("row_count") or 0)
+    estimate = state.get("total_estimate")
+    if ranges:
+        done, total = int(ranges["done"] or 0), int(ranges["total"] or 0)
+        percent = round(100 * done / total) if total else None
+        return f"full load, ranges {done}/{total}", percent
+    if phase in ("backfill", "resync"):
+        percent = min(99, round(100 * rows / int(estimate))) if estimate else None
+        return ("full load" if phase == "backfill" else "resync"), percent
+    if phase in ("delta", "watermark", "reconcile"):
+        return "incremental", None
+    return phase, None
+
+
+def table_entry(
+    env: Environment,
+    tenant: Tenant,
+    config: Config,
+    table: str,
+    *,
+    rows: Mapping[str, Mapping[tuple[str, str], Row]],
+    now: dt.datetime,
+) -> dict[str, Any]:
+    key = (env.name, table)
+    state = rows["state"].get(key) or {}
+    recent = rows["recent"].get(key) or {}
+    ranges = rows["ranges"].get(key)
+    last_success = as_utc(state.get("last_success"))
+    last_error_at = as_utc(state.get("last_error_at"))
+    error = state.get("last_error")
+    parked = bool(error) and (last_success is None or (last_error_at or now) > last_success)
+    label, percent = phase_label(state, ranges)
+    message = mask_text(str(error)) if error else None
+    return {
+        "table": table,
+        "phase": str(state.get("phase") or "new"),
+        "phase_label": label,
+        "percent": percent,
+        "rows": int(state.get("row_count") or 0),
+        "total_estimate": state.get("total_estimate"),
+        "last_success": iso(last_success),
+        "lag_seconds": round((now - last_success).total_seconds(), 1) if last_success else None,
+        "parked": parked,
+        "parked_until": iso(state.get("parked_until")),
+        "attempts": int(state.get("attempts") or 0),
+        "last_error": message,
+        "last_error_at": iso(last_error_at),
+        "fix": fix_for(message, config, tenant, env) if message and parked else None,
+        "requests_24h": int(recent.get("requests") or 0),
+        "throttled_24h": int(recent.get("throttled") or 0),
+        "running": bool(recent.get("running")),
+    }
+
+
+def _tables_of(env: Environment, rows: Mapping[str, Mapping[tuple[str, str], Row]]) -> list[str]:
+    if env.tables == "all":  # discovered at run time: whatever has state
+        return sorted(t for (e, t) in rows["state"] if e == env.name)
+    return list(env.tables)
+
+
+def _budget(tenant: Tenant, budgets: Mapping[str, Row], now: dt.datetime) -> dict[str, Any]:
+    row = budgets.get(tenant.name)
+    start = as_utc(row["window_start"]) if row else None
+    used = int(row["used"]) if row and start and now - start < WINDOW else 0
+    limit = tenant.daily_request_budget
+    return {"used": used, "limit": limit, "spent": limit is not None and used >= limit}
+
+
+def environment_entry(
+    config: Config,
+    tenant: Tenant,
+    env: Environment,
+    raw: Mapping[str, list[dict[str, Any]]],
+    now: dt.datetime,
+) -> dict[str, Any]:
+    rows = {k: _by_table(raw[k]) for k in ("state", "recent", "ranges")}
+    tables = [
+        table_entry(env, tenant, config, t, rows=rows, now=now) for t in _tables_of(env, rows)
+    ]
+    known = {row["name"]: row for row in raw["environments"]}.get(env.name)
+    budgets = {row["tenant"]: row for row in raw["budgets"]}
+    budget = _budget(tenant, budgets, now)
+    whoami_ok = bool(known and known.get("application_user_id"))
+    errors = " ".join((t["last_error"] or "").lower() for t in tables if t["parked"])
+    lags = [t["lag_seconds"] for t in tables if t["lag_seconds"] is not None]
+    if not whoami_ok and any(hint in errors for hint in UNCONSENTED_HINTS):
+        state = "unconsented"
+    elif budget["spent"]:
+        state = "budget spent"
+    elif any(t["parked"] for t in tables):
+        state = "parked"
+    elif any(t["running"] for t in tables):
+        state = "syncing"
+    else:
+        state = "idle"
+    return {
+        "name": env.name,
+        "tenant": tenant.name,
+        "url": env.url,
+        "state": state,
+        "tables_count": len(tables),
+        "rows": sum(t["rows"] for t in tables),
+        # A table never synced counts as the worst lag of all: it is not fresh at all.
+        "worst_lag_seconds": None if not lags or len(lags) < len(tables) else max(lags),
+        "never_synced": sum(1 for t in tables if t["lag_seconds"] is None),
+        "requests_24h": sum(t["requests_24h"] for t in tables),
+        "throttled_24h": sum(t["throttled_24h"] for t in tables),
+        # Retry-After pauses are counted by the governor (/metrics), not yet kept in the store.
+        "retry_after_seconds_24h": None,
+        "budget": budget,
+        "whoami": {
+            "ok": whoami_ok,
+            "application_user_id": known.get("application_user_id") if known else None,
+            "organization_id": known.get("organization_id") if known else None,
+            "checked_at": iso(known.get("updated_at")) if known else None,
+        },
+        "tables": tables,
+    }
+
+
+def overview(
+    config: Config,
+    raw: Mapping[str, list[dict[str, Any]]],
+    visible_tenants: frozenset[str],
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Tenants → environments, only those the user may see, in configuration order."""
+    out = []
+    for tenant in config.tenants:
+        if tenant.name not in visible_tenants:
+            continue
+        envs = [environment_entry(config, tenant, env, raw, now) for env in tenant.environments]
+        out.append({"tenant": tenant.name, "tenant_id": tenant.tenant_id, "environments": envs})
+    return out
+
+
+def find_environment(
+    config: Config, name: str, visible_tenants: frozenset[str]
+) -> tuple[Tenant, Environment] | None:
+    """The environment by name if this user may see it; None answers 404 either way."""
+    for tenant, env in config.environments():
+        if env.name == name and tenant.name in visible_tenants:
+            return tenant, env
+    return None
+
+
+def run_entry(row: Row) -> dict[str, Any]:
+    started, finished = as_utc(row.get("started_at")), as_utc(row.get("finished_at"))
+    return {
+        "id": row.get("id"),
+        "command": row.get("command"),
+        "status": row.get("status"),
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "seconds": round((finished - started).total_seconds(), 1) if started and finished else None,
+        "rows_upserted": int(row.get("rows_upserted") or 0),
+        "rows_deleted": int(row.get("rows_deleted") or 0),
+        "requests": int(row.get("requests") or 0),
+        "throttled": int(row.get("throttled") or 0),
+        "error": mask_text(str(row["error"])) if row.get("error") else None,
+    }
+
+
+def column_entry(row: Row) -> dict[str, Any]:
+    return {
+        "column": row["column_name"],
+        "dataverse_type": row["attribute_type"],
+        "sql_type": row["sql_type"],
+    }
