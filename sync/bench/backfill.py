@@ -100,6 +100,18 @@ class Side:
     def violations(self) -> int:
         return int(self.stats.get("violations", 0))
 
+    @property
+    def strict_violations(self) -> int:
+        """Requests that arrived inside a Retry-After window more than 50 ms after its 429 was
+        sent (sync.simulator.protection.departures_inside)."""
+        return int(self.stats.get("strict_violations", 0))
+
+
+def throttled_share(side: Side) -> str:
+    requests = int(side.stats.get("requests", 0))
+    throttled = int(side.stats.get("throttled_total", 0))
+    return f"{throttled / requests:.1%}" if requests else "n/a"
+
 
 def say(console: Any, line: str) -> None:
     """A progress line, printed as it is (no rich markup: names have brackets)."""
@@ -351,6 +363,11 @@ async def run_side_by_side(
         for s in sides
         if s.violations
     ]
+    failures += [
+        f"{s.part.title}, {s.name}: {s.strict_violations} requests inside a Retry-After window"
+        for s in sides
+        if s.strict_violations and not s.violations and s.child is not None
+    ]
     for failure in failures:
         say(console, f"FAILED: {failure}")
     return ExitCode.FAILURES if failures else ExitCode.OK
@@ -420,7 +437,9 @@ def render(world: World, sides: list[Side]) -> Table:
         ("requests", lambda s: f"{s.stats.get('requests', 0):,}"),
         ("peak concurrent requests", lambda s: f"{s.stats.get('max_concurrency', 0)}"),
         ("429s", lambda s: f"{s.stats.get('throttled_total', 0):,}"),
+        ("429 share of requests", throttled_share),
         ("Retry-After violations", lambda s: f"{s.violations}"),
+        ("… strict (arrived > 50 ms after a 429)", lambda s: f"{s.strict_violations}"),
         ("peak RSS", rss),
         ("data", lambda s: s.check),
     ]
