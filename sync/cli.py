@@ -447,9 +447,29 @@ def console_command(state: State) -> None:
     show_default=True,
     help="Where the simulator's files and the mirror database go (replaced on each run).",
 )
+@click.option(
+    "--console",
+    "with_console",
+    is_flag=True,
+    help="Also serve the web console on 127.0.0.1 and, after the check, keep the daemon and the "
+    "console up (printing the URL and the users to sign in as) until Ctrl-C.",
+)
+@click.option(
+    "--console-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="The console's port with --console; when busy (or 0), any free port.",
+)
 @click.pass_obj
-def demo(state: State, duration: float, directory: Path) -> None:
-    """Run the daemon against the built-in simulator with churn, then show the result."""
+def demo(
+    state: State, duration: float, directory: Path, with_console: bool, console_port: int
+) -> None:
+    """Run the daemon against the built-in simulator with churn, then show the result.
+
+    With --console, the web console stays up afterwards for you to sign in through the
+    simulator's user picker; Ctrl-C stops everything (exit 0 when the check passed).
+    """
     from rich.console import Console
 
     from sync.commands.demo import run_demo
@@ -459,7 +479,13 @@ def demo(state: State, duration: float, directory: Path) -> None:
     configure_logging(state.log_level or "error")
     sys.exit(
         run_async(
-            state, lambda: run_demo(Console(), directory=directory.resolve(), duration=duration)
+            state,
+            lambda: run_demo(
+                Console(),
+                directory=directory.resolve(),
+                duration=duration,
+                console_port=console_port if with_console else None,
+            ),
         )
     )
 

@@ -152,27 +152,43 @@ async def compare(config: Config, ready: dict[str, Any]) -> list[tuple[str, str,
     return rows
 
 
-async def run_demo(console: Console, *, directory: Path, duration: float = 30.0) -> int:
-    """Run the whole demo; 0 when every mirror matches its source at the end."""
+async def run_demo(
+    console: Console, *, directory: Path, duration: float = 30.0, console_port: int | None = None
+) -> int:
+    """Run the whole demo; 0 when every mirror matches its source at the end.
+
+    With `console_port` (0: any free port), the web console runs beside the daemon, and after
+    the check both stay up, printing the URL and who to sign in as, until Ctrl-C."""
     if directory.exists():
         shutil.rmtree(directory)
     console.print(f"[bold]dvmirror demo[/]: starting the built-in simulator in {directory}")
     process, ready = await start_simulator("demo", directory / "simulator")
     try:
-        return await _with_simulator(console, ready, duration)
+        return await _with_simulator(console, ready, duration, console_port)
     finally:
         await stop_simulator(process)
 
 
-async def _with_simulator(console: Console, ready: dict[str, Any], duration: float) -> int:
-    config = load_config(ready["config_file"])
+async def _with_simulator(
+    console: Console, ready: dict[str, Any], duration: float, console_port: int | None
+) -> int:
+    sidecars: list[Any] = []
+    if console_port is None:
+        config = load_config(ready["config_file"])
+    else:
+        from sync.commands.console import console_sidecar
+        from sync.commands.demo_console import pick_port, write_console_config
+
+        port = pick_port(console_port)
+        config = load_config(write_console_config(Path(ready["config_file"]), port))
+        sidecars.append(console_sidecar)
     environments = sum(len(t["environments"]) for t in ready["tenants"])
     console.print(
         f"simulated Dataverse: {len(ready['tenants'])} tenants, {environments} environments; "
         f"mirror: {config.store_url.removeprefix('sqlite+aiosqlite:///')}"
     )
     progress = DemoProgress()
-    daemon = Daemon(config, on_page=progress.on_page, handle_signals=False)
+    daemon = Daemon(config, on_page=progress.on_page, handle_signals=False, sidecars=sidecars)
     stop_churn = asyncio.Event()
     started = time.monotonic()
     daemon_task = asyncio.create_task(daemon.run())
@@ -184,13 +200,46 @@ async def _with_simulator(console: Console, ready: dict[str, Any], duration: flo
                 await asyncio.sleep(0.25)
             stop_churn.set()
             await churn_task
+            if daemon_task.done() and sidecars:
+                daemon_task.result()  # the console could not start: its one-line error
             converged = await _catch_up(
                 config, ready, daemon, progress, live=live, duration=duration
             )
+        if sidecars:
+            code = await _report(console, config, ready, converged)
+            await _serve_console(console, config, ready, daemon_task)
+            return code
     finally:
         stop_churn.set()
         daemon.request_stop("demo finished")
         await asyncio.gather(daemon_task, churn_task, return_exceptions=True)
+    return await _report(console, config, ready, converged)
+
+
+async def _serve_console(
+    console: Console, config: Config, ready: dict[str, Any], daemon_task: asyncio.Task[int]
+) -> None:
+    """Keep the daemon and its console up until Ctrl-C, saying where and as whom to sign in."""
+    from sync.commands.demo_console import sign_in_lines, wait_for_interrupt
+
+    assert config.console is not None
+    console.print(
+        f"\n[bold]Web console[/]: {config.console.public_url}  (sign in as any of these; "
+        "the simulator's page lets you pick)",
+        soft_wrap=True,
+    )
+    for line in sign_in_lines(ready):
+        console.print(Text(f"  {line}"), soft_wrap=True, highlight=False)
+    console.print("The daemon keeps syncing. Press Ctrl-C to stop.", soft_wrap=True)
+    interrupted = asyncio.create_task(wait_for_interrupt())
+    await asyncio.wait({interrupted, daemon_task}, return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    console.print("stopping the daemon and the console")
+
+
+async def _report(
+    console: Console, config: Config, ready: dict[str, Any], converged: Comparison | None
+) -> int:
     console.print()
     await run_status(config, as_json=False, console=console)
     database = config.store_url.removeprefix("sqlite+aiosqlite:///")
