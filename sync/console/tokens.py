@@ -173,6 +173,8 @@ class TokenValidator:
         tenant is refused before anything is fetched for it (bearer tokens from anyone)."""
         try:
             header = jwt.get_unverified_header(token)
+            # Read unverified only to learn which tenant's issuer and keys to check against;
+            # nothing from it is trusted: the verified decode below pins RS256, aud and iss.
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise TokenRefused("not a JWT") from None

@@ -26,7 +26,6 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +45,7 @@ from tenacity import (
 from sync.config.model import Environment, Tenant
 from sync.dataverse.auth import scope_for
 from sync.dataverse.classify import Kind, classify, to_error
+from sync.dataverse.lastlook import DEPARTING, LastLookConnector, Recalled
 from sync.dataverse.odata import (
     LinkTracker,
     Page,
@@ -123,35 +123,6 @@ class RequestGate(Protocol):
         """Wait for a slot (pauses, pacing, concurrency) and hold it for one request;
         `cost_class` groups requests of like execution cost."""
         ...
-
-
-# The slot of the request this task is sending, for the connector's last look.
-_DEPARTING: ContextVar[RequestSlot | None] = ContextVar("dvmirror_departing", default=None)
-
-
-class _Recalled(Exception):
-    """The governor called a request back before it was written."""
-
-
-class LastLookConnector(aiohttp.TCPConnector):
-    """A TCPConnector that asks the request's governor slot once more when the connection is
-    ready: between granting a slot and writing the request, a new connection's DNS, TCP and
-    TLS handshakes take several turns of the event loop, in which another request's 429 may
-    arrive. After `connect` returns, aiohttp writes the request without yielding, so this is
-    the last moment a request can still be held back."""
-
-    async def connect(
-        self,
-        req: aiohttp.ClientRequest,
-        traces: list[Any],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's own signature
-    ) -> aiohttp.connector.Connection:
-        connection = await super().connect(req, traces, timeout)
-        slot = _DEPARTING.get()
-        if slot is not None and not slot.may_leave():
-            connection.release()  # nothing was written on it: back to the pool
-            raise _Recalled
-        return connection
 
 
 @dataclass
@@ -397,7 +368,7 @@ class DataverseClient:
         """
         while True:
             async with self.governor.slot(cost_class) as slot:
-                departing = _DEPARTING.set(slot)
+                departing = DEPARTING.set(slot)
                 try:
                     async with self._session.get(
                         url,
@@ -406,7 +377,7 @@ class DataverseClient:
                     ) as response:
                         body = await response.read()
                         status, response_headers = response.status, response.headers
-                except _Recalled:
+                except Recalled:
                     continue
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     slot.observe(599, {})
@@ -415,7 +386,7 @@ class DataverseClient:
                         environment=self.environment.name,
                     ) from exc
                 finally:
-                    _DEPARTING.reset(departing)
+                    DEPARTING.reset(departing)
                 success = 200 <= status < 300
                 document = None if success else decode_json(body)
                 slot.observe(status, response_headers, error_code=_error_code(document))
