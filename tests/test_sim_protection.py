@@ -13,7 +13,9 @@ from sync.simulator.protection import (
     Throttle,
     Ticket,
     column_share,
+    departures_inside,
 )
+from sync.simulator.stallwatch import StallWatch
 
 USER = "11111111-1111-1111-1111-111111111111"
 
@@ -224,3 +226,39 @@ def test_reset_forgets_windows_and_counters(clock: FakeClock) -> None:
     protection.reset()
     admit_ok(protection)
     assert protection.user(USER).requests == 1
+
+
+# --- the strict Retry-After check and the stamps' own uncertainty ---------------------------
+
+
+def test_an_arrival_well_after_a_429_and_before_its_end_is_inside() -> None:
+    refusals = [(10.0, 2)]
+    assert departures_inside([10.01, 10.5, 11.99, 12.0, 12.3], refusals) == [10.5, 11.99]
+
+
+def test_slack_excuses_only_arrivals_that_may_have_come_before_the_429() -> None:
+    # Stamped 0.2 s after the 429 while the loop had stalled 0.3 s: it may have come first.
+    assert departures_inside([10.2], [(10.0, 2)], slack=[0.3]) == []
+    # Stalled 0.1 s: even its earliest time is 0.1 s after the 429 (grace 0.05 s).
+    assert departures_inside([10.2], [(10.0, 2)], slack=[0.1]) == [10.2]
+    # Slack never pulls an arrival after the window's end back into it.
+    assert departures_inside([12.004], [(10.0, 2)], slack=[0.05]) == []
+
+
+def test_overlapping_windows_extend_to_the_latest_end() -> None:
+    refusals = [(10.0, 2), (11.5, 2)]
+    assert departures_inside([12.5, 13.6], refusals) == [12.5]
+
+
+def test_stall_watch_reports_the_worst_recent_stall_and_a_stall_going_on() -> None:
+    watch = StallWatch()
+    assert watch.uncertainty(5.0) == 0.0  # not running: stamps are taken as exact
+    watch.tick(1.000, expected=1.000)
+    watch.tick(1.005, expected=1.005)
+    assert watch.uncertainty(1.006) == pytest.approx(0.001)
+    watch.tick(1.205, expected=1.010)  # a 195 ms stall
+    assert watch.uncertainty(1.206) == pytest.approx(0.195)
+    assert watch.uncertainty(1.306) == pytest.approx(0.195)  # since the last tick: 0.101
+    watch.tick(1.800, expected=1.800)
+    assert watch.uncertainty(1.801) == pytest.approx(0.001)  # the stall left the memory
+    assert watch.uncertainty(2.5) == pytest.approx(0.7)  # no tick for 0.7 s: stalled now

@@ -247,7 +247,13 @@ class AdminServer:
         stats = runtime.protection.users().get(client_id)
         if stats is None:
             raise AdminError(404, f"no requests from {client_id!r} in {runtime.name!r}")
-        return _json({"arrivals": stats.arrivals, "refusals": stats.refusals})
+        return _json(
+            {
+                "arrivals": stats.arrivals,
+                "arrival_slack": stats.arrival_slack,
+                "refusals": stats.refusals,
+            }
+        )
 
     async def _churn(self, request: web.Request) -> web.Response:
         runtime, table = self._table(request)

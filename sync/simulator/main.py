@@ -35,6 +35,7 @@ from sync.simulator.faults import EntraFaultInjector, FaultInjector
 from sync.simulator.identities import user_roles
 from sync.simulator.protection import ServiceProtection
 from sync.simulator.scenario import Scenario, load_scenario
+from sync.simulator.stallwatch import StallWatch
 from sync.simulator.tls import make_tls
 from sync.simulator.tokens import TokenAuthority
 from sync.simulator.webapi import DataverseModel
@@ -95,6 +96,7 @@ async def _serve(spec: Scenario, scenario_path: Path, directory: Path) -> None:
     authority_host = f"https://{LOOPBACK}:{_port(entra_sock)}"
     tokens = TokenAuthority(authority_host)
     runtimes: dict[str, EnvironmentRuntime] = {}
+    stalls = StallWatch()  # how late this process stamps arrivals (Retry-After checks)
     env_socks: dict[str, socket.socket] = {}
     for tenant in spec.tenants:
         for env in tenant.environments:
@@ -109,7 +111,7 @@ async def _serve(spec: Scenario, scenario_path: Path, directory: Path) -> None:
                     _seed(spec.seed, env.name),
                     retention_days=env.change_tracking_retention_days,
                 ),
-                protection=ServiceProtection(env.limits),
+                protection=ServiceProtection(env.limits, stamp_uncertainty=stalls.uncertainty),
                 faults=FaultInjector(env.faults, _seed(spec.seed, f"faults:{env.name}")),
             )
     resources = {t.name: [runtimes[e.name].url for e in t.environments] for t in spec.tenants}
@@ -123,6 +125,7 @@ async def _serve(spec: Scenario, scenario_path: Path, directory: Path) -> None:
     )
     server_tls = tls.server_context()
     runners: list[web.AppRunner] = []
+    stall_task = asyncio.create_task(stalls.run())
 
     async def start(app: web.Application, sock: socket.socket, *, secure: bool) -> None:
         runner = web.AppRunner(
@@ -201,6 +204,7 @@ async def _serve(spec: Scenario, scenario_path: Path, directory: Path) -> None:
         sys.stdout.flush()
         await stop.wait()
     finally:
+        stall_task.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
         for runtime in runtimes.values():

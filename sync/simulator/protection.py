@@ -129,6 +129,8 @@ class UserStats:
     retry_given_at: float = -math.inf
     retry_until: float = -math.inf
     arrivals: list[float] = field(default_factory=list)  # every request, on arrival
+    # How much earlier each arrival may really have come (the loop's recent stalls).
+    arrival_slack: list[float] = field(default_factory=list)
     refusals: list[tuple[float, int]] = field(default_factory=list)  # (429 sent at, Retry-After)
 
     def as_dict(self) -> dict[str, Any]:
@@ -147,21 +149,34 @@ class UserStats:
             "batch_operations": self.batch_operations,
             "continuations": sum(self.continuations.values()),
             "continuations_repeated": sum(n - 1 for n in self.continuations.values() if n > 1),
-            "strict_violations": len(departures_inside(self.arrivals, self.refusals)),
+            "strict_violations": len(
+                departures_inside(self.arrivals, self.refusals, slack=self.arrival_slack)
+            ),
         }
 
 
 def departures_inside(
-    arrivals: list[float], refusals: list[tuple[float, int]], grace: float = STRICT_GRACE
+    arrivals: list[float],
+    refusals: list[tuple[float, int]],
+    grace: float = STRICT_GRACE,
+    *,
+    slack: list[float] | None = None,
 ) -> list[float]:
     """Arrival times that fall inside a Retry-After window the client had already received:
-    after a 429 was sent (plus `grace`) and before its Retry-After ended. Pure; both lists in
-    arrival order."""
+    after a 429 was sent (plus `grace`) and before its Retry-After ended. `slack[i]` is how
+    much earlier arrival i may really have come (the simulator's loop stalls, see
+    `stallwatch`): an arrival counts only if all its possible times are inside, from the
+    earliest (stamp minus slack: after the 429 plus grace?) to the stamp itself (before the
+    window's end?). Pure."""
     windows = sorted((sent + grace, sent + retry_after) for sent, retry_after in refusals)
+    earliest = sorted(
+        (arrival - (slack[i] if slack is not None and i < len(slack) else 0.0), arrival)
+        for i, arrival in enumerate(arrivals)
+    )
     inside: list[float] = []
     index, open_until = 0, -math.inf
-    for arrival in sorted(arrivals):
-        while index < len(windows) and windows[index][0] <= arrival:
+    for first_possible, arrival in earliest:
+        while index < len(windows) and windows[index][0] <= first_possible:
             open_until = max(open_until, windows[index][1])
             index += 1
         if arrival < open_until:
@@ -189,9 +204,16 @@ def _number(value: float) -> str:
 class ServiceProtection:
     """The service protection state of one environment (all its users and servers)."""
 
-    def __init__(self, limits: Limits, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        stamp_uncertainty: Callable[[float], float] = lambda now: 0.0,
+    ) -> None:
         self._limits = limits
         self._clock = clock
+        self._stamp_uncertainty = stamp_uncertainty
         self._buckets: dict[tuple[str, int], _Bucket] = {}
         self._users: dict[str, UserStats] = {}
         self._next_server = 0
@@ -226,6 +248,7 @@ class ServiceProtection:
         stats.requests += 1
         if len(stats.arrivals) < KEEP_ARRIVALS:
             stats.arrivals.append(now)
+            stats.arrival_slack.append(self._stamp_uncertainty(now))
         violated = stats.retry_given_at + VIOLATION_GRACE <= now < stats.retry_until
         if violated:
             stats.violations += 1
