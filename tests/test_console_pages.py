@@ -79,6 +79,35 @@ async def test_resync_needs_the_sessions_csrf_token(h: Harness) -> None:
     assert actions.count("resync_refused") == 2
 
 
+async def test_resync_of_a_table_the_environment_does_not_mirror_is_404(tmp_path: Path) -> None:
+    """An operator's POST (valid CSRF token) for a table not in the environment's list, or, with
+    `tables = "all"`, one that has no state yet, answers 404 and writes no request; a table the
+    "all" environment did take up is queued."""
+    extra = '[[tenants.environments]]\nname = "contoso_all"\nurl = "https://contoso-all.crm.dynamics.com"\ntables = "all"\n'
+    async with running_console(tmp_path, contoso_extra=extra) as h:
+        now = dt.datetime.now(dt.UTC)
+        await checkpoints.ensure(h.store, "contoso_all", "account", now=now)
+        browser = await _signed_in(h, "olga")
+        token = _csrf(await (await browser.get(f"{h.url}/env/contoso_prod")).text())  # type: ignore[attr-defined]
+        for env, table in (("contoso_prod", "opportunity"), ("contoso_all", "acount")):
+            refused = await browser.post(  # type: ignore[attr-defined]
+                f"{h.url}/env/{env}/table/{table}/resync",
+                data={"csrf_token": token},
+                allow_redirects=False,
+            )
+            assert refused.status == 404, (env, table)
+        assert await h.resync_rows() == []
+        queued = await browser.post(  # type: ignore[attr-defined]
+            f"{h.url}/env/contoso_all/table/account/resync",
+            data={"csrf_token": token},
+            allow_redirects=False,
+        )
+        assert queued.status == 303
+        assert [(r["environment"], r["table_name"]) for r in await h.resync_rows()] == [
+            ("contoso_all", "account")
+        ]
+
+
 async def test_a_viewer_cannot_resync(h: Harness) -> None:
     """A viewer sees no resync button, and a POST with a valid CSRF token is still 403 with no
     request written."""

@@ -12,10 +12,12 @@ import getpass
 import os
 
 from rich.console import Console
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.config.model import Config, Environment
 from sync.config.values import TABLE_NAME
 from sync.errors import ConfigError
+from sync.store.checkpoints import statuses
 from sync.store.open import open_store
 from sync.store.requests import Actor, Queued, request_resync
 
@@ -55,6 +57,21 @@ def resolve_target(
     return environment, table
 
 
+async def refuse_unmirrored(engine: AsyncEngine, environment: Environment, table: str) -> None:
+    """With `tables = "all"` the tables are discovered at run time: a table is mirrored once
+    the daemon has taken it up (it has a state row). Anything else is refused (ConfigError):
+    a typo must not queue a request that no run will ever serve."""
+    if environment.tables != "all":
+        return  # resolve_target already held it against the configured list
+    known = sorted(status.table for status in await statuses(engine, environment.name))
+    if table not in known:
+        shown = ", ".join(known) or "none yet: the daemon has not discovered them"
+        raise ConfigError(
+            f"resync: table {table!r} is not mirrored in environment {environment.name} "
+            f'(tables = "all"; mirrored so far: {shown})'
+        )
+
+
 def describe(queued: Queued) -> str:
     request = queued.request
     what = f"every table of {request.environment}" if request.table is None else request.target
@@ -73,6 +90,8 @@ async def run_resync(
     environment, target = resolve_target(config, env, table, every_table)
     engine = await open_store(config)
     try:
+        if target is not None:
+            await refuse_unmirrored(engine, environment, target)
         queued = await request_resync(
             engine, environment.name, target, actor=Actor(f"cli:{os_user()}")
         )
