@@ -203,15 +203,28 @@ async def test_table_page_shows_columns_runs_and_plot(h: Harness) -> None:
 
 
 async def test_sign_out_goes_to_the_tenants_end_session_endpoint(h: Harness) -> None:
-    """Sign-out clears the session and redirects to the user's tenant's end_session_endpoint
-    with the console as post_logout_redirect_uri."""
+    """Sign-out is a POST with the session's CSRF token: a GET only shows the button, a POST
+    without or with a wrong token is 403 and the session stays; with it, the session is cleared
+    and the browser goes to the user's tenant's end_session_endpoint with the console as
+    post_logout_redirect_uri."""
     browser = await _signed_in(h, "olga")
-    response = await browser.get(f"{h.url}/auth/logout", allow_redirects=False)  # type: ignore[attr-defined]
-    assert response.status == 302
+    page = await browser.get(f"{h.url}/auth/logout", allow_redirects=False)  # type: ignore[attr-defined]
+    html = await page.text()
+    assert page.status == 200 and 'id="sign-out-button"' in html
+    assert (await browser.get(f"{h.url}/", allow_redirects=False)).status == 200  # type: ignore[attr-defined]
+    for form in ({}, {"csrf_token": "0" * 64}):
+        refused = await browser.post(f"{h.url}/auth/logout", data=form, allow_redirects=False)  # type: ignore[attr-defined]
+        assert refused.status == 403
+        assert (await browser.get(f"{h.url}/", allow_redirects=False)).status == 200  # type: ignore[attr-defined]
+    response = await browser.post(  # type: ignore[attr-defined]
+        f"{h.url}/auth/logout", data={"csrf_token": _csrf(html)}, allow_redirects=False
+    )
+    assert response.status == 303
     location = response.headers["Location"]
     assert location.startswith(f"{h.idp.host}/{USERS['olga'].tenant_id}/oauth2/v2.0/logout?")
     assert "post_logout_redirect_uri=" in location
     assert session_cookie(browser) is None  # type: ignore[arg-type]
+    assert (await browser.get(f"{h.url}/", allow_redirects=False)).status == 302  # type: ignore[attr-defined]
 
 
 async def test_bearer_tokens_for_the_app_id_uri(h: Harness) -> None:
