@@ -108,6 +108,24 @@ async def test_resync_of_a_table_the_environment_does_not_mirror_is_404(tmp_path
         ]
 
 
+async def test_environment_audit_shows_its_tenants_sign_ins(h: Harness) -> None:
+    """The operator's environment page lists the sign-ins (and refused sign-ins) of its tenant's
+    users next to the environment's actions, and none of another tenant's users."""
+    for user in ("victor", "fay"):
+        assert (await h.sign_in(h.browser(), user)).status == 302
+    await h.sign_in(h.browser(), "nora")  # no role: refused, audited with her tenant
+    browser = await _signed_in(h, "olga")
+    html = await (await browser.get(f"{h.url}/env/contoso_prod")).text()  # type: ignore[attr-defined]
+    rows = re.findall(
+        r'<tr class="audit-row">.*?data-label="User">([^<]*)<.*?data-label="Action">([^<]*)<',
+        html,
+    )
+    shown = {(user, action) for user, action in rows}
+    assert (USERS["victor"].upn, "sign_in") in shown and (USERS["olga"].upn, "sign_in") in shown
+    assert any(action == "sign_in_refused" and "nora" in user for user, action in rows), rows
+    assert not any("fabrikam" in user for user, _ in rows), rows
+
+
 async def test_a_viewer_cannot_resync(h: Harness) -> None:
     """A viewer sees no resync button, and a POST with a valid CSRF token is still 403 with no
     request written."""

@@ -100,7 +100,11 @@ async def environment_page(request: web.Request) -> web.StreamResponse:
             "requests": await actions.recent_requests(
                 context.store, env.name, since=now - figures.WINDOW
             ),
-            "audit": await actions.audit_rows(context.store, env.name) if operator else [],
+            "audit": await actions.audit_rows(
+                context.store, env.name, context.directory.tenants.get(tenant.name)
+            )
+            if operator
+            else [],
         },
     )
 
