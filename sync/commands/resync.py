@@ -12,14 +12,12 @@ import getpass
 import os
 
 from rich.console import Console
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.config.model import Config, Environment
 from sync.config.values import TABLE_NAME
 from sync.errors import ConfigError
-from sync.store.checkpoints import statuses
 from sync.store.open import open_store
-from sync.store.requests import Actor, Queued, request_resync
+from sync.store.requests import Actor, Queued, request_resync, unmirrored
 
 
 def os_user() -> str:
@@ -46,30 +44,9 @@ def resolve_target(
         )
     if table is None:
         return environment, None
-    if environment.tables == "all":
-        if not TABLE_NAME.match(table):
-            raise ConfigError(f"resync: {table!r} is not a Dataverse table logical name")
-    elif table not in environment.tables:
-        raise ConfigError(
-            f"resync: table {table!r} is not mirrored in environment {env_name} "
-            f"(its tables: {', '.join(environment.tables)})"
-        )
-    return environment, table
-
-
-async def refuse_unmirrored(engine: AsyncEngine, environment: Environment, table: str) -> None:
-    """With `tables = "all"` the tables are discovered at run time: a table is mirrored once
-    the daemon has taken it up (it has a state row). Anything else is refused (ConfigError):
-    a typo must not queue a request that no run will ever serve."""
-    if environment.tables != "all":
-        return  # resolve_target already held it against the configured list
-    known = sorted(status.table for status in await statuses(engine, environment.name))
-    if table not in known:
-        shown = ", ".join(known) or "none yet: the daemon has not discovered them"
-        raise ConfigError(
-            f"resync: table {table!r} is not mirrored in environment {environment.name} "
-            f'(tables = "all"; mirrored so far: {shown})'
-        )
+    if not TABLE_NAME.match(table):
+        raise ConfigError(f"resync: {table!r} is not a Dataverse table logical name")
+    return environment, table  # whether it is mirrored: store.requests.unmirrored
 
 
 def describe(queued: Queued) -> str:
@@ -90,8 +67,9 @@ async def run_resync(
     environment, target = resolve_target(config, env, table, every_table)
     engine = await open_store(config)
     try:
-        if target is not None:
-            await refuse_unmirrored(engine, environment, target)
+        reason = None if target is None else await unmirrored(engine, environment, target)
+        if reason is not None:
+            raise ConfigError(f"resync: {reason}")
         queued = await request_resync(
             engine, environment.name, target, actor=Actor(f"cli:{os_user()}")
         )

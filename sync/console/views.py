@@ -14,14 +14,13 @@ from aiohttp import web
 from aiohttp_session import get_session
 from markupsafe import Markup
 
-from sync.commands.resync import refuse_unmirrored, resolve_target
 from sync.config.model import Environment, Tenant
 from sync.console import actions, figures, queries, svg
 from sync.console.authz import Principal
 from sync.console.context import ConsoleContext, context_of, session_principal
 from sync.console.security import safe_next
-from sync.errors import ConfigError
 from sync.store.open import redact_url
+from sync.store.requests import unmirrored
 
 REFRESH_SECONDS = 10
 
@@ -176,12 +175,8 @@ async def _resync(request: web.Request, table: str | None) -> web.StreamResponse
             target=target,
         )
         raise web.HTTPForbidden(text=f"resync needs the {context.directory.operator_role} role")
-    if table is not None:
-        try:
-            resolve_target(context.config, env.name, table, every_table=False)
-            await refuse_unmirrored(context.store, env, table)
-        except ConfigError:
-            raise web.HTTPNotFound(text="not found") from None
+    if table is not None and await unmirrored(context.store, env, table) is not None:
+        raise web.HTTPNotFound(text="not found")
     await actions.request_resync(context.store, principal, env.name, table)
     back = f"/env/{env.name}" + (f"/table/{table}" if table else "")
     raise web.HTTPSeeOther(back)
