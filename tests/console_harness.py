@@ -98,7 +98,9 @@ class Clock:
         self.offset += seconds
 
 
-def write_config(directory: Path, idp_url: str, console_port: int, tls: Any) -> Path:
+def write_config(
+    directory: Path, idp_url: str, console_port: int, tls: Any, contoso_extra: str = ""
+) -> Path:
     path = directory / "dvmirror.toml"
     path.write_text(
         f"""
@@ -127,7 +129,7 @@ tenant_id = "contoso.example"
 name = "contoso_prod"
 url = "https://contoso.crm.dynamics.com"
 tables = ["account", "contact"]
-
+{contoso_extra}
 [[tenants]]
 name = "fabrikam"
 tenant_id = "{FABRIKAM}"
@@ -213,7 +215,8 @@ def query_of(url: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def running_console(directory: Path) -> AsyncIterator[Harness]:
+async def running_console(directory: Path, contoso_extra: str = "") -> AsyncIterator[Harness]:
+    """`contoso_extra`: TOML added after contoso_prod (more of Contoso's environments)."""
     tls = make_tls(directory / "tls", extra_names=())
     idp = IdentityProvider(
         host="",
@@ -232,7 +235,9 @@ async def running_console(directory: Path) -> AsyncIterator[Harness]:
     await site.start()
     port = next(a for a in runner.addresses if isinstance(a, tuple))[1]
     idp.host = f"https://127.0.0.1:{port}"
-    config = load_config(write_config(directory, idp.host, free_port(), tls), environ=ENVIRON)
+    config = load_config(
+        write_config(directory, idp.host, free_port(), tls, contoso_extra), environ=ENVIRON
+    )
     store = await open_store(config)
     clock = Clock()
     server = await start_console(config, store, clock=clock)

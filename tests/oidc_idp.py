@@ -69,6 +69,7 @@ class IdentityProvider:
     signing: str = "rs256"
     codes: dict[str, _Code] = field(default_factory=dict)
     issued: int = 0
+    keys_served: int = 0  # JWKS requests answered
 
     def __post_init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -168,6 +169,7 @@ class IdentityProvider:
         )
 
     async def _keys(self, _: web.Request) -> web.Response:
+        self.keys_served += 1
         jwk: dict[str, Any] = RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
         jwk.update({"kid": self.kid, "use": "sig", "kty": "RSA"})
         return web.json_response({"keys": [jwk]})

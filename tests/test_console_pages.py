@@ -79,6 +79,53 @@ async def test_resync_needs_the_sessions_csrf_token(h: Harness) -> None:
     assert actions.count("resync_refused") == 2
 
 
+async def test_resync_of_a_table_the_environment_does_not_mirror_is_404(tmp_path: Path) -> None:
+    """An operator's POST (valid CSRF token) for a table not in the environment's list, or, with
+    `tables = "all"`, one that has no state yet, answers 404 and writes no request; a table the
+    "all" environment did take up is queued."""
+    extra = '[[tenants.environments]]\nname = "contoso_all"\nurl = "https://contoso-all.crm.dynamics.com"\ntables = "all"\n'
+    async with running_console(tmp_path, contoso_extra=extra) as h:
+        now = dt.datetime.now(dt.UTC)
+        await checkpoints.ensure(h.store, "contoso_all", "account", now=now)
+        browser = await _signed_in(h, "olga")
+        token = _csrf(await (await browser.get(f"{h.url}/env/contoso_prod")).text())  # type: ignore[attr-defined]
+        for env, table in (("contoso_prod", "opportunity"), ("contoso_all", "acount")):
+            refused = await browser.post(  # type: ignore[attr-defined]
+                f"{h.url}/env/{env}/table/{table}/resync",
+                data={"csrf_token": token},
+                allow_redirects=False,
+            )
+            assert refused.status == 404, (env, table)
+        assert await h.resync_rows() == []
+        queued = await browser.post(  # type: ignore[attr-defined]
+            f"{h.url}/env/contoso_all/table/account/resync",
+            data={"csrf_token": token},
+            allow_redirects=False,
+        )
+        assert queued.status == 303
+        assert [(r["environment"], r["table_name"]) for r in await h.resync_rows()] == [
+            ("contoso_all", "account")
+        ]
+
+
+async def test_environment_audit_shows_its_tenants_sign_ins(h: Harness) -> None:
+    """The operator's environment page lists the sign-ins (and refused sign-ins) of its tenant's
+    users next to the environment's actions, and none of another tenant's users."""
+    for user in ("victor", "fay"):
+        assert (await h.sign_in(h.browser(), user)).status == 302
+    await h.sign_in(h.browser(), "nora")  # no role: refused, audited with her tenant
+    browser = await _signed_in(h, "olga")
+    html = await (await browser.get(f"{h.url}/env/contoso_prod")).text()  # type: ignore[attr-defined]
+    rows = re.findall(
+        r'<tr class="audit-row">.*?data-label="User">([^<]*)<.*?data-label="Action">([^<]*)<',
+        html,
+    )
+    shown = {(user, action) for user, action in rows}
+    assert (USERS["victor"].upn, "sign_in") in shown and (USERS["olga"].upn, "sign_in") in shown
+    assert any(action == "sign_in_refused" and "nora" in user for user, action in rows), rows
+    assert not any("fabrikam" in user for user, _ in rows), rows
+
+
 async def test_a_viewer_cannot_resync(h: Harness) -> None:
     """A viewer sees no resync button, and a POST with a valid CSRF token is still 403 with no
     request written."""
@@ -174,15 +221,28 @@ async def test_table_page_shows_columns_runs_and_plot(h: Harness) -> None:
 
 
 async def test_sign_out_goes_to_the_tenants_end_session_endpoint(h: Harness) -> None:
-    """Sign-out clears the session and redirects to the user's tenant's end_session_endpoint
-    with the console as post_logout_redirect_uri."""
+    """Sign-out is a POST with the session's CSRF token: a GET only shows the button, a POST
+    without or with a wrong token is 403 and the session stays; with it, the session is cleared
+    and the browser goes to the user's tenant's end_session_endpoint with the console as
+    post_logout_redirect_uri."""
     browser = await _signed_in(h, "olga")
-    response = await browser.get(f"{h.url}/auth/logout", allow_redirects=False)  # type: ignore[attr-defined]
-    assert response.status == 302
+    page = await browser.get(f"{h.url}/auth/logout", allow_redirects=False)  # type: ignore[attr-defined]
+    html = await page.text()
+    assert page.status == 200 and 'id="sign-out-button"' in html
+    assert (await browser.get(f"{h.url}/", allow_redirects=False)).status == 200  # type: ignore[attr-defined]
+    for form in ({}, {"csrf_token": "0" * 64}):
+        refused = await browser.post(f"{h.url}/auth/logout", data=form, allow_redirects=False)  # type: ignore[attr-defined]
+        assert refused.status == 403
+        assert (await browser.get(f"{h.url}/", allow_redirects=False)).status == 200  # type: ignore[attr-defined]
+    response = await browser.post(  # type: ignore[attr-defined]
+        f"{h.url}/auth/logout", data={"csrf_token": _csrf(html)}, allow_redirects=False
+    )
+    assert response.status == 303
     location = response.headers["Location"]
     assert location.startswith(f"{h.idp.host}/{USERS['olga'].tenant_id}/oauth2/v2.0/logout?")
     assert "post_logout_redirect_uri=" in location
     assert session_cookie(browser) is None  # type: ignore[arg-type]
+    assert (await browser.get(f"{h.url}/", allow_redirects=False)).status == 302  # type: ignore[attr-defined]
 
 
 async def test_bearer_tokens_for_the_app_id_uri(h: Harness) -> None:

@@ -4,13 +4,17 @@ refusal of issue 22 item 7, each leaving no session cookie behind."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from sync.console.tokens import KID_REFETCH_INTERVAL, DiscoveryClient, TokenRefused
 from tests.console_harness import (
+    CONTOSO,
     FABRIKAM,
     STRANGERS,
     Harness,
@@ -193,6 +197,53 @@ async def test_key_rotation_during_a_session(h: Harness) -> None:
     second = h.browser()
     assert (await h.sign_in(second, "victor")).status == 302
     assert (await second.get(f"{h.url}/")).status == 200
+
+
+async def test_unknown_kids_refetch_the_keys_at_most_once_per_interval(h: Harness) -> None:
+    """Tokens naming made-up kids make at most one JWKS request per interval (the first one
+    after the cache was filled), whatever their number; after the interval a rotated key is
+    found again. The API refuses such bearer tokens with 401 without a fetch each."""
+    clock = [1000.0]
+    discovery = DiscoveryClient(h.idp.host, ssl_context=h.ssl, clock=lambda: clock[0])
+    try:
+        jwks_uri = str((await discovery.metadata(CONTOSO))["jwks_uri"])
+        await discovery.signing_key(jwks_uri, h.idp.kid)
+        assert h.idp.keys_served == 1
+        for n in range(20):
+            with pytest.raises(TokenRefused):
+                await discovery.signing_key(jwks_uri, f"forged-{n}")
+        assert h.idp.keys_served == 2
+        h.idp.rotate()
+        clock[0] += KID_REFETCH_INTERVAL - 1
+        with pytest.raises(TokenRefused):
+            await discovery.signing_key(jwks_uri, h.idp.kid)
+        assert h.idp.keys_served == 2
+        clock[0] += 1
+        await discovery.signing_key(jwks_uri, h.idp.kid)
+        assert h.idp.keys_served == 3
+    finally:
+        await discovery.close()
+
+    browser = h.browser()
+    assert (await h.sign_in(browser, "olga")).status == 302
+    served = h.idp.keys_served
+    forged = h.idp.mint(h.idp.users[0], "api://" + h.config.console_app().client_id)
+    for n in range(10):
+        token = jwt_with_kid(forged, f"random-{n}")
+        response = await browser.get(
+            f"{h.url}/api/v1/environments", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status == 401
+    assert h.idp.keys_served <= served + 1
+
+
+def jwt_with_kid(token: str, kid: str) -> str:
+    """The same claims and signature under a header naming another kid (a forgery)."""
+    header, payload, signature = token.split(".")
+    decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    decoded["kid"] = kid
+    raw = base64.urlsafe_b64encode(json.dumps(decoded).encode()).rstrip(b"=").decode()
+    return f"{raw}.{payload}.{signature}"
 
 
 async def test_admin_tenant_sees_every_tenant(h: Harness) -> None:

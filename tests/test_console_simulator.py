@@ -4,6 +4,7 @@ redirect URI ignores the port, as Entra does for loopback)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,15 @@ async def test_operator_signs_in_through_the_simulator(
         page = await browser.get(f"{server.url}/env/contoso_prod")
         html = await page.text()
         assert page.status == 200 and 'id="resync-env-button"' in html
-        out = await browser.get(f"{server.url}/auth/logout", allow_redirects=False)
+        token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', html)
+        assert token, html[:2000]
+        out = await browser.post(
+            f"{server.url}/auth/logout",
+            data={"csrf_token": token.group(1)},
+            allow_redirects=False,
+        )
         contoso = tenant(ready, "contoso")["tenant_id"]
-        assert out.status == 302 and f"/{contoso}/oauth2/v2.0/logout" in out.headers["Location"]
+        assert out.status == 303 and f"/{contoso}/oauth2/v2.0/logout" in out.headers["Location"]
 
 
 def test_dvmirror_run_serves_the_console_beside_metrics(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ inserted, real rows deleted) and check the repair column by column against the s
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
 import sqlite3
 import uuid
@@ -18,6 +20,9 @@ from typing import Any
 
 import pytest
 
+from sync.config.loading import load_config
+from sync.store import checkpoints
+from sync.store.open import open_store
 from tests.cli import run_cli
 from tests.daemonproc import (
     DaemonProcess,
@@ -273,6 +278,39 @@ def test_invalid_requests_are_one_line_exit_2_and_write_nothing(
     assert len(lines) == 1 and expected in lines[0] and lines[0].startswith("dvmirror: error:")
     assert result.stdout == ""
     assert requests(database(config)) == []
+
+
+def test_with_tables_all_only_a_table_the_daemon_took_up_can_be_resynced(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """`tables = "all"`: a table without state in the store (never discovered: a typo, or not
+    in the environment) is refused with exit 2 and one line naming environment and table, and
+    nothing is queued; once the table has state, the same command queues it."""
+    config = write_config(sim, tmp_path, {"adatum_env": EnvSpec(("account",))})
+    config.write_text(config.read_text().replace('tables = ["account"]', 'tables = "all"'))
+    refused = run_cli("--config", config, "resync", "--env", "adatum_env", "--table", "acount")
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("dvmirror: error:") and "'acount'" in line and "adatum_env" in line
+    assert "not mirrored" in line and refused.stdout == ""
+    assert requests(database(config)) == []
+
+    async def take_up() -> None:  # what the daemon's discovery writes first: a state row
+        engine = await open_store(load_config(config, resolve_secrets=False))
+        try:
+            now = dt.datetime.now(dt.UTC)
+            await checkpoints.ensure(engine, "adatum_env", "account", now=now)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(take_up())
+    again = run_cli("--config", config, "resync", "--env", "adatum_env", "--table", "acount")
+    assert again.returncode == 2 and "mirrored so far: account" in again.stderr
+    queued = run_cli("--config", config, "resync", "--env", "adatum_env", "--table", "account")
+    assert queued.returncode == 0, queued.stderr
+    assert [(r["environment"], r["table_name"]) for r in requests(database(config))] == [
+        ("adatum_env", "account")
+    ]
 
 
 def test_a_request_for_a_parked_table_runs_at_once_instead_of_after_its_backoff(

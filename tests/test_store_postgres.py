@@ -286,3 +286,19 @@ async def test_a_page_with_a_tombstone_and_the_recreated_row_keeps_the_row(
     )
     stored = await fetch(pg_url, 'SELECT name, _dv_deleted_at FROM "contoso_prod"."account"')
     assert [tuple(r) for r in stored] == [("again", None)]
+
+
+async def test_run_pause_seconds_are_kept_and_summed(engine: Any) -> None:
+    """dv_run_history.paused_seconds (migration 0006) keeps fractions; the console's 24 h sum
+    and the table figures read them back on PostgreSQL as on SQLite."""
+    from sync.console import figures, queries
+
+    for paused in (2.75, 0.5):
+        run = await state.start_run(engine, "contoso_prod", "account", "sync", now=NOW)
+        await state.finish_run(
+            engine, run, status="ok", now=NOW, throttled=1, paused_seconds=paused
+        )
+    raw = await queries.control_rows(engine, since=NOW - figures.WINDOW)
+    (recent,) = [r for r in raw["recent"] if r["table_name"] == "account"]
+    assert float(recent["paused_seconds"]) == pytest.approx(3.25)
+    assert int(recent["throttled"]) == 2

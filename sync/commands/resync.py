@@ -17,7 +17,7 @@ from sync.config.model import Config, Environment
 from sync.config.values import TABLE_NAME
 from sync.errors import ConfigError
 from sync.store.open import open_store
-from sync.store.requests import Actor, Queued, request_resync
+from sync.store.requests import Actor, Queued, request_resync, unmirrored
 
 
 def os_user() -> str:
@@ -44,15 +44,9 @@ def resolve_target(
         )
     if table is None:
         return environment, None
-    if environment.tables == "all":
-        if not TABLE_NAME.match(table):
-            raise ConfigError(f"resync: {table!r} is not a Dataverse table logical name")
-    elif table not in environment.tables:
-        raise ConfigError(
-            f"resync: table {table!r} is not mirrored in environment {env_name} "
-            f"(its tables: {', '.join(environment.tables)})"
-        )
-    return environment, table
+    if not TABLE_NAME.match(table):
+        raise ConfigError(f"resync: {table!r} is not a Dataverse table logical name")
+    return environment, table  # whether it is mirrored: store.requests.unmirrored
 
 
 def describe(queued: Queued) -> str:
@@ -73,6 +67,9 @@ async def run_resync(
     environment, target = resolve_target(config, env, table, every_table)
     engine = await open_store(config)
     try:
+        reason = None if target is None else await unmirrored(engine, environment, target)
+        if reason is not None:
+            raise ConfigError(f"resync: {reason}")
         queued = await request_resync(
             engine, environment.name, target, actor=Actor(f"cli:{os_user()}")
         )

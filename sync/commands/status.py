@@ -71,6 +71,7 @@ async def read_control_rows(engine: AsyncEngine, *, since: dt.datetime) -> dict[
             run_history.c.table_name,
             func.coalesce(func.sum(run_history.c.throttled), 0).label("throttled"),
             func.coalesce(func.sum(run_history.c.requests), 0).label("requests"),
+            func.coalesce(func.sum(run_history.c.paused_seconds), 0).label("paused_seconds"),
         )
         .where(run_history.c.started_at >= since)
         .group_by(run_history.c.environment, run_history.c.table_name)
@@ -144,6 +145,10 @@ def _table_entry(
         "resync": None if resync is None else {"id": resync.id, "shown": resync.shown},
         "throttled_recent": int(recent["throttled"]) if recent else 0,
         "requests_recent": int(recent["requests"]) if recent else 0,
+        # Seconds the governor paused for the Retry-After of this table's 429s (24 h).
+        "retry_after_seconds_recent": round(float(recent["paused_seconds"] or 0), 3)
+        if recent
+        else 0.0,
         "last_run": (
             {
                 "status": latest["status"],
@@ -211,6 +216,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 "url": env.url,
                 "configured": True,
                 **_owner(owners.get(env.name), now),
+                "retry_after_seconds_recent": _paused(entries),
                 "tables": entries,
             }
         )
@@ -223,6 +229,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 "url": known.get("url"),
                 "configured": False,
                 **_owner(owners.get(name), now),
+                "retry_after_seconds_recent": _paused(tables_of(name, [])),
                 "tables": tables_of(name, []),
             }
         )
@@ -234,6 +241,10 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
         "resync_requests": [request.as_dict() for request in requests],
         "budgets": _budgets(config, rows["budgets"], now),
     }
+
+
+def _paused(tables: Iterable[Mapping[str, Any]]) -> float:
+    return round(sum(float(t["retry_after_seconds_recent"]) for t in tables), 3)
 
 
 def _owner(lease: Row | None, now: dt.datetime) -> dict[str, Any]:
@@ -284,6 +295,12 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
+def _pause_text(env: Mapping[str, Any]) -> str:
+    """Seconds with one decimal under a minute (a pause is often a few seconds)."""
+    seconds = float(env.get("retry_after_seconds_recent") or 0.0)
+    return f"{seconds:.1f}s" if seconds < 60 else _duration(seconds)
+
+
 def _short_time(iso: str | None) -> str:
     return "—" if iso is None else iso[:19].replace("T", " ") + "Z"
 
@@ -308,6 +325,8 @@ def render_compact(report: Mapping[str, Any], console: Console) -> None:
     for env in report["environments"]:
         label = env["name"] if env["configured"] else f"{env['name']} (not configured)"
         owner = f" — owner {escape(_owner_text(env))}"
+        if env["retry_after_seconds_recent"]:
+            owner += f" — Retry-After pause (24h) {_pause_text(env)}"
         console.print(f"\n[bold]{label}[/bold]{owner}", soft_wrap=True, highlight=False)
         if not env["tables"]:
             console.print("  no tables yet", soft_wrap=True)
@@ -390,11 +409,14 @@ def render(report: Mapping[str, Any], console: Console) -> None:
             )
     console.print(tables)
     owners = Table(title="Owners (leases)", title_justify="left")
-    for header in ("Environment", "Owner", "Lease expires"):
+    for header in ("Environment", "Owner", "Lease expires", "Retry-After pause (24h)"):
         owners.add_column(header, overflow="fold")
     for env in report["environments"]:
         owners.add_row(
-            env["name"], Text(env.get("owner") or "—"), _short_time(env.get("lease_expires_at"))
+            env["name"],
+            Text(env.get("owner") or "—"),
+            _short_time(env.get("lease_expires_at")),
+            _pause_text(env),
         )
     console.print(owners)
     render_resyncs(report, console)

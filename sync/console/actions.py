@@ -83,7 +83,11 @@ async def recent_requests(
     return out
 
 
-async def audit_rows(store: AsyncEngine, environment: str) -> list[dict[str, Any]]:
+async def audit_rows(
+    store: AsyncEngine, environment: str, tenant_id: str | None
+) -> list[dict[str, Any]]:
+    """The environment's actions, and the sign-ins (and refusals, sign-outs) of the users of
+    its tenant (`tenant_id`, the directory id)."""
     return [
         {
             "at": iso(entry.at),
@@ -94,5 +98,7 @@ async def audit_rows(store: AsyncEngine, environment: str) -> list[dict[str, Any
             "target": entry.target,
             "outcome": entry.outcome,
         }
-        for entry in await store_audit.list_audit(store, environment=environment, limit=50)
+        for entry in await store_audit.list_audit(
+            store, environment=environment, user_events_of=tenant_id, limit=50
+        )
     ]

@@ -1,5 +1,8 @@
 """`/auth/login`, `/auth/callback`, `/auth/logout`: thin handlers around oidc.SignIn.
 
+Sign-out is a POST with the session's CSRF token (a GET only shows the button), so another
+site cannot sign a user out with a link or an image.
+
 A refused sign-in leaves no session behind (the pending flow is taken out of the cookie before
 anything else) and is audited with what the refusal revealed about the user.
 """
@@ -102,22 +105,49 @@ async def _refused(request: web.Request, exc: SignInRefused) -> web.StreamRespon
     )
 
 
+async def logout_page(request: web.Request) -> web.StreamResponse:
+    """GET /auth/logout signs nobody out (a link or an image elsewhere must not): a page with
+    the sign-out button, whose POST carries the session's CSRF token."""
+    context = context_of(request)
+    principal = await session_principal(request)
+    if principal is None:
+        raise web.HTTPFound("/")
+    session = await get_session(request)
+    return aiohttp_jinja2.render_template(
+        "signout.html",
+        request,
+        {
+            "title": "Sign out",
+            "user": principal,
+            "is_operator": context.directory.can_operate(principal),
+            "csrf_token": context.policy.csrf_token(session),
+        },
+    )
+
+
 async def logout(request: web.Request) -> web.StreamResponse:
+    """POST /auth/logout with the CSRF token: clear the session, then the tenant's
+    end_session_endpoint. Without the right token: 403 and the session stays."""
     context = context_of(request)
     principal = await session_principal(request)
     session = await get_session(request)
-    session.invalidate()
     if principal is None:
-        raise web.HTTPFound("/")
+        session.invalidate()
+        raise web.HTTPSeeOther("/")
+    form = await request.post()
+    token = form.get("csrf_token")
+    if not context.policy.csrf_ok(session, token if isinstance(token, str) else None):
+        raise web.HTTPForbidden(text="the form's CSRF token is missing or wrong; reload the page")
+    session.invalidate()
     await actions.audit(context.store, actions.actor_for(principal), "sign_out", outcome="ok")
     try:
         metadata = await context.discovery.metadata(principal.tid)
     except TokenRefused:
-        raise web.HTTPFound("/") from None
+        raise web.HTTPSeeOther("/") from None
     endpoint = metadata.get("end_session_endpoint")
     if not isinstance(endpoint, str):
-        raise web.HTTPFound("/")
-    raise web.HTTPFound(
+        raise web.HTTPSeeOther("/")
+    raise web.HTTPSeeOther(
         context.sign_in.end_session_url(endpoint, context.settings.public_url + "/")
     )
 
@@ -125,4 +155,5 @@ async def logout(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/auth/login", login)
     app.router.add_get("/auth/callback", callback)
-    app.router.add_get("/auth/logout", logout)
+    app.router.add_get("/auth/logout", logout_page)
+    app.router.add_post("/auth/logout", logout)

@@ -91,6 +91,7 @@ def table_entry(
         "fix": fix_for(message, config, tenant, env) if message and parked else None,
         "requests_24h": int(recent.get("requests") or 0),
         "throttled_24h": int(recent.get("throttled") or 0),
+        "retry_after_seconds_24h": round(float(recent.get("paused_seconds") or 0.0), 3),
         "running": bool(recent.get("running")),
     }
 
@@ -148,8 +149,9 @@ def environment_entry(
         "never_synced": sum(1 for t in tables if t["lag_seconds"] is None),
         "requests_24h": sum(t["requests_24h"] for t in tables),
         "throttled_24h": sum(t["throttled_24h"] for t in tables),
-        # Retry-After pauses are counted by the governor (/metrics), not yet kept in the store.
-        "retry_after_seconds_24h": None,
+        # The Retry-After pause the governor held this environment's user back for, as the
+        # runs of the last 24 h recorded it (each run keeps the pause its own 429s started).
+        "retry_after_seconds_24h": round(sum(t["retry_after_seconds_24h"] for t in tables), 3),
         "budget": budget,
         "whoami": {
             "ok": whoami_ok,
@@ -200,6 +202,7 @@ def run_entry(row: Row) -> dict[str, Any]:
         "rows_deleted": int(row.get("rows_deleted") or 0),
         "requests": int(row.get("requests") or 0),
         "throttled": int(row.get("throttled") or 0),
+        "paused_seconds": round(float(row.get("paused_seconds") or 0.0), 3),
         "error": mask_text(str(row["error"])) if row.get("error") else None,
     }
 

@@ -42,6 +42,7 @@ async def control_rows(
             run_history.c.table_name,
             func.coalesce(func.sum(run_history.c.throttled), 0).label("throttled"),
             func.coalesce(func.sum(run_history.c.requests), 0).label("requests"),
+            func.coalesce(func.sum(run_history.c.paused_seconds), 0).label("paused_seconds"),
             func.sum((run_history.c.status == "running").cast(Integer)).label("running"),
         )
         .where(run_history.c.started_at >= since)

@@ -3,7 +3,9 @@
 Everything cryptographic is PyJWT's: the signature is checked with RS256 only (so `none` and
 HS256 signed with the public key are refused), against the keys at the jwks_uri of the token's
 own tenant (from that tenant's OpenID configuration on the authority host). Keys are cached;
-a `kid` the cache does not know refetches the set once, so a key rotation is survived. `aud`
+a `kid` the cache does not know refetches the set, so a key rotation is survived, but at most
+once per KID_REFETCH_INTERVAL per jwks_uri: tokens with made-up kids cannot make us hammer
+the authority (a real rotation right after such a token waits out the interval). `aud`
 must be the client id (or, for bearer tokens, the App ID URI), `iss` the issuer template filled
 in with the token's own `tid`, as Microsoft documents for multi-tenant apps; exp/nbf allow at
 most five minutes of clock skew. What the token says about the user becomes an `Identity`.
@@ -26,6 +28,7 @@ from sync.config.values import GUID
 
 ALGORITHMS = ("RS256",)
 LEEWAY_SECONDS = 300  # the documented clock skew allowance; never more
+KID_REFETCH_INTERVAL = 300.0  # seconds between refetches for an unknown kid
 METADATA_TTL = 3600.0
 FETCH_TIMEOUT = 10.0
 TENANT_PLACEHOLDERS = ("{tenantid}", "{tenant}")
@@ -75,6 +78,7 @@ class DiscoveryClient:
         self._clock = clock
         self._metadata: dict[str, _Cached] = {}
         self._keys: dict[str, _Cached] = {}
+        self._kid_refetched_at: dict[str, float] = {}  # jwks_uri -> when, for an unknown kid
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
 
@@ -115,10 +119,17 @@ class DiscoveryClient:
         return document
 
     async def signing_key(self, jwks_uri: str, kid: str) -> jwt.PyJWK:
-        """The key `kid` of a JWK set; an unknown kid refetches the set once (rotation)."""
+        """The key `kid` of a JWK set; an unknown kid refetches the set (rotation), at most
+        once per KID_REFETCH_INTERVAL per jwks_uri."""
         async with self._lock:
             cached = self._keys.get(jwks_uri)
             key = _find(cached.value, kid) if cached else None
+            now = self._clock()
+            if key is None and cached is not None:
+                last = self._kid_refetched_at.get(jwks_uri)
+                if last is not None and now - last < KID_REFETCH_INTERVAL:
+                    raise TokenRefused(f"no signing key {kid!r} at the tenant's jwks_uri")
+                self._kid_refetched_at[jwks_uri] = now
             if key is None:
                 document = await self._get_json(jwks_uri)
                 self._keys[jwks_uri] = _Cached(document, self._clock())

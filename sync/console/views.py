@@ -20,6 +20,7 @@ from sync.console.authz import Principal
 from sync.console.context import ConsoleContext, context_of, session_principal
 from sync.console.security import safe_next
 from sync.store.open import redact_url
+from sync.store.requests import unmirrored
 
 REFRESH_SECONDS = 10
 
@@ -98,7 +99,11 @@ async def environment_page(request: web.Request) -> web.StreamResponse:
             "requests": await actions.recent_requests(
                 context.store, env.name, since=now - figures.WINDOW
             ),
-            "audit": await actions.audit_rows(context.store, env.name) if operator else [],
+            "audit": await actions.audit_rows(
+                context.store, env.name, context.directory.tenants.get(tenant.name)
+            )
+            if operator
+            else [],
         },
     )
 
@@ -170,7 +175,7 @@ async def _resync(request: web.Request, table: str | None) -> web.StreamResponse
             target=target,
         )
         raise web.HTTPForbidden(text=f"resync needs the {context.directory.operator_role} role")
-    if table is not None and (env.tables != "all" and table not in env.tables):
+    if table is not None and await unmirrored(context.store, env, table) is not None:
         raise web.HTTPNotFound(text="not found")
     await actions.request_resync(context.store, principal, env.name, table)
     back = f"/env/{env.name}" + (f"/table/{table}" if table else "")

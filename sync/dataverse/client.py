@@ -110,8 +110,9 @@ class RequestSlot(Protocol):
         """The last look before the request is written: False if it must not leave now
         (the slot is then recalled, and the request waits for a new one)."""
 
-    def observe(self, status: int, headers: Mapping[str, str], error_code: object = None) -> None:
-        """Report a response (599 and no headers when none came)."""
+    def observe(self, status: int, headers: Mapping[str, str], error_code: object = None) -> float:
+        """Report a response (599 and no headers when none came); returns the seconds it
+        added to the user's Retry-After pause (0 unless it was a 429 that extended it)."""
 
 
 class RequestGate(Protocol):
@@ -127,20 +128,28 @@ class RequestGate(Protocol):
 
 @dataclass
 class RequestTally:
-    """Responses per table (requests and 429s), so each run can record what it cost."""
+    """Responses per table (requests, 429s and the Retry-After pause seconds those 429s
+    started), so each run can record what it cost."""
 
     requests: dict[str, int] = field(default_factory=dict)
     throttled: dict[str, int] = field(default_factory=dict)
+    paused: dict[str, float] = field(default_factory=dict)
 
-    def count(self, table: str | None, status: int) -> None:
+    def count(self, table: str | None, status: int, paused: float = 0.0) -> None:
         key = table or ""
         self.requests[key] = self.requests.get(key, 0) + 1
         if status == 429:
             self.throttled[key] = self.throttled.get(key, 0) + 1
+        if paused > 0:
+            self.paused[key] = self.paused.get(key, 0.0) + paused
 
-    def of(self, table: str) -> tuple[int, int]:
-        """(requests, 429s) of one table so far."""
-        return self.requests.get(table, 0), self.throttled.get(table, 0)
+    def of(self, table: str) -> tuple[int, int, float]:
+        """(requests, 429s, Retry-After pause seconds) of one table so far."""
+        return (
+            self.requests.get(table, 0),
+            self.throttled.get(table, 0),
+            self.paused.get(table, 0.0),
+        )
 
 
 class DataverseClient:
@@ -318,10 +327,10 @@ class DataverseClient:
         refreshed = False
         while True:
             token = await self._tokens.token(self.scope, force_refresh=refreshed)
-            status, response_headers, document = await self._send(
+            status, response_headers, document, paused = await self._send(
                 url, headers, token, decoder, cost_class
             )
-            self.tally.count(table, status)
+            self.tally.count(table, status, paused)
             decision = classify(status, response_headers, document)
             if decision.kind is Kind.OK:
                 if document is None:
@@ -358,8 +367,9 @@ class DataverseClient:
 
     async def _send(
         self, url: str, headers: dict[str, str], token: str, decoder: Decoder, cost_class: str
-    ) -> tuple[int, Mapping[str, str], Any]:
-        """One GET under a governor slot. Returns status, headers and the decoded body.
+    ) -> tuple[int, Mapping[str, str], Any, float]:
+        """One GET under a governor slot. Returns status, headers, the decoded body and the
+        seconds the response added to the Retry-After pause.
 
         A 2xx body goes through `decoder` (after the slot is released: parsing is not a
         request); any other body is decoded as JSON so that classify() can read its error code.
@@ -389,14 +399,14 @@ class DataverseClient:
                     DEPARTING.reset(departing)
                 success = 200 <= status < 300
                 document = None if success else decode_json(body)
-                slot.observe(status, response_headers, error_code=_error_code(document))
+                paused = slot.observe(status, response_headers, error_code=_error_code(document))
             break
         if success and body:
             if len(body) >= OFF_LOOP_BYTES:
                 document = await asyncio.to_thread(decoder, body)
             else:
                 document = decoder(body)
-        return status, response_headers, document
+        return status, response_headers, document, paused
 
 
 def decode_json(body: bytes) -> Any:

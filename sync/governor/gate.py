@@ -178,9 +178,9 @@ class Slot:
         self.recalled = True
         return False
 
-    def observe(self, status: int, headers: Mapping[str, str], error_code: object = None) -> None:
+    def observe(self, status: int, headers: Mapping[str, str], error_code: object = None) -> float:
         self.observed = True
-        self._governor.observe(status, headers, error_code=error_code, sent_at=self.sent_at)
+        return self._governor.observe(status, headers, error_code=error_code, sent_at=self.sent_at)
 
 
 class Governor:
@@ -315,13 +315,17 @@ class Governor:
         *,
         error_code: object = None,
         sent_at: float | None = None,
-    ) -> None:
-        """Feed one response to the core (status, rate headers, throttle code)."""
+    ) -> float:
+        """Feed one response to the core (status, rate headers, throttle code). Returns the
+        seconds this response added to the Retry-After pause (0 for most), so the caller can
+        charge them to the table whose request drew the 429."""
         observation = observation_from(status, headers, error_code=error_code)
         if self.on_response is not None:
             self.on_response(status)
         now = self._clock()
+        paused_before = self.core.stats.paused_seconds
         self.core.observe(observation, now, sent_at)
+        added = self.core.stats.paused_seconds - paused_before
         if observation.throttled:
             log.info(
                 "user_throttled",
@@ -331,6 +335,7 @@ class Governor:
                 concurrency=math.floor(self.core.limit),
             )
         self._notify()
+        return added
 
     def snapshot(self) -> dict[str, Any]:
         """Current concurrency, pause, throttle counts and waits, for status and metrics."""

@@ -118,7 +118,7 @@ class TableJob:
         self.layout: MirrorLayout | None = None
         self.cursor = cur.TableState()
         self.run_id: int | None = None
-        self._tally_start = (0, 0)
+        self._tally_start: tuple[int, int, float] = (0, 0, 0.0)
         self.total_estimate: int | None = None
         self.pages = self.upserted = self.deleted = 0
         self.reconcile = False
@@ -373,7 +373,7 @@ class TableJob:
                     retry_at=retry_at,
                 )
             if self.run_id is not None:
-                requests, throttled = self.client.tally.of(self.table)
+                requests, throttled, paused = self.client.tally.of(self.table)
                 await state.finish_run(
                     self.store,
                     self.run_id,
@@ -382,6 +382,7 @@ class TableJob:
                     error=message,
                     requests=requests - self._tally_start[0],
                     throttled=throttled - self._tally_start[1],
+                    paused_seconds=paused - self._tally_start[2],
                 )
         except LeaseLostError as exc:  # lost between the last page and this record
             log.warning("run_record_skipped", environment=env, table=self.table, error=exc.message)

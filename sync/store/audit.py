@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
@@ -110,11 +110,22 @@ async def list_audit(
     *,
     environment: str | None = None,
     tenant_id: str | None = None,
+    user_events_of: str | None = None,
     limit: int = 100,
 ) -> list[AuditEntry]:
-    """Audit rows, most recent first, optionally of one environment or one user tenant."""
+    """Audit rows, most recent first, optionally of one environment or one user tenant.
+
+    `user_events_of` (a directory id) adds, to an environment's rows, the rows about no
+    environment (sign-ins, refusals, sign-outs) of that tenant's users."""
     query = select(audit).order_by(audit.c.id.desc()).limit(limit)
-    if environment is not None:
+    if environment is not None and user_events_of is not None:
+        query = query.where(
+            or_(
+                audit.c.environment == environment,
+                and_(audit.c.environment.is_(None), audit.c.tenant_id == user_events_of),
+            )
+        )
+    elif environment is not None:
         query = query.where(audit.c.environment == environment)
     if tenant_id is not None:
         query = query.where(audit.c.tenant_id == tenant_id)

@@ -326,6 +326,7 @@ async def finish_run(
     error: str | None = None,
     requests: int = 0,
     throttled: int = 0,
+    paused_seconds: float = 0.0,
 ) -> None:
     finish = (
         update(run_history)
@@ -336,6 +337,7 @@ async def finish_run(
             error=error[:2000] if error else None,
             requests=requests,
             throttled=throttled,
+            paused_seconds=round(paused_seconds, 3),
         )
     )
     await write_control(engine, [finish], environment="", table="(runs)")

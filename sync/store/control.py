@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -107,6 +108,8 @@ run_history = Table(
     Column("pages", Integer, nullable=False, server_default="0"),
     Column("requests", Integer, nullable=False, server_default="0"),
     Column("throttled", Integer, nullable=False, server_default="0"),
+    # Seconds of Retry-After pause that this run's 429s started (the governor's count).
+    Column("paused_seconds", Float, nullable=False, server_default="0"),
     Column("error", Text),
     Index(None, "environment", "table_name", "started_at"),
 )

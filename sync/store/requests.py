@@ -23,10 +23,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
+from sync.config.model import Environment
 from sync.errors import StoreError
 from sync.store import key_ranges
 from sync.store.audit import Actor, audit_row, one_line
-from sync.store.checkpoints import TableState, checkpoint_statements, utc
+from sync.store.checkpoints import TableState, checkpoint_statements, statuses, utc
 from sync.store.control import resync_requests, sync_state
 from sync.store.dialects import dialect_for
 from sync.store.leases import token_stamp
@@ -34,6 +35,28 @@ from sync.store.writer import database_of, map_store_errors, patiently, write_co
 
 State = Literal["requested", "running", "done", "failed"]
 OPEN_STATES: tuple[State, ...] = ("requested", "running")
+
+
+async def unmirrored(engine: AsyncEngine, environment: Environment, table: str) -> str | None:
+    """Why `table` cannot be resynced in `environment` (None: it can): it is not in the
+    configured list, or, with `tables = "all"` (discovered at run time), the daemon has not
+    taken it up (no state row). The one check behind `dvmirror resync` and the console: a
+    typo must not queue a request that no run will ever serve."""
+    if environment.tables != "all":
+        if table in environment.tables:
+            return None
+        return (
+            f"table {table!r} is not mirrored in environment {environment.name} "
+            f"(its tables: {', '.join(environment.tables)})"
+        )
+    known = sorted(status.table for status in await statuses(engine, environment.name))
+    if table in known:
+        return None
+    shown = ", ".join(known) or "none yet: the daemon has not discovered them"
+    return (
+        f"table {table!r} is not mirrored in environment {environment.name} "
+        f'(tables = "all"; mirrored so far: {shown})'
+    )
 
 
 def open_key(environment: str, table: str | None) -> str:
