@@ -43,6 +43,7 @@ from rich.table import Table
 from sqlalchemy import text
 
 from sync.bench.child import ChildRun, run_dvmirror
+from sync.bench.cores import plan, running_on
 from sync.bench.postgres import bench_databases
 from sync.bench.reader import ReadResult, read_tables
 from sync.bench.world import (
@@ -315,7 +316,12 @@ async def run_side_by_side(
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dvmirror-bench-")))
         scenario_file = workdir / "scenario.toml"
         scenario_file.write_text(world.scenario_toml(), encoding="utf-8")
-        process, ready = await start_simulator(scenario_file, workdir / "simulator")
+        split = plan()
+        if split is not None:
+            say(console, f"  {split.describe()}")
+        with running_on(split and split.server):  # the simulator's threads inherit it
+            process, ready = await start_simulator(scenario_file, workdir / "simulator")
+        stack.enter_context(running_on(split and split.client))
         try:
             checks: list[Callable[[], Awaitable[None]]] = []
             for part in world.parts:
