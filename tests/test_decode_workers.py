@@ -338,3 +338,13 @@ def test_the_wiring_owns_a_pool_sized_by_the_configuration(tmp_path: Path) -> No
         assert all(map(gone, workers))
 
     asyncio.run(scenario())
+
+
+def test_no_worker_process_on_a_single_cpu() -> None:
+    """A worker helps only beside the writer, on another CPU: on one CPU it is never started."""
+    from sync.mirror.decode_workers import effective_workers
+
+    assert effective_workers(1, 1) == 0
+    assert effective_workers(3, 1) == 0
+    assert effective_workers(1, 2) == 1
+    assert effective_workers(0, 8) == 0

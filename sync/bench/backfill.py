@@ -319,9 +319,9 @@ async def run_side_by_side(
         split = plan()
         if split is not None:
             say(console, f"  {split.describe()}")
-        with running_on(split and split.server):  # the simulator's threads inherit it
+        with running_on(split.server if split else None):  # the simulator's threads inherit it
             process, ready = await start_simulator(scenario_file, workdir / "simulator")
-        stack.enter_context(running_on(split and split.client))
+        stack.enter_context(running_on(split.client if split else None))
         try:
             checks: list[Callable[[], Awaitable[None]]] = []
             for part in world.parts:
