@@ -346,7 +346,7 @@ def sync_command(state: State, once: bool) -> None:
     "--scenario",
     help=(
         "Compare `dvmirror backfill` with a plain concurrent reader under this simulator "
-        "scenario: latency, throttled, store, or a scenario file."
+        "scenario: latency, throttled, store, cpu, or a scenario file."
     ),
 )
 @click.option(
@@ -396,7 +396,7 @@ def bench(
 
         sys.exit(run_pipeline_bench(rows, console=Console(), rss_rows=rss_rows))
     if scenario is None:
-        raise click.UsageError("give --scenario latency|throttled|FILE, or --pipeline")
+        raise click.UsageError("give --scenario latency|throttled|store|cpu|FILE, or --pipeline")
     from sync.bench.backfill import run_side_by_side
 
     sys.exit(

@@ -1,4 +1,4 @@
-"""`dvmirror bench --scenario latency|throttled|store|FILE [--postgres URL]`: dvmirror backfill
+"""`dvmirror bench --scenario latency|throttled|store|cpu|FILE [--postgres URL]`: dvmirror backfill
 against a plain reader, and into PostgreSQL against into SQLite.
 
 One run, one simulator (sync.bench.world builds its scenario), parts measured one after the
@@ -15,6 +15,10 @@ a fresh PostgreSQL database on that server (sync.bench.postgres: created for the
 at the end), as its own application user, right after the backfill into SQLite. Both backfills
 are the same command with the same configuration but for `[store] url` and the user, each into
 an empty store (migrations included); the table adds their ratio, PostgreSQL ÷ SQLite.
+
+With two CPUs or more the simulator runs on one and the client side (this process, which
+hosts the plain reader, and the dvmirror children) on the others, for every side alike
+(sync.bench.cores), so that a side that works locally does not also take the simulator's CPU.
 
 `dvmirror backfill` is the real command line in a child process, with a generated
 configuration and a fresh data directory; its seconds are the child's wall time, start-up,
