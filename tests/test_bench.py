@@ -153,3 +153,16 @@ def test_bench_refuses_a_scale_outside_zero_to_one() -> None:
     result = run_cli("bench", "--scenario", "latency", "--rows-scale", "0")
     assert result.returncode == 2
     assert "--rows-scale" in result.stderr
+
+
+def test_the_simulator_gets_one_cpu_and_the_client_side_the_others() -> None:
+    from sync.bench.cores import split_cpus
+
+    assert split_cpus({0}) is None
+    split = split_cpus({0, 1})
+    assert split is not None
+    assert (split.server, split.client) == ({1}, {0})
+    split = split_cpus({2, 5, 7, 3})
+    assert split is not None
+    assert (split.server, split.client) == ({7}, {2, 3, 5})
+    assert "simulator pinned to CPU 7" in split.describe()

@@ -338,3 +338,27 @@ def test_the_wiring_owns_a_pool_sized_by_the_configuration(tmp_path: Path) -> No
         assert all(map(gone, workers))
 
     asyncio.run(scenario())
+
+
+def test_no_worker_process_on_a_single_cpu() -> None:
+    """A worker helps only beside the writer, on another CPU: on one CPU it is never started."""
+    from sync.mirror.decode_workers import effective_workers
+
+    assert effective_workers(1, 1) == 0
+    assert effective_workers(3, 1) == 0
+    assert effective_workers(1, 2) == 1
+    assert effective_workers(0, 8) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_usable_cpus_follow_the_affinity() -> None:
+    """`taskset -c 0 dvmirror …` (or a one-CPU cpuset) counts as one CPU, whatever the machine."""
+    from sync.mirror.decode_workers import usable_cpus
+
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert usable_cpus() == 1
+    finally:
+        os.sched_setaffinity(0, before)
+    assert usable_cpus() == len(before)

@@ -235,3 +235,19 @@ def test_column_checks_accept_exactly_what_the_patterns_accept(sql_type: str) ->
         assert check([sample]) == bool(pattern.fullmatch(sample)), sample
         assert check([*good, None, sample, *good]) == bool(pattern.fullmatch(sample)), sample
     assert check([None, None]) and check([])
+
+
+def test_protect_decimals_quotes_every_numeric_key_in_one_pass() -> None:
+    """Several numeric keys, exponents, negatives and nulls: each number of a listed key becomes
+    its exact text, other keys and non-numbers stay as they are."""
+    body = (
+        b'{"value":[{"revenue":-0.10,"budget":1E+3,"hours":12,"count":5},'
+        b'{"revenue":null,"budget":99999999999999999.99,"hours":"n/a"}]}'
+    )
+    protected, count = protect_decimals(body, ["revenue", "budget", "hours"])
+    assert count == 4
+    assert orjson.loads(protected)["value"] == [
+        {"revenue": "-0.10", "budget": "1E+3", "hours": "12", "count": 5},
+        {"revenue": None, "budget": "99999999999999999.99", "hours": "n/a"},
+    ]
+    assert protect_decimals(body, []) == (body, 0)

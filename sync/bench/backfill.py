@@ -1,4 +1,4 @@
-"""`dvmirror bench --scenario latency|throttled|store|FILE [--postgres URL]`: dvmirror backfill
+"""`dvmirror bench --scenario latency|throttled|store|cpu|FILE [--postgres URL]`: dvmirror backfill
 against a plain reader, and into PostgreSQL against into SQLite.
 
 One run, one simulator (sync.bench.world builds its scenario), parts measured one after the
@@ -15,6 +15,10 @@ a fresh PostgreSQL database on that server (sync.bench.postgres: created for the
 at the end), as its own application user, right after the backfill into SQLite. Both backfills
 are the same command with the same configuration but for `[store] url` and the user, each into
 an empty store (migrations included); the table adds their ratio, PostgreSQL ÷ SQLite.
+
+With two CPUs or more the simulator runs on one and the client side (this process, which
+hosts the plain reader, and the dvmirror children) on the others, for every side alike
+(sync.bench.cores), so that a side that works locally does not also take the simulator's CPU.
 
 `dvmirror backfill` is the real command line in a child process, with a generated
 configuration and a fresh data directory; its seconds are the child's wall time, start-up,
@@ -43,6 +47,7 @@ from rich.table import Table
 from sqlalchemy import text
 
 from sync.bench.child import ChildRun, run_dvmirror
+from sync.bench.cores import plan, running_on
 from sync.bench.postgres import bench_databases
 from sync.bench.reader import ReadResult, read_tables
 from sync.bench.world import (
@@ -315,7 +320,12 @@ async def run_side_by_side(
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dvmirror-bench-")))
         scenario_file = workdir / "scenario.toml"
         scenario_file.write_text(world.scenario_toml(), encoding="utf-8")
-        process, ready = await start_simulator(scenario_file, workdir / "simulator")
+        split = plan()
+        if split is not None:
+            say(console, f"  {split.describe()}")
+        with running_on(split.server if split else None):  # the simulator's threads inherit it
+            process, ready = await start_simulator(scenario_file, workdir / "simulator")
+        stack.enter_context(running_on(split.client if split else None))
         try:
             checks: list[Callable[[], Awaitable[None]]] = []
             for part in world.parts:

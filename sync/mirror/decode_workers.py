@@ -6,7 +6,8 @@ overlapping. A worker process has its own GIL and runs on another core; the pare
 unpickles the typed tuples (row dicts are not sent back unless the shaper keeps them).
 
 A `DecodePool` has `workers` worker slots (`daemon.decode_workers`, default 1; 0 decodes every
-page in the caller). The commands and the daemon own one through their `Wiring`, which hands it
+page in the caller, and so does a process allowed on one CPU only: `effective_workers`). The
+commands and the daemon own one through their `Wiring`, which hands it
 to the clients and shuts it down on close; there is no process-wide pool. A large page goes to
 the first idle worker (started on first use, so a pool only grows as far as pages overlap); when
 every worker is busy, the caller decodes it itself, as it does pages under `OFF_PROCESS_BYTES`
@@ -168,6 +169,19 @@ class DecodePool:
         worker.stdin.flush()
         answer: tuple[bool, Any] = pickle.load(worker.stdout)  # noqa: S301 - our own worker
         return answer
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def effective_workers(configured: int, cpus: int) -> int:
+    """Worker processes worth starting: none on a single CPU, where a worker cannot run beside
+    the writer and shipping each page to it and back only adds the pickling to that one CPU."""
+    return configured if cpus >= 2 else 0
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -3,7 +3,8 @@
 One `TokenProviders` (one MSAL client per tenant authority), one `TenantBudget` per tenant
 that has a daily request budget (persisted in the control database), one `Governor`
 per environment — the environment's application user — shared by all its table workers, and
-one `DecodePool` (`daemon.decode_workers` processes) shared by all clients, stopped on `close()`.
+one `DecodePool` (`daemon.decode_workers` processes; none when the process may use one CPU
+only) shared by all clients, stopped on `close()`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sync.governor.budget_store import SqlBudgetStore
 from sync.governor.gate import Governor, TenantBudget
 from sync.limits import CONCURRENT_REQUESTS_PER_USER
 from sync.logs import get_logger
-from sync.mirror.decode_workers import DecodePool
+from sync.mirror.decode_workers import DecodePool, effective_workers, usable_cpus
 from sync.mirror.fetch import ExactClient
 from sync.runtime.metrics import Metrics
 
@@ -34,7 +35,8 @@ class Wiring:
         self.metrics = metrics
         self.tokens = TokenProviders(config)
         self._budgets: dict[str, TenantBudget] = {}
-        self.decode_pool = DecodePool(config.settings.daemon.decode_workers)
+        workers = effective_workers(config.settings.daemon.decode_workers, usable_cpus())
+        self.decode_pool = DecodePool(workers)
         # daemon.max_concurrency: requests in flight across every environment of the process.
         self.request_cap = asyncio.Semaphore(config.settings.daemon.max_concurrency)
 
