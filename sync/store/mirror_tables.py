@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.logs import get_logger
 from sync.store.control import mirror_columns
 from sync.store.dialects import Dialect, TableWriter, dialect_for
-from sync.store.layout import MirrorColumn, SqlType, TableSchema
+from sync.store.layout import COMMIT_SEQ_COLUMN, MirrorColumn, SqlType, TableSchema
 from sync.store.writer import execute_ddl, map_store_errors
 
 log = get_logger(__name__)
@@ -253,8 +253,12 @@ async def ensure_mirror(
         table_exists=existing is not None,
         same_storage=dialect.same_storage,
     )
-    if plan.changed:
+    # A mirror made before the change feed gets its `_dv_commit_seq` (NULL on old rows).
+    feedless = existing is not None and COMMIT_SEQ_COLUMN not in existing
+    if plan.changed or feedless:
         steps = _ddl(dialect, environment, schema, plan, now)
+        if feedless:
+            steps = [*dialect.add_commit_seq(environment, schema.table), *steps]
         await execute_ddl(engine, steps, table=schema.table, environment=environment)
         for change in plan.retyped:
             log.warning(
