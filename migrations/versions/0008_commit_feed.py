@@ -93,7 +93,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
-    op.execute("DROP VIEW IF EXISTS " + ("dvmirror.table_status" if postgres else "dv_table_status"))
+    op.execute(
+        "DROP VIEW IF EXISTS " + ("dvmirror.table_status" if postgres else "dv_table_status")
+    )
     with op.batch_alter_table("_dv_deletions") as batch:
         batch.drop_index(batch.f("ix__dv_deletions_environment__dv_commit_seq"))
         batch.drop_column("_dv_commit_seq")

