@@ -106,7 +106,7 @@ def ref(engine: Any) -> str:
 
 
 async def seqs(engine: Any) -> dict[str, int | None]:
-    found = await fetch(engine, f"SELECT accountid, _dv_commit_seq FROM {ref(engine)}")  # noqa: S608
+    found = await fetch(engine, f"SELECT accountid, _dv_commit_seq FROM {ref(engine)}")
     return {str(k): s for k, s in found}
 
 
@@ -125,7 +125,7 @@ async def test_only_real_changes_take_a_number(engine: Any) -> None:
     assert (unknown.deleted, unknown.commit_seq) == (0, None)
     assert await feed_rows(engine) == [(1, "account", 2, 0)]
     # The identical page still stamped the rows (full passes and the sweep rely on it).
-    synced = await fetch(engine, f"SELECT _dv_synced_at FROM {ref(engine)}")  # noqa: S608
+    synced = await fetch(engine, f"SELECT _dv_synced_at FROM {ref(engine)}")
     assert {str(s[0])[:10] for s in synced} == {"2026-01-02"}
 
     changed = await commit(engine, layout, t[4], rows=[row(1, "a", 1), row(2, "b2", 2)])
@@ -182,7 +182,7 @@ class Poller:
             window = {"last": self.last, "newest": newest}
             rows = await conn.execute(
                 text(
-                    f"SELECT accountid, name, _dv_version, _dv_commit_seq FROM {ref(engine)} "  # noqa: S608
+                    f"SELECT accountid, name, _dv_version, _dv_commit_seq FROM {ref(engine)} "
                     "WHERE _dv_commit_seq > :last AND _dv_commit_seq <= :newest"
                 ),
                 window,
@@ -215,7 +215,7 @@ class StampPoller:
         where = "" if self.last is None else "WHERE _dv_synced_at > :last"
         found = await fetch(
             engine,
-            f"SELECT accountid, name, _dv_version, _dv_synced_at FROM {ref(engine)} {where}",  # noqa: S608
+            f"SELECT accountid, name, _dv_version, _dv_synced_at FROM {ref(engine)} {where}",
             last=self.last,
         )
         for id_, name, version, synced in found:
@@ -224,7 +224,7 @@ class StampPoller:
 
 
 async def mirror_copy(engine: Any) -> dict[str, tuple[str, int]]:
-    found = await fetch(engine, f"SELECT accountid, name, _dv_version FROM {ref(engine)}")  # noqa: S608
+    found = await fetch(engine, f"SELECT accountid, name, _dv_version FROM {ref(engine)}")
     return {str(k): (n, int(v)) for k, n, v in found}
 
 
