@@ -382,3 +382,26 @@ async def test_feed_command_and_status_give_the_newest_number(
     assert unknown.stderr.count("\n") == 1 and "environment 'nope' is not in" in unknown.stderr
     negative = run_cli("--config", config, "feed", "--env", ENV, "--since", "-1", env=secret)
     assert negative.returncode == 2 and "Traceback" not in negative.stderr
+
+
+async def test_a_mirror_made_before_the_feed_gets_its_column(engine: Any) -> None:
+    """The mirror DDL's drift path adds `_dv_commit_seq` (and its index) to an older mirror:
+    its rows keep NULL until they change, and changes from then on are numbered."""
+    layout = await mirror(engine)
+    await commit(engine, layout, stamp(NOW), rows=[row(1, "a", 1), row(2, "b", 1)])
+    async with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            for (index,) in await conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE "
+                "'%_dv_commit_seq%' AND tbl_name = 'contoso_prod__account'"
+            ):
+                await conn.exec_driver_sql(f'DROP INDEX "{index}"')
+        await conn.exec_driver_sql(f"ALTER TABLE {ref(engine)} DROP COLUMN _dv_commit_seq")
+    older = await mirror(engine)
+    assert await seqs(engine) == {key(1): None, key(2): None}
+    later = stamp(NOW + timedelta(minutes=1))
+    counts = await commit(engine, older, later, rows=[row(1, "a", 1), row(2, "b2", 2)])
+    assert counts.changed == 1  # an unchanged old row keeps NULL: a first load copies it all
+    assert await seqs(engine) == {key(1): None, key(2): 2}
+    again = await mirror(engine)  # idempotent: nothing left to add
+    assert not again.drift.changed
