@@ -16,6 +16,8 @@ Drift rules (decided by the pure `plan_drift()`, applied by `ensure_mirror()` in
   value starts empty there, and a change-tracked table's delta never says so) → handled like a
   type change: the old values move to `<col>__old_<type>` and a new, empty `<col>` is added, so
   the mirror never shows the old attribute's values as the new one's.
+* a mirror made before the change feed (no `_dv_commit_seq`) → the column and its index are
+  added; its rows keep NULL there until they change (store.commits).
 """
 
 from __future__ import annotations
