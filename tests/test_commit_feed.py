@@ -91,7 +91,7 @@ async def fetch(engine: Any, sql: str, **params: Any) -> list[tuple[Any, ...]]:
 
 async def feed_rows(engine: Any) -> list[tuple[int, str, int, int]]:
     return [
-        (int(r[0]), r[1], int(r[2]), int(r[3]))  # type: ignore[misc]
+        (int(r[0]), r[1], int(r[2]), int(r[3]))
         for r in await fetch(
             engine,
             "SELECT seq, table_name, upserts, deletes FROM dv_commits "
@@ -194,6 +194,7 @@ class Poller:
                 ),
                 window | {"e": ENV},
             )
+            events: list[tuple[int, int, str, tuple[Any, int] | None]]
             events = [(int(r[3]), 1, str(r[0]), (r[1], int(r[2]))) for r in rows]
             events += [(int(g[1]), 0, str(g[0]), None) for g in gone]
         for _, _, id_, values in sorted(events, key=lambda e: (e[0], e[1])):
