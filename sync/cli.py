@@ -257,6 +257,42 @@ def status(state: State, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    required=True,
+    help="The last commit number already loaded (0: from the start).",
+)
+@click.option("--until", type=click.IntRange(min=0), help="Stop at this commit number.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.pass_obj
+def feed(state: State, env_name: str, since: int, until: int | None, as_json: bool) -> None:
+    """List the commits after number N (seq, table, time, upserts, deletes) and the newest number.
+
+    Load the mirror rows and _dv_deletions rows with N < _dv_commit_seq <= the newest number,
+    then run again with --since that number. Reads only; works while the daemon runs.
+    """
+    config = state.load(resolve_secrets=False)
+
+    from sync.commands.feed import run_feed
+
+    sys.exit(
+        run_async(
+            state,
+            lambda: run_feed(
+                config,
+                env=env_name,
+                since=since,
+                until=until,
+                as_json=as_json,
+                console=table_console(),
+            ),
+        )
+    )
+
+
+@cli.command()
+@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
 @click.option("--table", "table_name", help="The table to read again (logical name).")
 @click.option("--all", "every_table", is_flag=True, help="Every table of the environment.")
 @click.pass_obj

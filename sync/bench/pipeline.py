@@ -243,8 +243,8 @@ def measure_local(rows: int, workdir: Path, *, rounds: int = 3) -> LocalFigures:
     batches = [decode_page(body, shaper).tuples for body in pages]
     upsert = SqliteTable.build(
         "x", "x", schema.primary_key, [c.name for c in schema.columns], soft=False
-    ).upsert_sql(stamp(datetime.now(UTC)))
-    upsert = upsert.replace('"x__x"', '"plain"', 1)
+    ).upsert_sql(stamp(datetime.now(UTC)), 1)
+    upsert = upsert.replace('"x__x"', '"plain"')  # the table, and its name in the upsert's CASE
     pragmas = asyncio.run(store_pragmas(workdir / "settings.db"))
     # The bench's own data (pages, pre-decoded tuples) would otherwise be rescanned by the
     # collector during both sides' runs; a daemon holds one page or two, not the whole table.

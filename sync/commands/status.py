@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.commands.resync_view import render_resyncs, resync_line, resync_target
 from sync.config.model import Config
 from sync.logs import mask_text
+from sync.store.commits import newest_query
 from sync.store.control import (
     environments,
     key_ranges,
@@ -36,6 +37,7 @@ from sync.store.control import (
 )
 from sync.store.open import open_store, redact_url
 from sync.store.requests import ResyncRequest, recent_query, request_from_row
+from sync.store.table_status import initial_sync_state
 
 RECENT_WINDOW = dt.timedelta(hours=24)
 RESYNC_SHOWN = 50  # resync requests listed: the open ones and the last day's, newest first
@@ -94,6 +96,7 @@ async def read_control_rows(engine: AsyncEngine, *, since: dt.datetime) -> dict[
             "budgets": [dict(r._mapping) for r in await conn.execute(select(request_budget))],
             "environments": [dict(r._mapping) for r in await conn.execute(select(environments))],
             "leases": [dict(r._mapping) for r in await conn.execute(select(leases))],
+            "commits": [dict(r._mapping) for r in await conn.execute(newest_query())],
             "resync": [
                 dict(r._mapping)
                 for r in await conn.execute(recent_query(since, limit=RESYNC_SHOWN))
@@ -130,6 +133,7 @@ def _table_entry(
         "table": table,
         "configured": configured,
         "phase": state.get("phase") or "new",
+        "initial_sync": initial_sync_state(state.get("phase")),
         "rows": int(state.get("row_count") or 0),
         # A ranged full pass under way: how many of its key ranges are done.
         "ranges": {"done": int(ranges["done"] or 0), "total": int(ranges["total"])}
@@ -174,6 +178,8 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
     ranged = _by_table(rows.get("ranges", []))
     known_envs = {row["name"]: row for row in rows["environments"]}
     owners = {row["resource"]: row for row in rows.get("leases", [])}
+    # The change feed's newest number per environment (0: nothing committed yet).
+    newest = {row["environment"]: int(row["commit_seq"]) for row in rows.get("commits", [])}
     requests = [request_from_row(row) for row in rows.get("resync", [])]
     # The newest open request per environment and table (None: every table of it).
     open_requests: dict[tuple[str, str | None], ResyncRequest] = {}
@@ -217,6 +223,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 "configured": True,
                 **_owner(owners.get(env.name), now),
                 "retry_after_seconds_recent": _paused(entries),
+                "commit_seq": newest.get(env.name, 0),
                 "tables": entries,
             }
         )
@@ -230,6 +237,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 "configured": False,
                 **_owner(owners.get(name), now),
                 "retry_after_seconds_recent": _paused(tables_of(name, [])),
+                "commit_seq": newest.get(name, 0),
                 "tables": tables_of(name, []),
             }
         )

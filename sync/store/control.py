@@ -166,8 +166,8 @@ request_budget = Table(
     Column("used", BigInteger, nullable=False, server_default="0"),
 )
 
-# Every deletion the mirror applied, for downstream jobs.
-# Contract: environment, table, id, observed_at.
+# Every deletion the mirror applied (a live row removed or soft-deleted), for downstream jobs.
+# Contract: environment, table, id, observed_at, _dv_commit_seq (the commit that applied it).
 deletions = Table(
     "_dv_deletions",
     metadata,
@@ -176,7 +176,23 @@ deletions = Table(
     Column("table", String(128), nullable=False),
     Column("id", String(36), nullable=False),
     Column("observed_at", DateTime(timezone=True), nullable=False),
+    Column("_dv_commit_seq", BigInteger),  # NULL: logged before migration 0007
     Index(None, "environment", "table", "observed_at"),
+    Index(None, "environment", "_dv_commit_seq"),
+)
+
+# The change feed (store.commits): one row per page transaction that really changed a mirror of
+# the environment. `seq` counts per environment and is given in commit order; every mirror row
+# and `_dv_deletions` row that commit wrote carries it as `_dv_commit_seq`.
+commits = Table(
+    "dv_commits",
+    metadata,
+    Column("environment", String(63), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("table_name", String(128), nullable=False),
+    Column("committed_at", DateTime(timezone=True), nullable=False),
+    Column("upserts", BigInteger, nullable=False, server_default="0"),
+    Column("deletes", BigInteger, nullable=False, server_default="0"),
 )
 
 # Resync on demand (store.requests): `dvmirror resync` and the console write a row, the daemon

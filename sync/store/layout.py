@@ -27,7 +27,9 @@ SqlType = Literal[
 VERSION_COLUMN = "_dv_version"
 SYNCED_COLUMN = "_dv_synced_at"
 DELETED_COLUMN = "_dv_deleted_at"
-RESERVED_COLUMNS = (VERSION_COLUMN, SYNCED_COLUMN, DELETED_COLUMN)
+# The number of the commit that last really changed the row (store.commits): loads follow it.
+COMMIT_SEQ_COLUMN = "_dv_commit_seq"
+RESERVED_COLUMNS = (VERSION_COLUMN, SYNCED_COLUMN, DELETED_COLUMN, COMMIT_SEQ_COLUMN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ Drift rules (decided by the pure `plan_drift()`, applied by `ensure_mirror()` in
   value starts empty there, and a change-tracked table's delta never says so) → handled like a
   type change: the old values move to `<col>__old_<type>` and a new, empty `<col>` is added, so
   the mirror never shows the old attribute's values as the new one's.
+* a mirror made before the change feed (no `_dv_commit_seq`) → the column and its index are
+  added; its rows keep NULL there until they change (store.commits).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.logs import get_logger
 from sync.store.control import mirror_columns
 from sync.store.dialects import Dialect, TableWriter, dialect_for
-from sync.store.layout import MirrorColumn, SqlType, TableSchema
+from sync.store.layout import COMMIT_SEQ_COLUMN, MirrorColumn, SqlType, TableSchema
 from sync.store.writer import execute_ddl, map_store_errors
 
 log = get_logger(__name__)
@@ -253,8 +255,12 @@ async def ensure_mirror(
         table_exists=existing is not None,
         same_storage=dialect.same_storage,
     )
-    if plan.changed:
+    # A mirror made before the change feed gets its `_dv_commit_seq` (NULL on old rows).
+    feedless = existing is not None and COMMIT_SEQ_COLUMN not in existing
+    if plan.changed or feedless:
         steps = _ddl(dialect, environment, schema, plan, now)
+        if feedless:
+            steps = [*dialect.add_commit_seq(environment, schema.table), *steps]
         await execute_ddl(engine, steps, table=schema.table, environment=environment)
         for change in plan.retyped:
             log.warning(

@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -33,6 +34,7 @@ from tenacity import (
 
 from sync.errors import HostileResponseError, StoreError, TransientError
 from sync.logs import get_logger
+from sync.store.commits import record_commit, take_number
 from sync.store.dialects import Dialect, TableWriter, dialect_for
 from sync.store.dialects.postgres import sqlstate
 from sync.store.dialects.sqlite import SQLITE
@@ -78,6 +80,10 @@ class PageCounts:
     upserted: int
     deleted: int
     row_count: int | None
+    # The change feed (store.commits): rows the page really changed, and its commit number
+    # (None when it changed nothing and took no number).
+    changed: int = 0
+    commit_seq: int | None = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -149,17 +155,33 @@ async def write_page(
     A delta page can hold a row's tombstone and the row itself (deleted, then created again
     with the same id): the rows of a page are the source's current state, so the row wins and
     its tombstone is not applied."""
-    upserted = await writer.upsert(conn, page.rows, page.synced_at)
+    # The change feed: a page that may change rows takes its environment's next commit number
+    # first (on PostgreSQL under the environment's lock, so numbers follow commit order).
+    may_change = bool(page.rows or page.deleted_ids or page.sweep_before is not None)
+    seq = await take_number(conn, writer.environment) if may_change else 0
+    upserted = await writer.upsert(conn, page.rows, page.synced_at, seq)
+    changed = await writer.changed(conn, seq) if page.rows else 0
     deleted_ids = page.deleted_ids
     if deleted_ids and page.rows:
         alive = {str(row[0]).lower() for row in page.rows}
         deleted_ids = [i for i in deleted_ids if i.lower() not in alive]
-    deleted = await writer.delete(conn, deleted_ids, observed_at)
+    deleted = await writer.delete(conn, deleted_ids, observed_at, seq)
     await writer.touch(conn, page.keys_seen, page.synced_at)
     if page.sweep_before is not None:
-        deleted += await writer.sweep(conn, page.sweep_before, observed_at)
+        deleted += await writer.sweep(conn, page.sweep_before, observed_at, seq)
     row_count = await writer.count(conn) if page.count_rows else None
-    return PageCounts(upserted, deleted, row_count)
+    if not (changed or deleted):  # nothing really changed: the number is not taken
+        return PageCounts(upserted, deleted, row_count)
+    await record_commit(
+        conn,
+        environment=writer.environment,
+        seq=seq,
+        table=writer.table,
+        committed_at=datetime.fromisoformat(observed_at),
+        upserts=changed,
+        deletes=deleted,
+    )
+    return PageCounts(upserted, deleted, row_count, changed, seq)
 
 
 def database_busy(exc: BaseException) -> bool:

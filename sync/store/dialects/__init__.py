@@ -45,20 +45,28 @@ class TableWriter(Protocol):
     def soft(self) -> bool: ...
 
     async def upsert(
-        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], stamp: str
+        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], stamp: str, seq: int
     ) -> int:
-        """Insert or update `rows` (row tuples: the columns, then the raw ETag)."""
+        """Insert or update `rows` (row tuples: the columns, then the raw ETag); the rows whose
+        stored values change get `_dv_commit_seq = seq` (store.commits)."""
         ...
 
-    async def delete(self, conn: AsyncConnection, ids: Sequence[str], observed_at: str) -> int:
-        """Log the deletions in `_dv_deletions`, then delete (or soft-delete) the rows."""
+    async def changed(self, conn: AsyncConnection, seq: int) -> int:
+        """Rows carrying commit number `seq` (right after the upsert: the rows it changed)."""
+        ...
+
+    async def delete(
+        self, conn: AsyncConnection, ids: Sequence[str], observed_at: str, seq: int
+    ) -> int:
+        """Delete (or soft-delete) the live rows of `ids` and log them in `_dv_deletions`,
+        numbered `seq`."""
         ...
 
     async def touch(self, conn: AsyncConnection, keys: Sequence[str], stamp: str) -> None:
         """Mark rows as seen in this full pass without rewriting them."""
         ...
 
-    async def sweep(self, conn: AsyncConnection, before: str, observed_at: str) -> int:
+    async def sweep(self, conn: AsyncConnection, before: str, observed_at: str, seq: int) -> int:
         """Log and remove the rows not seen since the full pass started at `before`."""
         ...
 
@@ -89,6 +97,10 @@ class Dialect(Protocol):
     ) -> list[str]: ...
 
     def add_column(self, environment: str, table: str, column: str, sql_type: SqlType) -> str: ...
+
+    def add_commit_seq(self, environment: str, table: str) -> list[str]:
+        """DDL that gives a mirror made before the change feed its `_dv_commit_seq`."""
+        ...
 
     def rename_column(self, environment: str, table: str, old: str, new: str) -> str: ...
 

@@ -14,6 +14,7 @@ which parks only its table, as in SQLite.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Sequence
@@ -26,7 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sync.config.values import CONTROL_SCHEMA
 from sync.store.dialects import Failure
 from sync.store.identifiers import quote_ident
-from sync.store.layout import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, SqlType
+from sync.store.layout import (
+    COMMIT_SEQ_COLUMN,
+    DELETED_COLUMN,
+    SYNCED_COLUMN,
+    VERSION_COLUMN,
+    SqlType,
+)
 
 COLUMN_TYPE: dict[SqlType, str] = {
     "text": "text",
@@ -62,6 +69,7 @@ _CONVERT: dict[SqlType, str] = {
     "choices": "string_to_array({}, ',')::integer[]",
 }
 _DELETIONS = f'{quote_ident(CONTROL_SCHEMA)}."_dv_deletions"'
+_LOG_COLUMNS = '("environment", "table", "id", "observed_at", "_dv_commit_seq")'
 # SQLSTATE classes: 21 cardinality (one key twice in a statement), 22 data exception,
 # 23 integrity violation → the page's values;
 # 40 transaction rollback (serialization failure, deadlock) → run the transaction again;
@@ -110,7 +118,7 @@ class PostgresTable:
     ) -> PostgresTable:
         target = f"{quote_ident(environment)}.{quote_ident(table)}"
         primary_key, key_type = columns[0]
-        # $1 … $n: one array per column, then the raw ETags, then the page's stamp.
+        # $1 … $n: one array per column, then the raw ETags, the page's stamp, its commit number.
         arrays = [f"${i}::{_ARRAY[t]}" for i, (_, t) in enumerate(columns, start=1)]
         etags = len(columns) + 1
         arrays.append(f"${etags}::text[]")
@@ -125,8 +133,19 @@ class PostgresTable:
         names = [c for c, _ in columns] + [VERSION_COLUMN, SYNCED_COLUMN, DELETED_COLUMN]
         names += list(removed)
         updates = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in names[1:])
+        # The commit number changes only when the stored values do (store.commits).
+        kept = [quote_ident(c) for c in names[1:] if c != SYNCED_COLUMN]
+        old = ", ".join(f"t.{c}" for c in kept)
+        new = ", ".join(f"excluded.{c}" for c in kept)
+        seq = quote_ident(COMMIT_SEQ_COLUMN)
+        names.append(COMMIT_SEQ_COLUMN)
+        values.append(f"${etags + 2}::bigint")
+        updates += (
+            f", {seq} = CASE WHEN ROW({old}) IS DISTINCT FROM ROW({new}) "
+            f"THEN excluded.{seq} ELSE t.{seq} END"
+        )
         upsert = (
-            f"INSERT INTO {target} ({', '.join(map(quote_ident, names))}) "  # noqa: S608
+            f"INSERT INTO {target} AS t ({', '.join(map(quote_ident, names))}) "  # noqa: S608
             f"SELECT {', '.join(values)} "
             f"FROM unnest({', '.join(arrays)}) AS u({', '.join(aliases)}) "
             f"ON CONFLICT ({quote_ident(primary_key)}) DO UPDATE SET {updates}"
@@ -139,7 +158,7 @@ class PostgresTable:
         return f"{parameter}::text[]::{COLUMN_TYPE[self.key_type]}[]"
 
     async def upsert(
-        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], stamp: str
+        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], stamp: str, seq: int
     ) -> int:
         if not rows:
             return 0
@@ -149,28 +168,43 @@ class PostgresTable:
         columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
         for index in self.text_columns:
             columns[index] = without_nul(columns[index])
-        await conn.exec_driver_sql(self.upsert_sql, (*columns, stamp))
+        await conn.exec_driver_sql(self.upsert_sql, (*columns, stamp, seq))
         return len(rows)  # every row is inserted or updated exactly once
 
-    async def delete(self, conn: AsyncConnection, ids: Sequence[str], observed_at: str) -> int:
+    async def changed(self, conn: AsyncConnection, seq: int) -> int:
+        sql = f"SELECT count(*) FROM {self.target} WHERE {quote_ident(COMMIT_SEQ_COLUMN)} = $1"  # noqa: S608
+        return int((await conn.exec_driver_sql(sql, (seq,))).scalar_one())
+
+    async def _remove_logged(
+        self, conn: AsyncConnection, where: str, params: tuple[Any, ...], observed_at: str, seq: int
+    ) -> int:
+        """Delete (or soft-delete) the live rows matching `where` ($1, $2 … are `params`) and
+        log exactly those in `_dv_deletions`, in one statement; how many went."""
+        n = len(params)
+        at, number = f"${n + 1}::text::timestamptz", f"${n + 2}::bigint"
+        deleted = quote_ident(DELETED_COLUMN)
+        if self.soft:
+            mark = f"{deleted} = {at}, {quote_ident(COMMIT_SEQ_COLUMN)} = {number}"
+            change = f"UPDATE {self.target} SET {mark} WHERE {where} AND {deleted} IS NULL"  # noqa: S608
+        else:
+            change = f"DELETE FROM {self.target} WHERE {where}"  # noqa: S608
+        sql = (
+            f"WITH gone AS ({change} RETURNING {quote_ident(self.primary_key)}::text AS id) "  # noqa: S608
+            f"INSERT INTO {_DELETIONS} {_LOG_COLUMNS} "
+            f"SELECT ${n + 3}, ${n + 4}, gone.id, {at}, {number} FROM gone"
+        )
+        result = await conn.exec_driver_sql(
+            sql, (*params, observed_at, seq, self.environment, self.table)
+        )
+        return max(result.rowcount, 0)
+
+    async def delete(
+        self, conn: AsyncConnection, ids: Sequence[str], observed_at: str, seq: int
+    ) -> int:
         if not ids:
             return 0
-        key, deleted = quote_ident(self.primary_key), quote_ident(DELETED_COLUMN)
-        await conn.exec_driver_sql(
-            f'INSERT INTO {_DELETIONS} ("environment", "table", "id", "observed_at") '  # noqa: S608
-            "SELECT $1, $2, i, $3::text::timestamptz FROM unnest($4::text[]) AS i",
-            (self.environment, self.table, observed_at, list(ids)),
-        )
-        if self.soft:
-            sql = (
-                f"UPDATE {self.target} SET {deleted} = $1::text::timestamptz "  # noqa: S608
-                f"WHERE {key} = ANY({self._keys('$2')}) AND {deleted} IS NULL"
-            )
-            result = await conn.exec_driver_sql(sql, (observed_at, list(ids)))
-        else:
-            sql = f"DELETE FROM {self.target} WHERE {key} = ANY({self._keys('$1')})"  # noqa: S608
-            result = await conn.exec_driver_sql(sql, (list(ids),))
-        return max(result.rowcount, 0)
+        where = f"{quote_ident(self.primary_key)} = ANY({self._keys('$1')})"
+        return await self._remove_logged(conn, where, (list(ids),), observed_at, seq)
 
     async def touch(self, conn: AsyncConnection, keys: Sequence[str], stamp: str) -> None:
         if not keys:
@@ -182,23 +216,9 @@ class PostgresTable:
         )
         await conn.exec_driver_sql(sql, (stamp, list(keys)))
 
-    async def sweep(self, conn: AsyncConnection, before: str, observed_at: str) -> int:
-        key = quote_ident(self.primary_key)
-        synced, deleted = quote_ident(SYNCED_COLUMN), quote_ident(DELETED_COLUMN)
-        alive = f" AND {deleted} IS NULL" if self.soft else ""
-        stale = f"{synced} < $1::text::timestamptz{alive}"
-        await conn.exec_driver_sql(
-            f'INSERT INTO {_DELETIONS} ("environment", "table", "id", "observed_at") '  # noqa: S608
-            f"SELECT $2, $3, {key}::text, $4::text::timestamptz FROM {self.target} WHERE {stale}",
-            (before, self.environment, self.table, observed_at),
-        )
-        if self.soft:
-            sql = f"UPDATE {self.target} SET {deleted} = $2::text::timestamptz WHERE {stale}"  # noqa: S608
-            result = await conn.exec_driver_sql(sql, (before, observed_at))
-        else:
-            sql = f"DELETE FROM {self.target} WHERE {stale}"  # noqa: S608
-            result = await conn.exec_driver_sql(sql, (before,))
-        return max(result.rowcount, 0)
+    async def sweep(self, conn: AsyncConnection, before: str, observed_at: str, seq: int) -> int:
+        where = f"{quote_ident(SYNCED_COLUMN)} < $1::text::timestamptz"
+        return await self._remove_logged(conn, where, (before,), observed_at, seq)
 
     async def count(self, conn: AsyncConnection) -> int:
         alive = f" WHERE {quote_ident(DELETED_COLUMN)} IS NULL" if self.soft else ""
@@ -256,6 +276,7 @@ class PostgresDialect:
             f"{quote_ident(VERSION_COLUMN)} bigint",
             f"{quote_ident(SYNCED_COLUMN)} timestamptz NOT NULL",
             f"{quote_ident(DELETED_COLUMN)} timestamptz",
+            f"{quote_ident(COMMIT_SEQ_COLUMN)} bigint",
         ]
         return [
             # The tables of an environment are created concurrently, and two concurrent
@@ -263,6 +284,26 @@ class PostgresDialect:
             f"SELECT pg_advisory_xact_lock(hashtext('dvmirror schema ' || '{environment}'))",
             f"CREATE SCHEMA IF NOT EXISTS {quote_ident(environment)}",
             f"CREATE TABLE IF NOT EXISTS {self.table_ref(environment, table)} ({', '.join(parts)})",
+            self._commit_seq_index(environment, table),
+        ]
+
+    def _commit_seq_index(self, environment: str, table: str) -> str:
+        """The index that makes `WHERE _dv_commit_seq > :last` (and the page's count) cheap;
+        named within PostgreSQL's 63 characters."""
+        digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+        index = quote_ident(f"ix_{table[:40]}_{digest}_commit_seq")
+        return (
+            f"CREATE INDEX IF NOT EXISTS {index} ON {self.table_ref(environment, table)} "
+            f"({quote_ident(COMMIT_SEQ_COLUMN)})"
+        )
+
+    def add_commit_seq(self, environment: str, table: str) -> list[str]:
+        """A mirror made before the change feed: its `_dv_commit_seq` column and index."""
+        target = self.table_ref(environment, table)
+        return [
+            f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS "
+            f"{quote_ident(COMMIT_SEQ_COLUMN)} bigint",
+            self._commit_seq_index(environment, table),
         ]
 
     def add_column(self, environment: str, table: str, column: str, sql_type: SqlType) -> str:

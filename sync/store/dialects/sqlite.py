@@ -28,7 +28,13 @@ from sync.errors import ConfigError
 from sync.store.dialects import Failure
 from sync.store.dialects.sqlite_turns import StoreEngine
 from sync.store.identifiers import quote_ident, stamp_literal
-from sync.store.layout import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, SqlType
+from sync.store.layout import (
+    COMMIT_SEQ_COLUMN,
+    DELETED_COLUMN,
+    SYNCED_COLUMN,
+    VERSION_COLUMN,
+    SqlType,
+)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -51,8 +57,8 @@ STORAGE: dict[SqlType, str] = {
 # Multi-select choices were catalogued as text before they had a type of their own; SQLite keeps
 # the same `1,2,3` text in the same column, so that is not a type change.
 _SAME_STORAGE = {("text", "choices")}
-_LOG_DELETION = (
-    'INSERT INTO "_dv_deletions" ("environment", "table", "id", "observed_at") VALUES (?, ?, ?, ?)'
+_LOG_DELETIONS = (
+    'INSERT INTO "_dv_deletions" ("environment", "table", "id", "observed_at", "_dv_commit_seq") '
 )
 
 
@@ -99,8 +105,18 @@ def create_table_sql(name: str, primary_key: str, columns: Sequence[tuple[str, S
         f"{quote_ident(VERSION_COLUMN)} INTEGER",
         f"{quote_ident(SYNCED_COLUMN)} TEXT NOT NULL",
         f"{quote_ident(DELETED_COLUMN)} TEXT",
+        f"{quote_ident(COMMIT_SEQ_COLUMN)} INTEGER",
     ]
     return f"CREATE TABLE IF NOT EXISTS {quote_ident(name)} ({', '.join(parts)}) STRICT"
+
+
+def commit_seq_index_sql(name: str) -> str:
+    """The index that makes `WHERE _dv_commit_seq > :last` (and the page's count) cheap."""
+    index = quote_ident(f"ix_{name}{COMMIT_SEQ_COLUMN}")
+    return (
+        f"CREATE INDEX IF NOT EXISTS {index} ON {quote_ident(name)} "
+        f"({quote_ident(COMMIT_SEQ_COLUMN)})"
+    )
 
 
 async def _many(conn: AsyncConnection, sql: str, params: Sequence[tuple[Any, ...]]) -> int:
@@ -142,6 +158,17 @@ class SqliteTable:
         values = ["?"] * len(columns) + ["CAST(substr(?, 4) AS INTEGER)", "{stamp}"]
         values += ["NULL"] * (1 + len(removed))
         updates = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in names[1:])
+        # The commit number changes only when the stored values do (store.commits).
+        kept = [quote_ident(c) for c in names[1:] if c != SYNCED_COLUMN]
+        old = ", ".join(f"{quote_ident(mirror)}.{c}" for c in kept)
+        new = ", ".join(f"excluded.{c}" for c in kept)
+        seq = quote_ident(COMMIT_SEQ_COLUMN)
+        names.append(COMMIT_SEQ_COLUMN)
+        values.append("{seq}")
+        updates += (
+            f", {seq} = CASE WHEN ({old}) IS NOT ({new}) THEN excluded.{seq} "
+            f"ELSE {quote_ident(mirror)}.{seq} END"
+        )
         column_list, value_list = ", ".join(map(quote_ident, names)), ", ".join(values)
         upsert = (
             f"INSERT INTO {quote_ident(mirror)} ({column_list}) VALUES ({value_list}) "  # noqa: S608
@@ -149,26 +176,38 @@ class SqliteTable:
         )
         return cls(environment, table, mirror, primary_key, upsert, soft)
 
-    def upsert_sql(self, stamp: str) -> str:
-        return self.upsert_template.replace("{stamp}", stamp_literal(stamp), 1)
+    def upsert_sql(self, stamp: str, seq: int) -> str:
+        sql = self.upsert_template.replace("{stamp}", stamp_literal(stamp), 1)
+        return sql.replace("{seq}", str(int(seq)), 1)
 
     @property
     def _target(self) -> str:
         return quote_ident(self.mirror)
 
     async def upsert(
-        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], stamp: str
+        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], stamp: str, seq: int
     ) -> int:
-        return await _many(conn, self.upsert_sql(stamp), rows)
+        return await _many(conn, self.upsert_sql(stamp, seq), rows)
 
-    async def delete(self, conn: AsyncConnection, ids: Sequence[str], observed_at: str) -> int:
+    async def changed(self, conn: AsyncConnection, seq: int) -> int:
+        sql = f"SELECT count(*) FROM {self._target} WHERE {quote_ident(COMMIT_SEQ_COLUMN)} = ?"  # noqa: S608
+        return int((await conn.exec_driver_sql(sql, (seq,))).scalar_one())
+
+    async def delete(
+        self, conn: AsyncConnection, ids: Sequence[str], observed_at: str, seq: int
+    ) -> int:
         if not ids:
             return 0
-        env, table = self.environment, self.table
-        await _many(conn, _LOG_DELETION, [(env, table, i, observed_at) for i in ids])
         key, deleted = quote_ident(self.primary_key), quote_ident(DELETED_COLUMN)
+        alive = f" AND {deleted} IS NULL" if self.soft else ""
+        # Logged only where a live row goes (an unknown or already deleted id changes nothing).
+        live = f"FROM {self._target} WHERE {key} = ?{alive}"
+        log = _LOG_DELETIONS + f"SELECT ?, ?, {key}, ?, ? {live}"
+        env, table = self.environment, self.table
+        await _many(conn, log, [(env, table, observed_at, seq, i) for i in ids])
         if self.soft:
-            sql = f"UPDATE {self._target} SET {deleted} = ? WHERE {key} = ? AND {deleted} IS NULL"  # noqa: S608
+            mark = f"{deleted} = ?, {quote_ident(COMMIT_SEQ_COLUMN)} = {int(seq)}"
+            sql = f"UPDATE {self._target} SET {mark} WHERE {key} = ?{alive}"  # noqa: S608
             return await _many(conn, sql, [(observed_at, i) for i in ids])
         return await _many(conn, f"DELETE FROM {self._target} WHERE {key} = ?", [(i,) for i in ids])  # noqa: S608
 
@@ -177,15 +216,17 @@ class SqliteTable:
         sql = f"UPDATE {self._target} SET {synced} = ? WHERE {key} = ?"  # noqa: S608
         await _many(conn, sql, [(stamp, k) for k in keys])
 
-    async def sweep(self, conn: AsyncConnection, before: str, observed_at: str) -> int:
+    async def sweep(self, conn: AsyncConnection, before: str, observed_at: str, seq: int) -> int:
         key = quote_ident(self.primary_key)
         synced, deleted = quote_ident(SYNCED_COLUMN), quote_ident(DELETED_COLUMN)
         alive = f" AND {deleted} IS NULL" if self.soft else ""
-        gone = f"SELECT ?, ?, {key}, ? FROM {self._target} WHERE {synced} < ?{alive}"  # noqa: S608
-        log = 'INSERT INTO "_dv_deletions" ("environment", "table", "id", "observed_at") ' + gone
-        await conn.exec_driver_sql(log, (self.environment, self.table, observed_at, before))
+        gone = f"SELECT ?, ?, {key}, ?, ? FROM {self._target} WHERE {synced} < ?{alive}"  # noqa: S608
+        await conn.exec_driver_sql(
+            _LOG_DELETIONS + gone, (self.environment, self.table, observed_at, seq, before)
+        )
         if self.soft:
-            apply = f"UPDATE {self._target} SET {deleted} = ? WHERE {synced} < ?{alive}"  # noqa: S608
+            mark = f"{deleted} = ?, {quote_ident(COMMIT_SEQ_COLUMN)} = {int(seq)}"
+            apply = f"UPDATE {self._target} SET {mark} WHERE {synced} < ?{alive}"  # noqa: S608
             result = await conn.exec_driver_sql(apply, (observed_at, before))
         else:
             apply = f"DELETE FROM {self._target} WHERE {synced} < ?"  # noqa: S608
@@ -252,7 +293,14 @@ class SqliteDialect:
         primary_key: str,
         columns: Sequence[tuple[str, SqlType]],
     ) -> list[str]:
-        return [create_table_sql(mirror_table_name(environment, table), primary_key, columns)]
+        name = mirror_table_name(environment, table)
+        return [create_table_sql(name, primary_key, columns), commit_seq_index_sql(name)]
+
+    def add_commit_seq(self, environment: str, table: str) -> list[str]:
+        """A mirror made before the change feed: its `_dv_commit_seq` column and index."""
+        name = mirror_table_name(environment, table)
+        column = f"ALTER TABLE {quote_ident(name)} ADD COLUMN {quote_ident(COMMIT_SEQ_COLUMN)}"
+        return [f"{column} INTEGER", commit_seq_index_sql(name)]
 
     def add_column(self, environment: str, table: str, column: str, sql_type: SqlType) -> str:
         target = self.table_ref(environment, table)
