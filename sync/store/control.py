@@ -164,7 +164,8 @@ request_budget = Table(
 )
 
 # Every deletion the mirror applied, for downstream jobs.
-# Contract: environment, table, id, observed_at.
+# Contract: environment, table, id, observed_at; reason: NULL (the sync) or "verify" (a ghost
+# row that `verify --repair` removed).
 deletions = Table(
     "_dv_deletions",
     metadata,
@@ -173,7 +174,33 @@ deletions = Table(
     Column("table", String(128), nullable=False),
     Column("id", String(36), nullable=False),
     Column("observed_at", DateTime(timezone=True), nullable=False),
+    Column("reason", String(16)),
     Index(None, "environment", "table", "observed_at"),
+)
+
+# One row per table and `dvmirror verify` run (sync.verify): the deepest level reached
+# (1 estimate, 2 exact range counts, 3 key/version diff), outcome "match" | "mismatch" |
+# "repaired" | "approximate" | "stopped" | "failed", what level 3 found and what was repaired.
+verify_runs = Table(
+    "dv_verify_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(63), nullable=False),
+    Column("table_name", String(128), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("level", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("source_estimate", BigInteger),
+    Column("mirror_rows", BigInteger),
+    Column("ranges", Integer, nullable=False, server_default="0"),
+    Column("missing", BigInteger, nullable=False, server_default="0"),
+    Column("ghost", BigInteger, nullable=False, server_default="0"),
+    Column("stale", BigInteger, nullable=False, server_default="0"),
+    Column("repaired", BigInteger, nullable=False, server_default="0"),
+    Column("requests", Integer, nullable=False, server_default="0"),
+    Column("detail", Text),
+    Index(None, "environment", "table_name", "started_at"),
 )
 
 # Resync on demand (store.requests): `dvmirror resync` and the console write a row, the daemon

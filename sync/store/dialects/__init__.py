@@ -50,8 +50,15 @@ class TableWriter(Protocol):
         """Insert or update `rows` (row tuples: the columns, then the raw ETag)."""
         ...
 
-    async def delete(self, conn: AsyncConnection, ids: Sequence[str], observed_at: str) -> int:
-        """Log the deletions in `_dv_deletions`, then delete (or soft-delete) the rows."""
+    async def delete(
+        self,
+        conn: AsyncConnection,
+        ids: Sequence[str],
+        observed_at: str,
+        reason: str | None = None,
+    ) -> int:
+        """Log the deletions in `_dv_deletions` (with `reason`, NULL for the sync itself), then
+        delete (or soft-delete) the rows."""
         ...
 
     async def touch(self, conn: AsyncConnection, keys: Sequence[str], stamp: str) -> None:
@@ -115,6 +122,24 @@ class Dialect(Protocol):
         ...
 
     def classify(self, exc: BaseException) -> Failure: ...
+
+    def guid_order(self, column: str) -> str:
+        """A text expression over the quoted key `column` that sorts (and compares with `<`,
+        `>`) in SQL Server's `uniqueidentifier` order: the hex of `sql_order_key(key)`."""
+        ...
+
+
+# SQL Server compares a uniqueidentifier by bytes 10-15, 8-9, 7-6, 5-4, 3-0 of its text's
+# bytes (mirror.keyranges.sql_order_key); as 1-based positions in the 36-character text.
+_GUID_ORDER_PARTS: tuple[tuple[int, int], ...] = ((25, 12), (20, 4), (17, 2), (15, 2), (12, 2))
+_GUID_ORDER_PARTS += ((10, 2), (7, 2), (5, 2), (3, 2), (1, 2))
+
+
+def guid_order_text(key_text: str) -> str:
+    """`substr` pieces of a lowercase 36-character GUID text, concatenated in SQL Server order."""
+    return " || ".join(
+        f"substr({key_text}, {start}, {length})" for start, length in _GUID_ORDER_PARTS
+    )
 
 
 def dialect_named(name: str) -> Dialect:

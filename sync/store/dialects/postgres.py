@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from sync.config.values import CONTROL_SCHEMA
-from sync.store.dialects import Failure
+from sync.store.dialects import Failure, guid_order_text
 from sync.store.identifiers import quote_ident
 from sync.store.layout import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, SqlType
 
@@ -152,14 +152,20 @@ class PostgresTable:
         await conn.exec_driver_sql(self.upsert_sql, (*columns, stamp))
         return len(rows)  # every row is inserted or updated exactly once
 
-    async def delete(self, conn: AsyncConnection, ids: Sequence[str], observed_at: str) -> int:
+    async def delete(
+        self,
+        conn: AsyncConnection,
+        ids: Sequence[str],
+        observed_at: str,
+        reason: str | None = None,
+    ) -> int:
         if not ids:
             return 0
         key, deleted = quote_ident(self.primary_key), quote_ident(DELETED_COLUMN)
         await conn.exec_driver_sql(
-            f'INSERT INTO {_DELETIONS} ("environment", "table", "id", "observed_at") '  # noqa: S608
-            "SELECT $1, $2, i, $3::text::timestamptz FROM unnest($4::text[]) AS i",
-            (self.environment, self.table, observed_at, list(ids)),
+            f'INSERT INTO {_DELETIONS} ("environment", "table", "id", "observed_at", "reason") '  # noqa: S608
+            "SELECT $1, $2, i, $3::text::timestamptz, $5::text FROM unnest($4::text[]) AS i",
+            (self.environment, self.table, observed_at, list(ids), reason),
         )
         if self.soft:
             sql = (
@@ -238,6 +244,10 @@ class PostgresDialect:
 
     def mirror_name(self, environment: str, table: str) -> str:
         return f"{environment}.{table}"
+
+    def guid_order(self, column: str) -> str:
+        # Byte order of the hex text: the C collation, never the database's locale.
+        return f'({guid_order_text(f"({column})::text")}) COLLATE "C"'
 
     def table_ref(self, environment: str, table: str) -> str:
         return f"{quote_ident(environment)}.{quote_ident(table)}"

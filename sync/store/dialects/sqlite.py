@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from sync.errors import ConfigError
-from sync.store.dialects import Failure
+from sync.store.dialects import Failure, guid_order_text
 from sync.store.dialects.sqlite_turns import StoreEngine
 from sync.store.identifiers import quote_ident, stamp_literal
 from sync.store.layout import DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN, SqlType
@@ -52,7 +52,8 @@ STORAGE: dict[SqlType, str] = {
 # the same `1,2,3` text in the same column, so that is not a type change.
 _SAME_STORAGE = {("text", "choices")}
 _LOG_DELETION = (
-    'INSERT INTO "_dv_deletions" ("environment", "table", "id", "observed_at") VALUES (?, ?, ?, ?)'
+    'INSERT INTO "_dv_deletions" ("environment", "table", "id", "observed_at", "reason") '
+    "VALUES (?, ?, ?, ?, ?)"
 )
 
 
@@ -161,11 +162,17 @@ class SqliteTable:
     ) -> int:
         return await _many(conn, self.upsert_sql(stamp), rows)
 
-    async def delete(self, conn: AsyncConnection, ids: Sequence[str], observed_at: str) -> int:
+    async def delete(
+        self,
+        conn: AsyncConnection,
+        ids: Sequence[str],
+        observed_at: str,
+        reason: str | None = None,
+    ) -> int:
         if not ids:
             return 0
         env, table = self.environment, self.table
-        await _many(conn, _LOG_DELETION, [(env, table, i, observed_at) for i in ids])
+        await _many(conn, _LOG_DELETION, [(env, table, i, observed_at, reason) for i in ids])
         key, deleted = quote_ident(self.primary_key), quote_ident(DELETED_COLUMN)
         if self.soft:
             sql = f"UPDATE {self._target} SET {deleted} = ? WHERE {key} = ? AND {deleted} IS NULL"  # noqa: S608
@@ -241,6 +248,9 @@ class SqliteDialect:
 
     def mirror_name(self, environment: str, table: str) -> str:
         return mirror_table_name(environment, table)
+
+    def guid_order(self, column: str) -> str:
+        return guid_order_text(f"lower({column})")
 
     def table_ref(self, environment: str, table: str) -> str:
         return quote_ident(mirror_table_name(environment, table))
