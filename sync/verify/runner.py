@@ -36,6 +36,7 @@ log = get_logger("dvmirror.verify")
 
 CatchUp = Callable[[str], Awaitable[None]]
 GHOST_CHUNK = 500
+REPAIR_ROUNDS = 3
 
 
 class BudgetLow(Exception):
@@ -228,8 +229,19 @@ class TableVerifier:
         self.report.found = standing
 
     async def repair(self) -> None:
-        """Refetch missing and stale rows, delete ghosts; one transaction per chunk."""
-        req, schema, layout, found = self.request, self.schema, self.layout, self.report.found
+        """Refetch missing and stale rows, delete ghosts; one transaction per chunk. A row that
+        changes again at the source meanwhile is repaired again (at most REPAIR_ROUNDS)."""
+        found = self.report.found
+        pending = found
+        for _ in range(REPAIR_ROUNDS):
+            await self.repair_once(pending)
+            pending, _ = await self.look_again(pending.all_keys())
+            if not pending.rows:
+                break
+        self.report.repaired = found.rows - pending.rows
+
+    async def repair_once(self, found: Diff) -> None:
+        req, schema, layout = self.request, self.schema, self.layout
         assert schema is not None
         assert layout is not None
         shaper = RowShaper(schema)
@@ -255,21 +267,12 @@ class TableVerifier:
                 observed_at=now,
                 checkpoint=lambda _counts: [],
             )
-            log.info(
-                "verify_ghosts_deleted",
-                environment=req.environment.name,
-                table=self.table,
-                rows=len(chunk_ids),
-            )
-        remaining, _ = await self.look_again(found.all_keys())
-        self.report.repaired = found.rows - remaining.rows
         log.info(
             "verify_repaired",
             environment=req.environment.name,
             table=self.table,
             refetched=written,
-            ghosts=len(found.ghost),
-            repaired=self.report.repaired,
+            ghosts_deleted=len(found.ghost),
         )
 
 
