@@ -85,6 +85,7 @@ def damage(store_url: str) -> dict[str, set[str]]:
 def verify(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
     result = run_cli("--config", config, "verify", "--json", *args, timeout=300)
     assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert '{\n  "tables"' in result.stdout, result.stdout + result.stderr
     start = result.stdout.index('{\n  "tables"')
     return result.returncode, json.loads(result.stdout[start:])
 

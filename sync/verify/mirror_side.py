@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -58,11 +58,12 @@ async def live_rows(engine: AsyncEngine, mirror: MirrorTable) -> int:
 async def changed_since(engine: AsyncEngine, mirror: MirrorTable, since: datetime) -> int:
     """Rows the mirror wrote or deleted since `since` (how far a day-old estimate may be off)."""
     ref, _, _ = mirror.parts(engine)
-    stamp = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     synced = quote_ident(SYNCED_COLUMN)
-    written = f"SELECT count(*) FROM {ref} WHERE CAST({synced} AS TEXT) >= :since"  # noqa: S608
+    written = f"SELECT count(*) FROM {ref} WHERE {synced} >= :since"  # noqa: S608
+    # SQLite keeps the stamp as fixed-width UTC text (mirror.job.stamp); PostgreSQL a timestamptz.
+    stamp: object = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if dialect_for(engine).name == "postgresql":
-        written = f"SELECT count(*) FROM {ref} WHERE {synced} >= CAST(:since AS timestamptz)"  # noqa: S608
+        stamp = since
     gone = (
         select(func.count())
         .select_from(deletions)
