@@ -58,20 +58,20 @@ def damage(store_url: str) -> dict[str, set[str]]:
     account, contact = mirror(store_url, "account"), mirror(store_url, "contact")
     deleted = query(
         db,
-        f"DELETE FROM {account} WHERE accountid IN "  # noqa: S608
+        f"DELETE FROM {account} WHERE accountid IN "
         f"(SELECT accountid FROM {account} ORDER BY accountid LIMIT 3) RETURNING accountid",
     )
     ghosts = {str(uuid.uuid4()) for _ in range(2)}
     for ghost in ghosts:
         query(
             db,
-            f'INSERT INTO {account} (accountid, name, "_dv_version", "_dv_synced_at") '  # noqa: S608
+            f'INSERT INTO {account} (accountid, name, "_dv_version", "_dv_synced_at") '
             "VALUES (?, 'ghost', 1, '2026-01-01T00:00:00.000000Z')",
             key_value(store_url, ghost),
         )
     stale = query(
         db,
-        f'UPDATE {contact} SET "_dv_version" = "_dv_version" - 1, fullname = \'rolled back\' '  # noqa: S608
+        f'UPDATE {contact} SET "_dv_version" = "_dv_version" - 1, fullname = \'rolled back\' '
         f"WHERE contactid IN (SELECT contactid FROM {contact} ORDER BY contactid LIMIT 2 OFFSET 5) "
         "RETURNING contactid",
     )
@@ -159,10 +159,7 @@ def test_verify_finds_each_damage_and_repair_restores_the_source_under_churn(
     assert synced.returncode == 0, synced.stderr
     for table in TABLES:
         assert differences(sim, db, ENV, table) == []
-    logged = {
-        str(r[0])
-        for r in query(db, "SELECT id FROM _dv_deletions WHERE reason = 'verify'")
-    }
+    logged = {str(r[0]) for r in query(db, "SELECT id FROM _dv_deletions WHERE reason = 'verify'")}
     assert logged == damaged["ghost"]
     runs = query(
         db,
