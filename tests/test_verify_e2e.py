@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.cli import run_cli
-from tests.daemonproc import EnvSpec, churn, write_config
+from tests.daemonproc import DaemonProcess, EnvSpec, churn, wait_until, write_config
 from tests.mirror_compare import PRIMARY, _store_url, database_of, differences, query  # noqa: F401
 from tests.simfixtures import _no_ca_env, running_simulator  # noqa: F401
 
@@ -173,3 +173,51 @@ def test_verify_finds_each_damage_and_repair_restores_the_source_under_churn(
     text = run_cli("--config", config, "verify", "--exact", timeout=300)
     assert text.returncode == 0, text.stdout + text.stderr
     assert "all tables match (2 tables" in text.stdout
+
+
+def test_the_daemon_verifies_every_verify_interval_and_reports_what_it_finds(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """With `verify_interval = "4s"` the daemon verifies its tables on its own: a fresh mirror
+    only approximately (every row changed within the day), then, with most of a table deleted
+    from the mirror (more than the rows changed in 24 h), the estimate flags it, exact counts
+    and the key diff find the missing rows, the recheck after the next cycle keeps them, and
+    `dvmirror_verify_mismatch_rows` and `dvmirror status` say how many."""
+    config = write_config(sim, tmp_path, {"fabrikam_env": EnvSpec(TABLES, interval="1s")})
+    config.write_text(
+        config.read_text().replace('interval = "1s"\n', 'interval = "1s"\nverify_interval = "4s"\n')
+    )
+    db = tmp_path / "mirror.db"
+    daemon = DaemonProcess.start(config, tmp_path / "daemon.log")
+    try:
+        first = daemon.wait_event("verify_finished", count=2, timeout=60)
+        assert {e["outcome"] for e in first} == {"approximate"}
+        rows = query(db, 'SELECT count(*) FROM "fabrikam_env__account"')[0][0]
+        gone = rows // 2 + 10
+        query(
+            db,
+            'DELETE FROM "fabrikam_env__account" WHERE accountid IN '
+            f'(SELECT accountid FROM "fabrikam_env__account" ORDER BY accountid LIMIT {gone})',
+        )
+
+        def mismatch() -> list[dict[str, Any]]:
+            return [
+                e
+                for e in daemon.named("verify_finished")
+                if e["table"] == "account" and e["outcome"] == "mismatch"
+            ]
+
+        found = wait_until(mismatch, timeout=60, what="a verify that finds the missing rows")
+        assert found[0]["mismatch_rows"] == gone
+        status, body = daemon.get("/metrics")
+        assert status == 200
+        assert (
+            'dvmirror_verify_mismatch_rows{environment="fabrikam_env",table="account"} '
+            f"{float(gone)}"
+        ) in body
+        shown = json.loads(run_cli("--config", config, "status", "--json").stdout)["verify"]
+        account = next(e for e in shown if e["table"] == "account")
+        assert account["outcome"] == "mismatch" and account["missing"] == gone
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
