@@ -218,6 +218,17 @@ def test_the_daemon_verifies_every_verify_interval_and_reports_what_it_finds(
         shown = json.loads(run_cli("--config", config, "status", "--json").stdout)["verify"]
         account = next(e for e in shown if e["table"] == "account")
         assert account["outcome"] == "mismatch" and account["missing"] == gone
+
+        # Beside the running daemon, `verify` reads (exit 1: the mismatch stands after the
+        # daemon's next cycle); `verify --repair`, which writes, is refused in one line (exit 2).
+        beside = run_cli("--config", config, "verify", "--table", "account", timeout=300)
+        assert beside.returncode == 1, beside.stdout + beside.stderr
+        assert "verifying read-only beside it" in beside.stdout
+        assert f"MISMATCH {gone} rows ({gone} missing, 0 ghost, 0 stale)" in beside.stdout
+        refused = run_cli("--config", config, "verify", "--repair", timeout=300)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "`verify --repair` writes the mirror" in refused.stderr
+        assert "Traceback" not in refused.stderr
         assert daemon.stop() == 0
     finally:
         daemon.kill()

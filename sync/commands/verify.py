@@ -12,6 +12,7 @@ the daily budget, 2 usage or the store in use, 3 authentication failed.
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.commands.backfill import Selection, select
 from sync.config.model import Config
-from sync.errors import AuthError, DvmirrorError, ExitCode
+from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
 from sync.mirror.discovery import list_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import TableJob
@@ -31,6 +32,7 @@ from sync.runtime.wiring import Wiring
 from sync.store import checkpoints as state
 from sync.store.open import open_store
 from sync.store.writer_lock import single_writer
+from sync.verify.daemon_cycle import wait_for_cycle
 from sync.verify.runner import TableReport, VerifyRequest, verify_environment
 
 
@@ -53,8 +55,24 @@ def _catch_up(store: AsyncEngine, client: ExactClient, chosen: Selection) -> Any
     return cycle
 
 
+def _daemon_cycle(store: AsyncEngine, chosen: Selection) -> Any:
+    environment = chosen.environment
+    patience = 2 * environment.interval + 60
+
+    async def cycle(table: str) -> None:
+        await wait_for_cycle(store, environment.name, table, patience)
+
+    return cycle
+
+
 async def _environment(
-    wiring: Wiring, store: AsyncEngine, chosen: Selection, *, exact: bool, repair: bool
+    wiring: Wiring,
+    store: AsyncEngine,
+    chosen: Selection,
+    *,
+    exact: bool,
+    repair: bool,
+    beside_daemon: bool = False,
 ) -> list[TableReport] | str:
     tenant, environment = chosen.tenant, chosen.environment
     await state.close_stale_runs(store, environment.name, now=datetime.now(UTC))
@@ -73,7 +91,9 @@ async def _environment(
             tables=tables,
             exact=exact,
             repair=repair,
-            catch_up=_catch_up(store, client, chosen),
+            catch_up=_daemon_cycle(store, chosen)
+            if beside_daemon
+            else _catch_up(store, client, chosen),
             budget=wiring.budget(tenant),
         )
         return await verify_environment(request)
@@ -89,6 +109,16 @@ def _bytes_note(report: TableReport) -> str:
         f"; key/version pages {narrow:,.0f} B/row = {narrow / full:.0%} of a full page's "
         f"{full:,.0f} B/row"
     )
+
+
+REPAIR_NEEDS_WRITER = (
+    "`verify --repair` writes the mirror, so it runs while no daemon holds the store or the "
+    "environment (stop it, or run plain `dvmirror verify` beside it)"
+)
+BESIDE_DAEMON = (
+    "a daemon holds the store: verifying read-only beside it (mismatches are rechecked after "
+    "its next cycle of each table)"
+)
 
 
 def describe(report: TableReport) -> str:
@@ -163,25 +193,46 @@ async def run_verify(
     console: Any,
 ) -> int:
     chosen = select(config, env, table)
-    with single_writer(config.store_url, "verify"):
-        store = await open_store(config)
-        wiring = Wiring(config, store)
-        names = [c.environment.name for c in chosen]
+    names = [c.environment.name for c in chosen]
+    async with AsyncExitStack() as stack:
+        beside_daemon = False
         try:
-            async with command_leases(
-                store, names, config.settings.daemon.lease_seconds, command="verify"
-            ) as stores:
-                batches = await asyncio.gather(
-                    *(
-                        _environment(
-                            wiring, stores[c.environment.name], c, exact=exact, repair=repair
-                        )
-                        for c in chosen
+            stack.enter_context(single_writer(config.store_url, "verify"))
+        except ConfigError as exc:
+            if repair:
+                raise ConfigError(f"{exc.message}; {REPAIR_NEEDS_WRITER}") from exc
+            beside_daemon = True  # a daemon writes the store: verify reads beside it
+        store = await open_store(config)
+        stack.push_async_callback(store.dispose)
+        wiring = Wiring(config, store)
+        stack.push_async_callback(wiring.close)
+        stores = dict.fromkeys(names, store)
+        if not beside_daemon:
+            try:
+                stores = await stack.enter_async_context(
+                    command_leases(
+                        store, names, config.settings.daemon.lease_seconds, command="verify"
                     )
                 )
-        finally:
-            await wiring.close()
-            await store.dispose()
+            except ConfigError as exc:
+                if repair:
+                    raise ConfigError(f"{exc.message}; {REPAIR_NEEDS_WRITER}") from exc
+                beside_daemon = True
+        if beside_daemon:
+            console.print(Text(BESIDE_DAEMON, style="dim"))
+        batches = await asyncio.gather(
+            *(
+                _environment(
+                    wiring,
+                    stores[c.environment.name],
+                    c,
+                    exact=exact,
+                    repair=repair,
+                    beside_daemon=beside_daemon,
+                )
+                for c in chosen
+            )
+        )
     reports = [r for batch in batches if not isinstance(batch, str) for r in batch]
     problems = [batch for batch in batches if isinstance(batch, str)]
     if json_output:
