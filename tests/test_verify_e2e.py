@@ -232,3 +232,38 @@ def test_the_daemon_verifies_every_verify_interval_and_reports_what_it_finds(
         assert daemon.stop() == 0
     finally:
         daemon.kill()
+
+
+@pytest.mark.long
+@pytest.mark.timeout(600)
+def test_a_table_past_the_aggregate_limit_is_counted_in_ranges_and_refused_ranges_halved(
+    tmp_path: Path,
+) -> None:
+    """60,000 rows (two columns mirrored, to keep it quick): the mirror's keys cut ranges of
+    40,000; with 15,000 rows deleted from the mirror at the start of the key order, the first
+    range spans 55,000 source rows, the service refuses to count it (AggregateQueryRecordLimit),
+    verify halves it, and `--repair` brings the 15,000 rows back."""
+    with running_simulator(
+        Path(__file__).parent / "scenarios" / "verify_big.toml", tmp_path / "sim"
+    ) as big:
+        config = write_config(big, tmp_path, {"big_env": EnvSpec(("contact",), interval="1h")})
+        narrow = '[tenants.environments.table_options.contact]\ncolumns = ["fullname"]\n'
+        config.write_text(config.read_text() + narrow)
+        db = tmp_path / "mirror.db"
+        assert run_cli("--config", config, "backfill", timeout=600).returncode == 0
+        code, document = verify(config, "--exact")
+        assert code == 0 and document["tables"][0]["ranges"] == 2
+        keys = [r[0] for r in query(db, 'SELECT contactid FROM "big_env__contact"')]
+        from sync.mirror.keyranges import sql_order_key
+
+        first = sorted(keys, key=sql_order_key)[:15_000]
+        for start in range(0, len(first), 500):
+            chunk = first[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            query(db, f'DELETE FROM "big_env__contact" WHERE contactid IN ({marks})', *chunk)
+        code, document = verify(config, "--exact", "--repair")
+        table = document["tables"][0]
+        assert code == 0 and table["outcome"] == "repaired"
+        assert len(table["missing"]) == 15_000 and table["repaired"] == 15_000
+        assert table["ranges"] == 3  # the refused first range was counted as two halves
+        assert differences(big, db, "big_env", "contact") == []

@@ -15,6 +15,8 @@ from sync.mirror.keyranges import KeyRange, sql_order_key
 RANGE_ROWS = 40_000
 #: The Web API's GET limit is 32,768 characters; keep well under it for the base and encoding.
 MAX_URL = 30_000
+#: At most this many keys in one `$filter` (a long `or` chain costs the service time too).
+MAX_KEYS_PER_URL = 200
 #: Verification stops while less than this share of a tenant's daily request budget is left.
 BUDGET_RESERVE = 0.10
 
@@ -122,12 +124,13 @@ def key_filter(primary_key: str, keys: Sequence[str]) -> str:
 
 
 def key_chunks(primary_key: str, keys: Sequence[str], *, room: int) -> Iterator[list[str]]:
-    """Keys in chunks whose percent-encoded `$filter` fits in `room` characters."""
+    """Keys in chunks whose percent-encoded `$filter` fits in `room` characters (and of at most
+    MAX_KEYS_PER_URL keys)."""
     chunk: list[str] = []
     size = 0
     for key in keys:
         term = len(quote(f" or {primary_key} eq {key}", safe=",()':"))
-        if chunk and size + term > room:
+        if chunk and (size + term > room or len(chunk) >= MAX_KEYS_PER_URL):
             yield chunk
             chunk, size = [], 0
         chunk.append(key)
