@@ -245,6 +245,8 @@ async def run_verify(
         for problem in problems:
             console.print(Text(problem, style="red"))
         code = exit_code(reports, problems)
+        if beside_daemon and any(r.outcome == "mismatch" for r in reports):
+            console.print(Text("stop the daemon, then `dvmirror verify --repair` fixes them"))
         total = sum(r.mirror_rows or 0 for r in reports)
         if code == ExitCode.OK and all(r.outcome == "match" for r in reports):
             console.print(Text(f"all tables match ({len(reports)} tables, {total:,} rows)"))
