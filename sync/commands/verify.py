@@ -235,6 +235,19 @@ async def run_verify(
         )
     reports = [r for batch in batches if not isinstance(batch, str) for r in batch]
     problems = [batch for batch in batches if isinstance(batch, str)]
+    show(reports, problems, console, json_output=json_output, beside_daemon=beside_daemon)
+    return exit_code(reports, problems)
+
+
+def show(
+    reports: list[TableReport],
+    problems: list[str],
+    console: Any,
+    *,
+    json_output: bool,
+    beside_daemon: bool,
+) -> None:
+    """The run's result: one JSON document, or a line per table and a summary."""
     if json_output:
         document = {"tables": [as_json(r) for r in reports], "problems": problems}
         console.print(Text(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()))
@@ -252,4 +265,3 @@ async def run_verify(
             console.print(Text(f"all tables match ({len(reports)} tables, {total:,} rows)"))
         elif code == ExitCode.OK:
             console.print(Text(f"no mismatch left ({len(reports)} tables, {total:,} rows)"))
-    return exit_code(reports, problems)
