@@ -363,6 +363,43 @@ def backfill(state: State, env_name: str | None, table_name: str | None) -> None
     )
 
 
+@cli.command()
+@click.option("--env", "env_name", help="Only this environment (its name in the config).")
+@click.option("--table", "table_name", help="Only this table (logical name).")
+@click.option("--exact", is_flag=True, help="Count every key range exactly and diff every key.")
+@click.option("--repair", is_flag=True, help="Refetch missing and stale rows, delete ghosts.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def verify(
+    state: State,
+    env_name: str | None,
+    table_name: str | None,
+    exact: bool,
+    repair: bool,
+    as_json: bool,
+) -> None:
+    """Check the mirror against Dataverse (exit 1 while a mismatch is left unrepaired)."""
+    config = state.load()
+    from rich.console import Console
+
+    from sync.commands.verify import run_verify
+
+    sys.exit(
+        run_async(
+            state,
+            lambda: run_verify(
+                config,
+                env=env_name,
+                table=table_name,
+                exact=exact,
+                repair=repair,
+                json_output=as_json,
+                console=Console(soft_wrap=True, highlight=False),
+            ),
+        )
+    )
+
+
 @cli.command("sync")
 @click.option("--once", is_flag=True, help="Run one incremental cycle for every table, then exit.")
 @click.pass_obj

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.commands.verify import as_sent
+from sync.commands.demo_compare import as_sent
 from sync.errors import HostileResponseError
 from sync.mirror.page import decode_page
 from sync.mirror.rowshape import RowShaper

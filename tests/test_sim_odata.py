@@ -118,7 +118,7 @@ class TestFilterEvaluation:
 
 
 class TestQueryOptions:
-    @pytest.mark.parametrize("option", ["$skip", "$search", "$format", "$apply", "$foo", "$SELECT"])
+    @pytest.mark.parametrize("option", ["$skip", "$search", "$format", "$foo", "$SELECT"])
     def test_unsupported_system_options_are_400(self, option: str) -> None:
         """$skip, $search, $format and unknown or wrongly cased system options are rejected."""
         with pytest.raises(ApiError) as caught:

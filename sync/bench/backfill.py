@@ -26,7 +26,7 @@ migrations and discovery included. For each side the bench prints rows, seconds,
 ratio to the part's reference, the share of the ceiling the simulator's limits allow (sustained
 full pages: a read shorter than the window can burst above it), requests, peak concurrency,
 429s and Retry-After violations (the simulator's /stats for that user), dvmirror's peak RSS,
-and whether each mirror equals its source, column by column (sync.commands.verify).
+and whether each mirror equals its source, column by column (sync.commands.demo_compare).
 Exit 1 when a mirror differs, a read is short, dvmirror fails or any Retry-After was violated.
 """
 
@@ -60,7 +60,7 @@ from sync.bench.world import (
     mirror_config,
     sqlite_url,
 )
-from sync.commands.verify import compare_table
+from sync.commands.demo_compare import compare_table
 from sync.errors import ExitCode
 from sync.simulator.process import start_simulator, stop_simulator
 from sync.store.connect import create_engine

@@ -24,8 +24,8 @@ from rich.text import Text
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from sync.commands.demo_compare import Comparison, compare_table
 from sync.commands.status import run_status
-from sync.commands.verify import Comparison, compare_table
 from sync.config.loading import load_config
 from sync.config.model import Config
 from sync.mirror.job import PageProgress

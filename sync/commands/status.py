@@ -24,6 +24,7 @@ from sqlalchemy import Integer, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.commands.resync_view import render_resyncs, resync_line, resync_target
+from sync.commands.verify_view import render_verifies, verify_entries
 from sync.config.model import Config
 from sync.logs import mask_text
 from sync.store.commits import newest_query
@@ -38,6 +39,7 @@ from sync.store.control import (
 from sync.store.open import open_store, redact_url
 from sync.store.requests import ResyncRequest, recent_query, request_from_row
 from sync.store.table_status import initial_sync_state
+from sync.store.verify_runs import latest_query as verify_latest
 
 RECENT_WINDOW = dt.timedelta(hours=24)
 RESYNC_SHOWN = 50  # resync requests listed: the open ones and the last day's, newest first
@@ -97,6 +99,7 @@ async def read_control_rows(engine: AsyncEngine, *, since: dt.datetime) -> dict[
             "environments": [dict(r._mapping) for r in await conn.execute(select(environments))],
             "leases": [dict(r._mapping) for r in await conn.execute(select(leases))],
             "commits": [dict(r._mapping) for r in await conn.execute(newest_query())],
+            "verify": [dict(r._mapping) for r in await conn.execute(verify_latest())],
             "resync": [
                 dict(r._mapping)
                 for r in await conn.execute(recent_query(since, limit=RESYNC_SHOWN))
@@ -248,6 +251,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
         "environments": report_envs,
         "resync_requests": [request.as_dict() for request in requests],
         "budgets": _budgets(config, rows["budgets"], now),
+        "verify": verify_entries(rows.get("verify", [])),
     }
 
 
@@ -428,6 +432,7 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         )
     console.print(owners)
     render_resyncs(report, console)
+    render_verifies(report, console)
     budgets = [b for b in report["budgets"] if b["limit"] is not None or b["used"]]
     if budgets:
         table = Table(title="Daily request budgets", title_justify="left")

@@ -1,119 +1,267 @@
-"""Compare a mirror with the simulator's own rows, column by column (for `dvmirror demo`).
+"""`dvmirror verify [--env E] [--table T] [--exact] [--repair] [--json]`: the mirror against
+Dataverse (sync.verify): a day-old estimate first, exact counts per key range and a key/version
+diff when needed (always under --exact), every mismatch looked at again after a delta cycle,
+and with --repair the missing/stale rows refetched and the ghosts deleted.
 
-The simulator's admin API dumps a table as JSON lines (decimals exact); every column of every
-source row must be in the mirror with the same value: decimals compared exactly (the mirror keeps
-them as decimal text), booleans as 0/1, lookups and dates as the text the Web API sent.
-Soft-deleted mirror rows are left aside; rows missing or extra are differences too.
+Like `backfill`, the command holds the store's writer lock and its environments' leases (a
+running daemon verifies by itself every `verify_interval`). Exit code: 0 every table matches (or
+was repaired), 1 an unrepaired mismatch, a table that could not be verified or a run stopped for
+the daily budget, 2 usage or the store in use, 3 authentication failed.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+import asyncio
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
-import aiohttp
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+import orjson
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.store.dialects import dialect_for
-from sync.store.layout import DELETED_COLUMN
+from sync.commands.backfill import Selection, select
+from sync.config.model import Config
+from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
+from sync.mirror.discovery import list_tables
+from sync.mirror.fetch import ExactClient
+from sync.mirror.job import TableJob
+from sync.mirror.runner import run_job
+from sync.runtime.leases import command_leases
+from sync.runtime.wiring import Wiring
+from sync.store import checkpoints as state
+from sync.store.open import open_store
+from sync.store.writer_lock import single_writer
+from sync.verify.daemon_cycle import wait_for_cycle
+from sync.verify.runner import TableReport, VerifyRequest, verify_environment
 
 
-@dataclass
-class Comparison:
-    """What one table's comparison found."""
+def _catch_up(store: AsyncEngine, client: ExactClient, chosen: Selection) -> Any:
+    async def cycle(table: str) -> None:
+        job = TableJob(
+            store=store,
+            client=client,
+            environment=chosen.environment,
+            table=table,
+            command="verify",
+            reconcile_every=None,
+        )
+        result = await run_job(job, until="cycle")
+        if not result.ok:
+            raise DvmirrorError(
+                f"table {table}: the delta cycle before the recheck failed: {result.error}"
+            )
 
-    rows: int = 0
-    values: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
-def as_sent(mirrored: Any) -> Any:
-    """PostgreSQL's native moments, dates, GUIDs and choice arrays as the Web API sends them."""
-    if isinstance(mirrored, dt.datetime):
-        return mirrored.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(mirrored, dt.date):
-        return mirrored.isoformat()
-    if isinstance(mirrored, UUID):
-        return str(mirrored)
-    if isinstance(mirrored, list):
-        return ",".join(map(str, mirrored))
-    return mirrored
+    return cycle
 
 
-def same(mirrored: Any, source: Any) -> bool:
-    """One mirrored value equals its source value."""
-    if source is None or mirrored is None:
-        return source is mirrored
-    mirrored = as_sent(mirrored)
-    if isinstance(source, bool):
-        return bool(mirrored == int(source))
-    if isinstance(source, Decimal | int):
-        # Doubles too: the dump's text, read exactly, against the shortest repr of the stored
-        # float (the text the Web API sent, when the float kept it).
+def _daemon_cycle(store: AsyncEngine, chosen: Selection) -> Any:
+    environment = chosen.environment
+    patience = 2 * environment.interval + 60
+
+    async def cycle(table: str) -> None:
+        await wait_for_cycle(store, environment.name, table, patience)
+
+    return cycle
+
+
+async def _environment(
+    wiring: Wiring,
+    store: AsyncEngine,
+    chosen: Selection,
+    *,
+    exact: bool,
+    repair: bool,
+    beside_daemon: bool = False,
+) -> list[TableReport] | str:
+    tenant, environment = chosen.tenant, chosen.environment
+    await state.close_stale_runs(store, environment.name, now=datetime.now(UTC))
+    client = wiring.client(tenant, environment, wiring.governor(tenant, environment))
+    async with client:
         try:
-            return Decimal(str(mirrored)) == Decimal(source)
-        except InvalidOperation:
-            return False
-    if isinstance(source, float):
-        return isinstance(mirrored, int | float) and float(mirrored) == source
-    return bool(mirrored == source)
+            tables = chosen.tables or tuple(await list_tables(client, environment.url))
+        except AuthError:
+            raise
+        except DvmirrorError as exc:
+            return f"{environment.name}: {exc.message}"
+        request = VerifyRequest(
+            store=store,
+            client=client,
+            environment=environment,
+            tables=tables,
+            exact=exact,
+            repair=repair,
+            catch_up=_daemon_cycle(store, chosen)
+            if beside_daemon
+            else _catch_up(store, client, chosen),
+            budget=wiring.budget(tenant),
+        )
+        return await verify_environment(request)
 
 
-async def source_rows(admin_url: str, env: str, table: str) -> list[dict[str, Any]]:
-    """The simulator's dump of one table, decimals exact."""
-    async with (
-        aiohttp.ClientSession(base_url=admin_url) as session,
-        session.get(f"/environments/{env}/tables/{table}/rows") as response,
-    ):
-        response.raise_for_status()
-        body = await response.read()
-    return [json.loads(line, parse_float=Decimal) for line in body.splitlines() if line.strip()]
+def _bytes_note(report: TableReport) -> str:
+    measured = report.measured
+    if not measured.key_rows or not measured.full_rows:
+        return ""
+    narrow = measured.key_bytes / measured.key_rows
+    full = measured.full_bytes / measured.full_rows
+    return (
+        f"; key/version pages {narrow:,.0f} B/row = {narrow / full:.0%} of a full page's "
+        f"{full:,.0f} B/row"
+    )
 
 
-async def mirror_rows(engine: AsyncEngine, env: str, table: str) -> list[dict[str, Any]] | None:
-    """The mirror table's live rows; None while it does not exist yet."""
-    name = dialect_for(engine).table_ref(env, table)
-    async with engine.connect() as conn:
+REPAIR_NEEDS_WRITER = (
+    "`verify --repair` writes the mirror, so it runs while no daemon holds the store or the "
+    "environment (stop it, or run plain `dvmirror verify` beside it)"
+)
+BESIDE_DAEMON = (
+    "a daemon holds the store: verifying read-only beside it (mismatches are rechecked after "
+    "its next cycle of each table)"
+)
+
+
+def describe(report: TableReport) -> str:
+    """One line per table: the outcome with its figures."""
+    where = f"{report.environment}/{report.table}"
+    rows = f"{report.mirror_rows:,}" if report.mirror_rows is not None else "?"
+    estimate = f"{report.estimate:,}" if report.estimate is not None else "unknown"
+    if report.outcome == "failed":
+        return f"{where}: could not verify: {report.detail}"
+    if report.outcome == "stopped":
+        return f"{where}: {report.detail}"
+    if report.outcome == "approximate":
+        return (
+            f"{where}: approximately matches: {rows} mirror rows, Dataverse's estimate "
+            f"{estimate} (a snapshot up to 24 h old; {report.changed_24h:,} rows changed in the "
+            f"mirror in 24 h); --exact counts every range ({report.requests} requests)"
+        )
+    found = report.found
+    counted = f"{report.ranges} key range(s) counted exactly"
+    if report.level == 3:
+        counted += ", keys and versions compared"
+    figures = f"{rows} mirror rows, {counted}{_bytes_note(report)}, {report.requests} requests"
+    if found.rows == 0:
+        return f"{where}: match: {figures}"
+    what = f"{len(found.missing)} missing, {len(found.ghost)} ghost, {len(found.stale)} stale"
+    if report.outcome == "repaired":
+        return f"{where}: repaired {report.repaired} rows ({what}): {figures}"
+    left = report.unrepaired
+    hint = "" if report.repaired else "; run `dvmirror verify --repair` to fix them"
+    return f"{where}: MISMATCH {left} rows ({what}){hint}: {figures}"
+
+
+def as_json(report: TableReport) -> dict[str, Any]:
+    found, measured = report.found, report.measured
+    return {
+        "environment": report.environment,
+        "table": report.table,
+        "outcome": report.outcome,
+        "level": report.level,
+        "approximate": report.outcome == "approximate",
+        "source_estimate": report.estimate,
+        "mirror_rows": report.mirror_rows,
+        "changed_24h": report.changed_24h,
+        "ranges": report.ranges,
+        "missing": found.missing,
+        "ghost": found.ghost,
+        "stale": found.stale,
+        "repaired": report.repaired,
+        "requests": report.requests,
+        "key_bytes": measured.key_bytes,
+        "key_rows": measured.key_rows,
+        "full_bytes": measured.full_bytes,
+        "full_rows": measured.full_rows,
+        "detail": report.detail,
+    }
+
+
+def exit_code(reports: list[TableReport], problems: list[str]) -> int:
+    if problems or any(r.outcome in ("mismatch", "failed", "stopped") for r in reports):
+        return ExitCode.FAILURES
+    return ExitCode.OK
+
+
+async def run_verify(
+    config: Config,
+    *,
+    env: str | None,
+    table: str | None,
+    exact: bool,
+    repair: bool,
+    json_output: bool,
+    console: Any,
+) -> int:
+    chosen = select(config, env, table)
+    names = [c.environment.name for c in chosen]
+    async with AsyncExitStack() as stack:
+        beside_daemon = False
         try:
-            result = await conn.execute(text(f"SELECT * FROM {name}"))  # noqa: S608
-        except (OperationalError, ProgrammingError):  # no such table yet
-            return None
-        rows = [dict(row._mapping) for row in result]
-    return [r for r in rows if r.get(DELETED_COLUMN) is None]
+            stack.enter_context(single_writer(config.store_url, "verify"))
+        except ConfigError as exc:
+            if repair:
+                raise ConfigError(f"{exc.message}; {REPAIR_NEEDS_WRITER}") from exc
+            beside_daemon = True  # a daemon writes the store: verify reads beside it
+        store = await open_store(config)
+        stack.push_async_callback(store.dispose)
+        wiring = Wiring(config, store)
+        stack.push_async_callback(wiring.close)
+        stores = dict.fromkeys(names, store)
+        if not beside_daemon:
+            try:
+                stores = await stack.enter_async_context(
+                    command_leases(
+                        store, names, config.settings.daemon.lease_seconds, command="verify"
+                    )
+                )
+            except ConfigError as exc:
+                if repair:
+                    raise ConfigError(f"{exc.message}; {REPAIR_NEEDS_WRITER}") from exc
+                beside_daemon = True
+        if beside_daemon:
+            console.print(Text(BESIDE_DAEMON, style="dim"))
+        batches = await asyncio.gather(
+            *(
+                _environment(
+                    wiring,
+                    stores[c.environment.name],
+                    c,
+                    exact=exact,
+                    repair=repair,
+                    beside_daemon=beside_daemon,
+                )
+                for c in chosen
+            )
+        )
+    reports = [r for batch in batches if not isinstance(batch, str) for r in batch]
+    problems = [batch for batch in batches if isinstance(batch, str)]
+    show(reports, problems, console, json_output=json_output, beside_daemon=beside_daemon)
+    return exit_code(reports, problems)
 
 
-async def compare_table(
-    engine: AsyncEngine, admin_url: str, env: str, table: str, *, key: str, limit: int = 5
-) -> Comparison:
-    """Every source row and column against the mirror; at most `limit` problems listed."""
-    found = Comparison()
-    source = await source_rows(admin_url, env, table)
-    mirrored = await mirror_rows(engine, env, table)
-    if mirrored is None:
-        found.problems.append(f"{env}/{table}: no mirror table yet")
-        return found
-    by_key = {as_sent(row[key]): row for row in mirrored}  # PostgreSQL's keys are UUIDs
-    found.rows = len(source)
-    extra = len(set(by_key) - {row[key] for row in source})
-    if extra:
-        found.problems.append(f"{env}/{table}: {extra} rows in the mirror but not in the source")
-    for row in source:
-        mirror_row = by_key.get(row[key])
-        if mirror_row is None:
-            found.problems.append(f"{env}/{table}: row {row[key]} missing")
-        else:
-            for column, value in row.items():
-                found.values += 1
-                if column not in mirror_row:
-                    found.problems.append(f"{env}/{table}: column {column} missing")
-                elif not same(mirror_row[column], value):
-                    found.problems.append(f"{env}/{table} {row[key]} {column} differs")
-        if len(found.problems) >= limit:
-            break
-    return found
+def show(
+    reports: list[TableReport],
+    problems: list[str],
+    console: Any,
+    *,
+    json_output: bool,
+    beside_daemon: bool,
+) -> None:
+    """The run's result: one JSON document, or a line per table and a summary."""
+    if json_output:
+        document = {"tables": [as_json(r) for r in reports], "problems": problems}
+        console.print(Text(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()))
+    else:
+        for report in reports:
+            style = "red" if report.outcome in ("mismatch", "failed", "stopped") else None
+            console.print(Text(describe(report), style=style or ""))
+        for problem in problems:
+            console.print(Text(problem, style="red"))
+        code = exit_code(reports, problems)
+        if beside_daemon and any(r.outcome == "mismatch" for r in reports):
+            console.print(Text("stop the daemon, then `dvmirror verify --repair` fixes them"))
+        total = sum(r.mirror_rows or 0 for r in reports)
+        if code == ExitCode.OK and all(r.outcome == "match" for r in reports):
+            console.print(Text(f"all tables match ({len(reports)} tables, {total:,} rows)"))
+        elif code == ExitCode.OK:
+            console.print(Text(f"no mismatch left ({len(reports)} tables, {total:,} rows)"))

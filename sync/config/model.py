@@ -88,6 +88,9 @@ class Environment(FrozenModel):
     # Tables without change tracking find deletions by scanning their keys; that costs a full
     # key read, so it runs on its own, longer interval.
     reconcile_interval: float = 86400.0
+    # The daemon runs `dvmirror verify` (estimate, then counts and key diffs where it flags) on
+    # this interval; 0 turns it off.
+    verify_interval: float = 86400.0
     page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     max_concurrency: int | None = Field(default=None, ge=1, le=CONCURRENT_REQUESTS_PER_USER)
     # How many of the environment's tables run at once (default: all); requests stay capped by
@@ -117,6 +120,13 @@ class Environment(FrozenModel):
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ValueError(f'{value!r} is not an interval; write it like "5m"')
         return value
+
+    @field_validator("verify_interval", mode="before")
+    @classmethod
+    def _verify_interval(cls, value: Any) -> Any:
+        if value in (0, "0", "0s"):
+            return 0.0  # off
+        return cls._interval(value)
 
     @field_validator("tables", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from sync.mirror.runner import run_cycle
 from sync.runtime.metrics import Metrics
 from sync.runtime.resync import ResyncWork, pass_is_current
 from sync.runtime.timing import FIRST_RUN_SPREAD, Timing, backoff_delay, first_delay, next_delay
+from sync.runtime.verify_loop import CycleSignals, run_verify_loop
 from sync.runtime.wiring import Wiring
 from sync.store import checkpoints as state
 from sync.store.environments import record_environment
@@ -104,6 +105,8 @@ class EnvironmentGroup:
         self.table_slots = asyncio.Semaphore(environment.table_concurrency or 1)
         # Resync requests this group (the lease holder) runs (sync.runtime.resync).
         self.resync = ResyncWork(environment.name, self.store)
+        # Verification every verify_interval (sync.runtime.verify_loop) rechecks after cycles.
+        self.cycles = CycleSignals()
 
     @property
     def name(self) -> str:
@@ -131,8 +134,24 @@ class EnvironmentGroup:
             )
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch_resyncs(tables), name=f"{self.name}/resync")
+                group.create_task(self._verify(client, tables), name=f"{self.name}/verify")
                 for table in tables:
                     group.create_task(self._table_loop(client, table), name=f"{self.name}/{table}")
+
+    async def _verify(self, client: ExactClient, tables: tuple[str, ...]) -> None:
+        try:
+            await run_verify_loop(
+                store=self.store,
+                client=client,
+                environment=self.environment,
+                tables=tables,
+                budget=self.wiring.budget(self.tenant),
+                metrics=self.metrics,
+                cycles=self.cycles,
+                stopping=self.stopping,
+            )
+        except LeaseLostError as exc:
+            self.lease_lost(exc)
 
     async def _watch_resyncs(self, tables: tuple[str, ...]) -> None:
         """Claim and follow the environment's resync requests every tick, until stopped."""
@@ -292,6 +311,7 @@ class EnvironmentGroup:
         if result.ok:
             attempts = 0
             self.status.failing_tables.pop(table, None)
+            self.cycles.cycle_done(table)
             delay = next_delay(self.timing, self.rng)
         else:
             attempts += 1

@@ -177,6 +177,12 @@ class Metrics:
             env_table,
             registry=reg,
         )
+        self._verify_mismatch = Gauge(
+            "dvmirror_verify_mismatch_rows",
+            "Rows the last verify found different from Dataverse and left unrepaired.",
+            env_table,
+            registry=reg,
+        )
         self._requests = Counter(
             "dvmirror_requests",
             "Dataverse requests finished, by outcome (2xx, 3xx, 4xx, 429, 5xx, network_error).",
@@ -257,6 +263,10 @@ class Metrics:
     def table_parked(self, environment: str, table: str, parked: bool) -> None:
         """Call when a table is parked (True) or resumes (False)."""
         self._parked.labels(environment, table).set(1 if parked else 0)
+
+    def verify_finished(self, environment: str, table: str, mismatch_rows: int) -> None:
+        """Call when a table's verify ends: its unrepaired mismatch rows (0: it matches)."""
+        self._verify_mismatch.labels(environment, table).set(mismatch_rows)
 
     def forget_table(self, environment: str, table: str) -> None:
         """Stop reporting freshness for a table removed from the configuration."""

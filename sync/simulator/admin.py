@@ -67,6 +67,7 @@ class AdminServer:
         app.router.add_post("/environments/{env}/limits", self._limits)
         app.router.add_post("/environments/{env}/throttle", self._throttle)
         app.router.add_get("/environments/{env}/arrivals", self._arrivals)
+        app.router.add_post("/environments/{env}/record-count-snapshot", self._count_snapshot)
         app.router.add_get(f"{table}/rows", self._rows)
         app.router.add_post(f"{table}/churn", self._churn)
         app.router.add_post(f"{table}/columns", self._columns)
@@ -227,6 +228,18 @@ class AdminServer:
         limits = Limits.model_validate({**runtime.protection.limits.model_dump(), **body})
         runtime.protection.set_limits(limits)
         return _json(limits.model_dump())
+
+    async def _count_snapshot(self, request: web.Request) -> web.Response:
+        """``{"refresh": true, "max_age_seconds": n}``: retake RetrieveTotalRecordCount's
+        snapshot now, and/or let it grow `n` seconds old before the service renews it."""
+        runtime = self._env(request)
+        body = await self._body(request)
+        age = body.get("max_age_seconds")
+        if age is not None and (not isinstance(age, int) or age < 0):
+            raise AdminError(400, "max_age_seconds must be a whole number of seconds >= 0")
+        refresh = bool(body.get("refresh", False))
+        call = partial(runtime.model.count_snapshot, refresh=refresh, max_age_seconds=age)
+        return _json(await runtime.run_model(call))
 
     async def _throttle(self, request: web.Request) -> web.Response:
         """``{"seconds": s, "client_id": id?}``: refuse that user's (everyone's) requests for

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from weakref import WeakKeyDictionary
 
 from sync.simulator.dataset import Table
-from sync.simulator.filters import Compare, Node, conjuncts, evaluate
+from sync.simulator.filters import Compare, Logical, Node, conjuncts, evaluate
 from sync.simulator.guids import sqlserver_guid_key
 from sync.simulator.values import Row, identity
 
@@ -107,8 +107,32 @@ def key_range_terms(table: Table, node: Node | None) -> list[Compare]:
     ]
 
 
+def _listed_keys(table: Table, node: Node) -> list[str] | None:
+    """The keys of a filter that is only ``<pk> eq <guid> or <pk> eq <guid> …``; else None."""
+    pk, keys, pending = table.template.primary_id, [], [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, Logical) and current.op == "or":
+            pending += [current.left, current.right]
+        elif (
+            isinstance(current, Compare)
+            and current.prop == pk
+            and current.op == "eq"
+            and current.literal.kind == "guid"
+        ):
+            keys.append(str(current.literal.value))
+        else:
+            return None
+    return keys
+
+
 def key_range_indices(table: Table, node: Node | None) -> list[int] | None:
-    """Row indices (ascending) inside the filter's key range; None when it has no key range."""
+    """Row indices (ascending) inside the filter's key range, or of the keys it lists; None
+    when it has neither."""
+    listed = _listed_keys(table, node) if node is not None else None
+    if listed is not None:
+        found = (table.index_of(key) for key in listed)
+        return sorted({index for index in found if index is not None})
     terms = key_range_terms(table, node)
     if not terms:
         return None

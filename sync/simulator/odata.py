@@ -25,9 +25,19 @@ from sync.simulator.protocol import ApiError, bad_request
 
 MAX_PAGE_SIZE = 5000
 SUPPORTED = frozenset(
-    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$expand"}
+    {
+        "$select",
+        "$filter",
+        "$orderby",
+        "$top",
+        "$count",
+        "$skiptoken",
+        "$deltatoken",
+        "$expand",
+        "$apply",
+    }
 )
-UNSUPPORTED = frozenset({"$skip", "$search", "$format", "$apply"})
+UNSUPPORTED = frozenset({"$skip", "$search", "$format"})
 _COOKIE = re.compile(
     r'^<cookie pagenumber="(\d+)" pagingcookie="([^"]*)" istracking="(True|False)" />$'
 )

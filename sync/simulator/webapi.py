@@ -42,6 +42,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from sync.simulator.aggregate import count_rows
 from sync.simulator.csdl import XML_CONTENT_TYPE, csdl_document
 from sync.simulator.dataset import HOSTILE_KINDS, Table, TableSpec, VersionCounter, build_tables
 from sync.simulator.metadata import MetadataView, attribute_definition
@@ -93,6 +94,7 @@ class DataverseModel:
         self.started_at = int(clock())
         self._by_set = {t.template.entity_set: t for t in self.tables.values()}
         self._snapshot: tuple[int, dict[str, int]] = (self.started_at, self._counts())
+        self.snapshot_seconds = SNAPSHOT_SECONDS  # how old a count snapshot grows before renewal
 
     # -- requests -------------------------------------------------------------------------
 
@@ -103,7 +105,7 @@ class DataverseModel:
         except ApiError as error:
             return error.response()
 
-    def _route(self, request: ApiRequest) -> ApiResponse:  # noqa: PLR0911 - a router
+    def _route(self, request: ApiRequest) -> ApiResponse:  # noqa: PLR0911, PLR0912 - a router
         path = unquote(request.path).strip("/")
         base = request.base_url.rstrip("/")
         qualified = _QUALIFIED_UNBOUND.match(path.split("/", 1)[0])
@@ -153,6 +155,9 @@ class DataverseModel:
             return count_collection(ctx, query, prefs)
         if len(segments) > 1 or single:
             raise not_found_segment(segments[-1])
+        if query.get("$apply") is not None:  # a server-side aggregate: one row of counts
+            body = count_rows(table, query.get("$apply") or "")
+            return json_response({"@odata.context": ctx.context(None), **body})
         return read_collection(ctx, query, prefs)
 
     def _read_context(self, table: Table, base: str) -> ReadContext:
@@ -198,7 +203,7 @@ class DataverseModel:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise bad_request("EntityNames must be a list of table logical names.")
         taken, counts = self._snapshot
-        if int(self.clock()) - taken >= SNAPSHOT_SECONDS:  # a snapshot from within the last day
+        if int(self.clock()) - taken >= self.snapshot_seconds:  # within the last day by default
             taken, counts = self._snapshot = (int(self.clock()), self._counts())
         for name in names:
             if name not in counts:
@@ -258,6 +263,18 @@ class DataverseModel:
     def restore(self, table: str, count: int) -> dict[str, Any]:
         """Bring the most recently deleted rows back under their old ids."""
         return self._table(table).restore(self.counter, int(self.clock()), count=count)
+
+    def count_snapshot(
+        self, *, refresh: bool = False, max_age_seconds: int | None = None
+    ) -> dict[str, Any]:
+        """RetrieveTotalRecordCount's snapshot: take it again now (`refresh`), or let it grow
+        `max_age_seconds` old before the service renews it (a stale estimate, as in Dataverse)."""
+        if max_age_seconds is not None:
+            self.snapshot_seconds = max_age_seconds
+        if refresh:
+            self._snapshot = (int(self.clock()), self._counts())
+        taken, counts = self._snapshot
+        return {"taken_at": taken, "max_age_seconds": self.snapshot_seconds, "counts": counts}
 
     def expire_change_tracking(self, table: str) -> None:
         """Every delta token issued so far for that table becomes expired (0x80044352)."""

@@ -167,7 +167,8 @@ request_budget = Table(
 )
 
 # Every deletion the mirror applied (a live row removed or soft-deleted), for downstream jobs.
-# Contract: environment, table, id, observed_at, _dv_commit_seq (the commit that applied it).
+# Contract: environment, table, id, observed_at, _dv_commit_seq (the commit that applied it);
+# reason: NULL (the sync) or "verify" (a ghost row that `verify --repair` removed).
 deletions = Table(
     "_dv_deletions",
     metadata,
@@ -177,6 +178,7 @@ deletions = Table(
     Column("id", String(36), nullable=False),
     Column("observed_at", DateTime(timezone=True), nullable=False),
     Column("_dv_commit_seq", BigInteger),  # NULL: logged before migration 0007
+    Column("reason", String(16)),
     Index(None, "environment", "table", "observed_at"),
     Index(None, "environment", "_dv_commit_seq"),
 )
@@ -193,6 +195,31 @@ commits = Table(
     Column("committed_at", DateTime(timezone=True), nullable=False),
     Column("upserts", BigInteger, nullable=False, server_default="0"),
     Column("deletes", BigInteger, nullable=False, server_default="0"),
+)
+
+# One row per table and `dvmirror verify` run (sync.verify): the deepest level reached
+# (1 estimate, 2 exact range counts, 3 key/version diff), outcome "match" | "mismatch" |
+# "repaired" | "approximate" | "stopped" | "failed", what level 3 found and what was repaired.
+verify_runs = Table(
+    "dv_verify_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(63), nullable=False),
+    Column("table_name", String(128), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("level", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("source_estimate", BigInteger),
+    Column("mirror_rows", BigInteger),
+    Column("ranges", Integer, nullable=False, server_default="0"),
+    Column("missing", BigInteger, nullable=False, server_default="0"),
+    Column("ghost", BigInteger, nullable=False, server_default="0"),
+    Column("stale", BigInteger, nullable=False, server_default="0"),
+    Column("repaired", BigInteger, nullable=False, server_default="0"),
+    Column("requests", Integer, nullable=False, server_default="0"),
+    Column("detail", Text),
+    Index(None, "environment", "table_name", "started_at"),
 )
 
 # Resync on demand (store.requests): `dvmirror resync` and the console write a row, the daemon

@@ -73,6 +73,7 @@ class PageWrite:
     sweep_before: str | None = None  # ISO text comparable with _dv_synced_at
     synced_at: str = ""
     count_rows: bool = False
+    deletion_reason: str | None = None  # `_dv_deletions.reason`: None for the sync itself
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ async def write_page(
     if deleted_ids and page.rows:
         alive = {str(row[0]).lower() for row in page.rows}
         deleted_ids = [i for i in deleted_ids if i.lower() not in alive]
-    deleted = await writer.delete(conn, deleted_ids, observed_at, seq)
+    deleted = await writer.delete(conn, deleted_ids, observed_at, seq, page.deletion_reason)
     await writer.touch(conn, page.keys_seen, page.synced_at)
     if page.sweep_before is not None:
         deleted += await writer.sweep(conn, page.sweep_before, observed_at, seq)

@@ -56,10 +56,15 @@ class TableWriter(Protocol):
         ...
 
     async def delete(
-        self, conn: AsyncConnection, ids: Sequence[str], observed_at: str, seq: int
+        self,
+        conn: AsyncConnection,
+        ids: Sequence[str],
+        observed_at: str,
+        seq: int,
+        reason: str | None = None,
     ) -> int:
         """Delete (or soft-delete) the live rows of `ids` and log them in `_dv_deletions`,
-        numbered `seq`."""
+        numbered `seq`, with `reason` (NULL for the sync itself, "verify" for a repair)."""
         ...
 
     async def touch(self, conn: AsyncConnection, keys: Sequence[str], stamp: str) -> None:
@@ -127,6 +132,24 @@ class Dialect(Protocol):
         ...
 
     def classify(self, exc: BaseException) -> Failure: ...
+
+    def guid_order(self, column: str) -> str:
+        """A text expression over the quoted key `column` that sorts (and compares with `<`,
+        `>`) in SQL Server's `uniqueidentifier` order: the hex of `sql_order_key(key)`."""
+        ...
+
+
+# SQL Server compares a uniqueidentifier by bytes 10-15, 8-9, 7-6, 5-4, 3-0 of its text's
+# bytes (mirror.keyranges.sql_order_key); as 1-based positions in the 36-character text.
+_GUID_ORDER_PARTS: tuple[tuple[int, int], ...] = ((25, 12), (20, 4), (17, 2), (15, 2), (12, 2))
+_GUID_ORDER_PARTS += ((10, 2), (7, 2), (5, 2), (3, 2), (1, 2))
+
+
+def guid_order_text(key_text: str) -> str:
+    """`substr` pieces of a lowercase 36-character GUID text, concatenated in SQL Server order."""
+    return " || ".join(
+        f"substr({key_text}, {start}, {length})" for start, length in _GUID_ORDER_PARTS
+    )
 
 
 def dialect_named(name: str) -> Dialect:

@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from sync.config.values import CONTROL_SCHEMA
-from sync.store.dialects import Failure
+from sync.store.dialects import Failure, guid_order_text
 from sync.store.identifiers import quote_ident
 from sync.store.layout import (
     COMMIT_SEQ_COLUMN,
@@ -69,7 +69,7 @@ _CONVERT: dict[SqlType, str] = {
     "choices": "string_to_array({}, ',')::integer[]",
 }
 _DELETIONS = f'{quote_ident(CONTROL_SCHEMA)}."_dv_deletions"'
-_LOG_COLUMNS = '("environment", "table", "id", "observed_at", "_dv_commit_seq")'
+_LOG_COLUMNS = '("environment", "table", "id", "observed_at", "_dv_commit_seq", "reason")'
 # SQLSTATE classes: 21 cardinality (one key twice in a statement), 22 data exception,
 # 23 integrity violation → the page's values;
 # 40 transaction rollback (serialization failure, deadlock) → run the transaction again;
@@ -176,7 +176,14 @@ class PostgresTable:
         return int((await conn.exec_driver_sql(sql, (seq,))).scalar_one())
 
     async def _remove_logged(
-        self, conn: AsyncConnection, where: str, params: tuple[Any, ...], observed_at: str, seq: int
+        self,
+        conn: AsyncConnection,
+        where: str,
+        params: tuple[Any, ...],
+        observed_at: str,
+        seq: int,
+        *,
+        reason: str | None = None,
     ) -> int:
         """Delete (or soft-delete) the live rows matching `where` ($1, $2 … are `params`) and
         log exactly those in `_dv_deletions`, in one statement; how many went."""
@@ -191,20 +198,25 @@ class PostgresTable:
         sql = (
             f"WITH gone AS ({change} RETURNING {quote_ident(self.primary_key)}::text AS id) "  # noqa: S608
             f"INSERT INTO {_DELETIONS} {_LOG_COLUMNS} "
-            f"SELECT ${n + 3}, ${n + 4}, gone.id, {at}, {number} FROM gone"
+            f"SELECT ${n + 3}, ${n + 4}, gone.id, {at}, {number}, ${n + 5}::text FROM gone"
         )
         result = await conn.exec_driver_sql(
-            sql, (*params, observed_at, seq, self.environment, self.table)
+            sql, (*params, observed_at, seq, self.environment, self.table, reason)
         )
         return max(result.rowcount, 0)
 
     async def delete(
-        self, conn: AsyncConnection, ids: Sequence[str], observed_at: str, seq: int
+        self,
+        conn: AsyncConnection,
+        ids: Sequence[str],
+        observed_at: str,
+        seq: int,
+        reason: str | None = None,
     ) -> int:
         if not ids:
             return 0
         where = f"{quote_ident(self.primary_key)} = ANY({self._keys('$1')})"
-        return await self._remove_logged(conn, where, (list(ids),), observed_at, seq)
+        return await self._remove_logged(conn, where, (list(ids),), observed_at, seq, reason=reason)
 
     async def touch(self, conn: AsyncConnection, keys: Sequence[str], stamp: str) -> None:
         if not keys:
@@ -258,6 +270,10 @@ class PostgresDialect:
 
     def mirror_name(self, environment: str, table: str) -> str:
         return f"{environment}.{table}"
+
+    def guid_order(self, column: str) -> str:
+        # Byte order of the hex text: the C collation, never the database's locale.
+        return f'({guid_order_text(f"({column})::text")}) COLLATE "C"'
 
     def table_ref(self, environment: str, table: str) -> str:
         return f"{quote_ident(environment)}.{quote_ident(table)}"

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from sync.errors import ConfigError
-from sync.store.dialects import Failure
+from sync.store.dialects import Failure, guid_order_text
 from sync.store.dialects.sqlite_turns import StoreEngine
 from sync.store.identifiers import quote_ident, stamp_literal
 from sync.store.layout import (
@@ -58,7 +58,8 @@ STORAGE: dict[SqlType, str] = {
 # the same `1,2,3` text in the same column, so that is not a type change.
 _SAME_STORAGE = {("text", "choices")}
 _LOG_DELETIONS = (
-    'INSERT INTO "_dv_deletions" ("environment", "table", "id", "observed_at", "_dv_commit_seq") '
+    'INSERT INTO "_dv_deletions" '
+    '("environment", "table", "id", "observed_at", "_dv_commit_seq", "reason") '
 )
 
 
@@ -194,7 +195,12 @@ class SqliteTable:
         return int((await conn.exec_driver_sql(sql, (seq,))).scalar_one())
 
     async def delete(
-        self, conn: AsyncConnection, ids: Sequence[str], observed_at: str, seq: int
+        self,
+        conn: AsyncConnection,
+        ids: Sequence[str],
+        observed_at: str,
+        seq: int,
+        reason: str | None = None,
     ) -> int:
         if not ids:
             return 0
@@ -202,9 +208,9 @@ class SqliteTable:
         alive = f" AND {deleted} IS NULL" if self.soft else ""
         # Logged only where a live row goes (an unknown or already deleted id changes nothing).
         live = f"FROM {self._target} WHERE {key} = ?{alive}"
-        log = _LOG_DELETIONS + f"SELECT ?, ?, {key}, ?, ? {live}"
+        log = _LOG_DELETIONS + f"SELECT ?, ?, {key}, ?, ?, ? {live}"
         env, table = self.environment, self.table
-        await _many(conn, log, [(env, table, observed_at, seq, i) for i in ids])
+        await _many(conn, log, [(env, table, observed_at, seq, reason, i) for i in ids])
         if self.soft:
             mark = f"{deleted} = ?, {quote_ident(COMMIT_SEQ_COLUMN)} = {int(seq)}"
             sql = f"UPDATE {self._target} SET {mark} WHERE {key} = ?{alive}"  # noqa: S608
@@ -220,7 +226,7 @@ class SqliteTable:
         key = quote_ident(self.primary_key)
         synced, deleted = quote_ident(SYNCED_COLUMN), quote_ident(DELETED_COLUMN)
         alive = f" AND {deleted} IS NULL" if self.soft else ""
-        gone = f"SELECT ?, ?, {key}, ?, ? FROM {self._target} WHERE {synced} < ?{alive}"  # noqa: S608
+        gone = f"SELECT ?, ?, {key}, ?, ?, NULL FROM {self._target} WHERE {synced} < ?{alive}"  # noqa: S608
         await conn.exec_driver_sql(
             _LOG_DELETIONS + gone, (self.environment, self.table, observed_at, seq, before)
         )
@@ -282,6 +288,9 @@ class SqliteDialect:
 
     def mirror_name(self, environment: str, table: str) -> str:
         return mirror_table_name(environment, table)
+
+    def guid_order(self, column: str) -> str:
+        return guid_order_text(f"lower({column})")
 
     def table_ref(self, environment: str, table: str) -> str:
         return quote_ident(mirror_table_name(environment, table))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sync.commands.verify import same
+from sync.commands.demo_compare import same
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,63 @@
+"""The latest `dvmirror verify` result of each table, for `dvmirror status`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+def _iso(value: Any) -> str | None:
+    if not isinstance(value, dt.datetime):
+        return None
+    moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).isoformat()
+
+
+def verify_entries(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per table: outcome, when, what level 3 found, what is left unrepaired."""
+    entries = []
+    for row in rows:
+        found = int(row["missing"]) + int(row["ghost"]) + int(row["stale"])
+        entries.append(
+            {
+                "environment": row["environment"],
+                "table": row["table_name"],
+                "outcome": row["outcome"],
+                "level": int(row["level"]),
+                "finished_at": _iso(row["finished_at"]),
+                "missing": int(row["missing"]),
+                "ghost": int(row["ghost"]),
+                "stale": int(row["stale"]),
+                "repaired": int(row["repaired"]),
+                "mismatch_rows": found - int(row["repaired"]),
+                "detail": row["detail"],
+            }
+        )
+    return entries
+
+
+def render_verifies(report: Mapping[str, Any], console: Console) -> None:
+    entries = report.get("verify", [])
+    if not entries:
+        return
+    table = Table(title="Last verify (dvmirror verify)", title_justify="left")
+    for header in ("Table", "Outcome", "Level", "Missing", "Ghost", "Stale", "Repaired", "At"):
+        table.add_column(header, overflow="fold")
+    for entry in entries:
+        style = "red" if entry["outcome"] in ("mismatch", "failed", "stopped") else ""
+        table.add_row(
+            Text(f"{entry['environment']}/{entry['table']}"),
+            Text(entry["outcome"], style=style),
+            str(entry["level"]),
+            f"{entry['missing']:,}",
+            f"{entry['ghost']:,}",
+            f"{entry['stale']:,}",
+            f"{entry['repaired']:,}",
+            (entry["finished_at"] or "")[:19].replace("T", " "),
+        )
+    console.print(table)
