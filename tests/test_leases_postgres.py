@@ -9,8 +9,9 @@ lease ended" is checked in the database itself, not by timing:
   others take them over within the lease's expiry plus one renewal interval (database time), the
   mirrors equal the source, and no checkpoint carries the dead daemon's token after the takeover;
 - zombie: the owner of an environment is paused (SIGSTOP) until its lease is taken, then resumed
-  (SIGCONT): it writes nothing more and steps down (its renewal or its next write, whichever
-  comes first, finds the lease gone);
+  (SIGCONT) with its renewal held back (a row lock on its dv_daemons row), so that its next
+  writes, not its renewal, meet the lease's end: the fence refuses them (nothing in the audit),
+  and it steps down; without the fence this test fails;
 - and, at the store level, the fence itself: a takeover waits for a write in flight, and the
   old holder's later write transactions are refused by the database.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,10 +217,61 @@ def test_three_daemons_share_six_environments_and_take_over_from_a_killed_one(
         stop_all(daemons)
 
 
+class RenewalHeldBack:
+    """Holds a row lock on a daemon's dv_daemons row, so its lease keeper's next tick (which
+    starts with that row's heartbeat UPDATE) waits, and with it the renewal that would find the
+    lease gone. Its seen_at is first pushed ahead (committed), so the other daemons' heartbeat,
+    which deletes members silent for two lease periods, never waits on the locked row."""
+
+    def __init__(self, url: str, holder: str) -> None:
+        self.url = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.holder = holder
+        self.locked = threading.Event()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._hold()), daemon=True)
+
+    async def _hold(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(
+                "UPDATE dvmirror.dv_daemons SET seen_at = clock_timestamp() + interval '1 hour' "
+                "WHERE holder = $1",
+                self.holder,
+            )
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT 1 FROM dvmirror.dv_daemons WHERE holder = $1 FOR UPDATE", self.holder
+                )
+                self.locked.set()
+                await asyncio.to_thread(self.release.wait)
+        finally:
+            await conn.close()
+
+    def __enter__(self) -> RenewalHeldBack:
+        self.thread.start()
+        assert self.locked.wait(30), "the daemon's row could not be locked"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release.set()
+        self.thread.join(30)
+
+
+def heartbeat_of(pg_url: str, holder: str) -> dt.datetime:
+    rows = sql(pg_url, "SELECT seen_at FROM dvmirror.dv_daemons WHERE holder = $1", holder)
+    return rows[0][0]  # type: ignore[no-any-return]
+
+
 @pytest.mark.usefixtures("no_ca_env")
-def test_a_paused_owner_resumed_after_its_lease_was_taken_writes_nothing_and_steps_down(
+def test_a_paused_owner_resumed_after_its_lease_was_taken_is_refused_by_the_fence(
     sim: dict[str, Any], tmp_path: Path, pg_url: str
 ) -> None:
+    """The zombie is paused between two lease ticks until its lease is taken over, and resumed
+    with its renewal held back: its sync cycles go on and try to write checkpoints and rows
+    under the old token. Only the fence stands between them and the database: every write is
+    refused (nothing in the audit after the takeover), the environment stops on the refusal
+    (environment_lease_lost) before the keeper could tell, and once the renewal runs the keeper
+    logs lease_lost too. Without the fence the zombie's checkpoints land and this fails."""
     envs = ENVIRONMENTS[:2]
     config = configure(sim, tmp_path, pg_url, envs)
     daemons = start_fleet(config, tmp_path, 1)
@@ -240,7 +294,12 @@ def test_a_paused_owner_resumed_after_its_lease_was_taken_writes_nothing_and_ste
                 timeout=60,
                 what="the owner's first checkpoints",
             )
+            # Pause it just after a tick (not inside one: its renewal must still be to come).
+            seen = heartbeat_of(pg_url, holder)
+            wait_until(lambda: heartbeat_of(pg_url, holder) > seen, timeout=30, what="a tick")
+            time.sleep(0.2)
             zombie.send(signal.SIGSTOP)
+            resumed = False
             try:
                 wait_until(
                     lambda: (row := leases(pg_url)[env])["holder"] != holder and row["current"],
@@ -249,14 +308,27 @@ def test_a_paused_owner_resumed_after_its_lease_was_taken_writes_nothing_and_ste
                 )
                 taken = leases(pg_url)[env]
                 assert taken["token"] == old["token"] + 1
+                with RenewalHeldBack(pg_url, holder):
+                    zombie.send(signal.SIGCONT)
+                    resumed = True
+                    # Its cycles go on; their writes meet the fence (or, without it, land).
+                    wait_until(
+                        lambda: (
+                            zombie.named("environment_lease_lost")
+                            or writes_by(pg_url, env, zombie, taken["acquired_at"]) > 0
+                        ),
+                        timeout=60,
+                        what="the zombie's next write",
+                    )
+                    assert writes_by(pg_url, env, zombie, taken["acquired_at"]) == 0
+                    assert not zombie.named("lease_lost"), "the renewal was to be held back"
+                    (refused,) = zombie.named("environment_lease_lost")
+                    assert refused["environment"] == env
             finally:
-                zombie.send(signal.SIGCONT)
-            # Resumed, it finds out at its next write or renewal, and steps down.
-            wait_until(
-                lambda: zombie.named("lease_lost") or zombie.named("environment_lease_lost"),
-                timeout=60,
-                what="the zombie noticing",
-            )
+                if not resumed:
+                    zombie.send(signal.SIGCONT)
+            # The renewal, let go, finds the lease gone as well.
+            wait_until(lambda: zombie.named("lease_lost"), timeout=60, what="the keeper noticing")
         wait_until(lambda: not converged(sim, pg_url, envs), timeout=120, what="convergence")
         # Nothing by the zombie after the takeover, in the database's own record.
         assert writes_by(pg_url, env, zombie, taken["acquired_at"]) == 0

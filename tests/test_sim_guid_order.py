@@ -301,6 +301,34 @@ def test_range_split_paging_survives_churn_between_pages(env: DataverseModel) ->
     assert len(after - before) > 0 and len(before - after) > 0  # churn really happened
 
 
+def test_default_paging_by_key_survives_inserts_before_the_cursor(env: DataverseModel) -> None:
+    """A default-order read pages by key, as a real org's paging cookie does: rows created
+    between pages with keys that sort before the cursor are not read, and no row that lived
+    throughout is skipped or read twice; the read stays in key order."""
+    table = env.tables["account"]
+    before = set(all_keys(env))
+    seen: list[str] = []
+    created_behind = 0
+    body: dict[str, Any] = get(env, "accounts", "$select=name", "odata.maxpagesize=10").json()
+    while True:
+        seen += [row[PK] for row in body["value"]]
+        first_new = table.next_index
+        env.churn("account", creates=4, updates=3, deletes=2, seed=len(seen))
+        cursor = sqlserver_guid_key(seen[-1])
+        new_keys = [table.key(index) for index in range(first_new, table.next_index)]
+        created_behind += sum(sqlserver_guid_key(key) < cursor for key in new_keys)
+        link = body.get("@odata.nextLink")
+        if not link:
+            break
+        body = get(env, "accounts", link.split("?", 1)[1], "odata.maxpagesize=10").json()
+    after = set(all_keys(env))
+    assert created_behind > 10  # inserts really landed before the cursor
+    assert len(seen) == len(set(seen))
+    assert seen == sql_sorted(seen)
+    assert (before & after) <= set(seen)
+    assert set(seen) <= {table.key(index) for index in range(table.next_index)}
+
+
 def test_lookup_columns_sort_and_compare_as_guids(env: DataverseModel) -> None:
     """_parentaccountid_value sorts in SQL Server order (nulls first) and filters with gt the same way."""
     rows = list(env.dump_rows("account"))
@@ -332,9 +360,28 @@ def test_key_breaks_ties_in_sql_order(env: DataverseModel) -> None:
         assert keys == sql_sorted(keys)
 
 
-def test_default_order_stays_the_index_order(env: DataverseModel) -> None:
-    """Without $orderby rows still come in the simulator's index order (unchanged pages)."""
-    assert keys_of(env, "$select=name") == all_keys(env)
+def test_default_order_is_the_primary_key_order(env: DataverseModel) -> None:
+    """Without $orderby a multi-page read returns the $orderby=<pk> order, as a real org does
+    (reference 3.2: "without `$orderby` Dataverse orders by primary key"), not creation order."""
+    default = keys_of(env, "$select=name")
+    assert len(default) == 260  # 29 pages of 9
+    assert default == keys_of(env, f"$select=name&$orderby={PK}")
+    assert default == sql_sorted(default) == all_keys(env)
+    table = env.tables["account"]
+    assert default != [table.key(index) for index in range(260)]  # creation order differs
+
+
+def test_default_order_with_a_filter_is_the_primary_key_order(env: DataverseModel) -> None:
+    """A filtered default read (narrowed by versions or not) pages in key order too."""
+    for condition in (
+        "versionnumber gt 100100",  # streamed in key order
+        "versionnumber gt 100230",  # few candidates: collected and sorted
+        "statecode eq 0",
+        "name ne null",
+    ):
+        query = f"$select=name&$filter={f(condition)}"
+        default = keys_of(env, query, page=7)
+        assert default and default == keys_of(env, f"{query}&$orderby={PK}", page=7)
 
 
 def test_quoted_guid_against_a_guid_column_is_incompatible(env: DataverseModel) -> None:

@@ -6,10 +6,13 @@ which is the row's node (one of the table's 2–3), then by the counter in the f
 which grows with the index. So ``$orderby=<pk>`` and ``<pk> gt/ge/lt/le <guid>`` read the rows
 node by node, each node's rows in index order; the text order of keys is neither.
 
-`KeyOrder` is that order, built lazily the first time a table is read in key order or filtered by
-a key range (O(N) once: each seeded row goes to its node's run, then 8 bytes per row), and kept
-up to date with rows created since (keys never change; deleted rows are skipped when read).
-Pages then cost O(page). Tables nobody reads that way never pay for it.
+Every key comes from `key_for` (seeded and created rows alike), so that order is (node rank,
+index). A read of the whole order (the default order, ``$orderby=<pk> [desc]`` without a key
+range) streams it from that rule, building nothing: a page costs about page x nodes rank
+look-ups. Key ranges bisect `KeyOrder`, the order materialised: built lazily the first time a
+table is filtered by a key range (O(N) once: each seeded row goes to its node's run, then 8 bytes
+per row), and kept up to date with rows created since (keys never change; deleted rows are
+skipped when read). Pages then cost O(page). Tables nobody reads that way never pay for it.
 """
 
 from __future__ import annotations
@@ -145,8 +148,24 @@ def key_ordered_rows(
     table: Table, node: Node | None, *, descending: bool, after: str | None
 ) -> Iterator[Row]:
     """Matching live rows in SQL Server key order, resuming past the key `after` (if given)."""
+    terms = key_range_terms(table, node)
+    after_index = table.index_of(after) if after is not None else None
+    if terms or (after is not None and after_index is None):
+        indices = _ranged_indices(table, terms, descending=descending, after=after)
+    else:
+        indices = _streamed_indices(table, descending=descending, after=after_index)
+    for index in indices:
+        row = table.row(index)
+        if row is not None and (node is None or evaluate(node, row.values.get)):
+            yield row
+
+
+def _ranged_indices(
+    table: Table, terms: list[Compare], *, descending: bool, after: str | None
+) -> Iterator[int]:
+    """Indices inside a key range, from the built `KeyOrder` (bisect: O(log N) to start)."""
     order = key_order(table)
-    low, high = order.bounds(key_range_terms(table, node))
+    low, high = order.bounds(terms)
     if after is not None:
         resume = sqlserver_guid_key(after)
         if descending:
@@ -154,7 +173,26 @@ def key_ordered_rows(
         else:
             low = max(low, order.after(resume))
     positions = range(high - 1, low - 1, -1) if descending else range(low, high)
-    for position in positions:
-        row = table.row(order.at(position))
-        if row is not None and (node is None or evaluate(node, row.values.get)):
-            yield row
+    return (order.at(position) for position in positions)
+
+
+def _streamed_indices(table: Table, *, descending: bool, after: int | None) -> Iterator[int]:
+    """Every index in key order, past the row `after`, computed as it goes: nothing is built.
+
+    Key order is (node rank, index) for every row, seeded or created (module docstring), so
+    each node's run is the indices of that rank in index order; a node's rows are spread
+    evenly over the indices, so a page costs about page x nodes rank look-ups.
+    """
+    rank = identity(table.ctx.seed, table.name).node_rank
+    nodes = len(identity(table.ctx.seed, table.name).nodes)
+    if descending:
+        start_rank = rank(after) if after is not None else nodes - 1
+        for node_rank in range(start_rank, -1, -1):
+            top = after - 1 if after is not None and node_rank == start_rank else None
+            first = table.next_index - 1 if top is None else top
+            yield from (i for i in range(first, -1, -1) if rank(i) == node_rank)
+        return
+    start_rank = rank(after) if after is not None else 0
+    for node_rank in range(start_rank, nodes):
+        first = after + 1 if after is not None and node_rank == start_rank else 0
+        yield from (i for i in range(first, table.next_index) if rank(i) == node_rank)

@@ -46,6 +46,7 @@ from sync.simulator.selection import (
     check_orderby,
     cursor_elements,
     cursor_values,
+    default_ordered_rows,
     matching_rows,
     ordering,
     sort_rows,
@@ -230,19 +231,18 @@ def _select_page(
 ) -> tuple[list[Row], dict[str, dict[str, str]]]:
     """Up to `limit` rows after the cookie's position, and the cookie elements ending the page.
 
-    The default order (no ``$orderby``) streams in index order from the last key: O(page).
-    ``$orderby=<pk> [desc]`` streams in SQL Server's GUID order from the last key (keyorder.py).
-    Any other order sorts the matching rows, then resumes after the (ordering values, key) the
-    previous page ended at.
+    The default order (no ``$orderby``) is primary-key order, as ``$orderby=<pk>``: SQL
+    Server's GUID order (keyorder.py), resuming past the cookie's last key. ``$orderby=<pk>
+    [desc]`` streams that order from the last key: O(page). Any other order sorts the matching
+    rows, then resumes after the (ordering values, key) the previous page ended at.
     """
     table = ctx.table
     pk = table.template.primary_id
     if not orderby or (len(orderby) == 1 and orderby[0][0] == pk):
+        last = table.key(_cookie_index(ctx, cookie)) if cookie else None
         if not orderby:
-            after = _cookie_index(ctx, cookie) if cookie else -1
-            found = matching_rows(table, node, after)
+            found = default_ordered_rows(table, node, after=last, wanted=limit)
         else:
-            last = table.key(_cookie_index(ctx, cookie)) if cookie else None
             found = key_ordered_rows(table, node, descending=orderby[0][1], after=last)
         rows = list(islice(found, limit))
         end = rows[min(len(rows), limit - 1) - 1] if rows else None

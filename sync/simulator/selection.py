@@ -27,7 +27,8 @@ from sync.simulator.filters import (
     conjuncts,
     evaluate,
 )
-from sync.simulator.keyorder import key_range_indices
+from sync.simulator.guids import sqlserver_guid_key
+from sync.simulator.keyorder import key_ordered_rows, key_range_indices, key_range_terms
 from sync.simulator.odata import PagingCookie, invalid_skiptoken
 from sync.simulator.protocol import bad_request, unknown_property
 from sync.simulator.values import Row
@@ -175,6 +176,38 @@ def matching_rows(table: Table, node: Node | None, after: int = -1) -> Iterator[
         row = table.row(index)
         if row is not None and (node is None or evaluate(node, row.values.get)):
             yield row
+
+
+def default_ordered_rows(
+    table: Table, node: Node | None, *, after: str | None, wanted: int
+) -> Iterator[Row]:
+    """Matching live rows in the default order (no ``$orderby``), resuming past the key `after`.
+
+    A real org returns them in primary-key order (SQL Server's ``uniqueidentifier`` order, the
+    clustered index), the same as ``$orderby=<pk>``; a page resumes past the last key it sent,
+    so rows created meanwhile with a key before the cursor are not read and none is skipped.
+    Unfiltered reads stream the key order: O(page). A filter whose bounds (versions, modified
+    dates) leave few candidates collects and sorts them instead of scanning the key order
+    for `wanted` matches: c candidates cost c log c, streaming costs about wanted * N / c.
+    """
+    candidates = _candidate_count(table, node)
+    if candidates is None or candidates * candidates >= wanted * max(table.next_index, 1):
+        return key_ordered_rows(table, node, descending=False, after=after)
+    rows = sorted(matching_rows(table, node), key=lambda row: sqlserver_guid_key(row.key))
+    if after is not None:
+        resume = sqlserver_guid_key(after)
+        rows = [row for row in rows if sqlserver_guid_key(row.key) > resume]
+    return iter(rows)
+
+
+def _candidate_count(table: Table, node: Node | None) -> int | None:
+    """Rows `matching_rows` would visit for a filter its index bounds narrow, else None."""
+    if node is None or key_range_terms(table, node):
+        return None
+    low, high = seeded_bounds(table, node)
+    if high - low >= table.base_count:
+        return None
+    return max(0, high - low) + len(table.states) + (table.next_index - table.base_count)
 
 
 def check_orderby(table: Table, orderby: tuple[tuple[str, bool], ...]) -> None:

@@ -24,12 +24,13 @@ namespace-qualified forms (``Microsoft.Dynamics.CRM.WhoAmI()``,
 "Resource not found for the segment 'Microsoft.Dynamics.CRM.WhoAmI'." — the unknown-segment
 answer any other name at the service root gets.
 
-Order. Without ``$orderby`` rows come in the simulator's index (creation) order.
-``$orderby=<pk>`` and key comparisons follow SQL Server's GUID order (guids.py): the keys are
+Order. Without ``$orderby`` rows come in primary-key order, as in a real org (reference 3.2:
+"without `$orderby` Dataverse orders by primary key"), the same order as ``$orderby=<pk>``.
+That order and key comparisons follow SQL Server's GUID order (guids.py): the keys are
 sequential GUIDs (values.py), so that order is node by node (2–3 per table), each node's rows
-in creation order; the text order of keys is neither. Real Dataverse pages by primary key by
-default, so there the two coincide; the simulator keeps the index order so that a default read
-streams in O(page) without building the key order (keyorder.py).
+in creation order; the text order of keys is neither. A page resumes past the last key of the
+previous one (its paging cookie), so rows created meanwhile with a key before it are not read
+and none after it is skipped. An unfiltered read streams that order in O(page) (keyorder.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import orjson
 from sync.simulator.aggregate import count_rows
 from sync.simulator.csdl import XML_CONTENT_TYPE, csdl_document
 from sync.simulator.dataset import HOSTILE_KINDS, Table, TableSpec, VersionCounter, build_tables
+from sync.simulator.keyorder import key_ordered_rows
 from sync.simulator.metadata import MetadataView, attribute_definition
 from sync.simulator.odata import Preferences, Query, parse_preferences, parse_query
 from sync.simulator.protocol import (
@@ -291,10 +293,8 @@ class DataverseModel:
         """Current rows in primary-key order, Web API names and values, no annotations
         (`exact`: decimals as JSON numbers with their scale, for orjson, not floats)."""
         target = self._table(table)
-        for index in target.indices():
-            row = target.row(index)
-            if row is not None:
-                yield plain_row(target, row, exact=exact)
+        for row in key_ordered_rows(target, None, descending=False, after=None):
+            yield plain_row(target, row, exact=exact)
 
     def row_count(self, table: str) -> int:
         """Live rows of a table now."""
