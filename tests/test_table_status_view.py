@@ -33,6 +33,7 @@ COLUMNS = [
     "last_verify",
     "last_error",
     "parked_until",
+    "last_verify_outcome",
 ]
 
 
@@ -118,8 +119,9 @@ async def test_the_view_matches_status_json(engine: Any, store_url: str, tmp_pat
         assert r["mirror_rows"] == entry["rows"]
         assert r["last_error"] == entry["last_error"]
         assert moment(r["parked_until"]) == moment(entry["parked_until"])
-        # Not stored yet: the verify runs (dv_verify_runs) fill these in a later revision.
+        # No `dvmirror verify` has run yet (test_verify_e2e checks the view after one).
         assert r["source_rows_estimate"] is r["source_rows_as_of"] is r["last_verify"] is None
+        assert r["last_verify_outcome"] is None
     by_table = {r["table"]: r for r in rows}
     assert [by_table[t]["initial_sync"] for t in ("account", "contact", "lead")] == [
         "Completed",

@@ -179,6 +179,21 @@ def test_verify_finds_each_damage_and_repair_restores_the_source_under_churn(
     text = run_cli("--config", config, "verify", "--exact", timeout=300)
     assert text.returncode == 0, text.stdout + text.stderr
     assert "all tables match (2 tables" in text.stdout
+    # The table status view (migration 0009) shows the newest run of each table.
+    view = "dvmirror.table_status" if isinstance(db, str) else "dv_table_status"
+    shown = query(
+        db,
+        f'SELECT "table", last_verify_outcome, source_rows_estimate, last_verify FROM {view} '
+        'ORDER BY "table"',
+    )
+    newest = query(
+        db,
+        "SELECT table_name, outcome, finished_at FROM dv_verify_runs r WHERE id = "
+        "(SELECT max(id) FROM dv_verify_runs w WHERE w.table_name = r.table_name) "
+        "ORDER BY table_name",
+    )
+    assert [(r[0], r[1]) for r in shown] == [(r[0], r[1]) for r in newest]
+    assert all(r[1] == "match" and r[2] is not None and r[3] is not None for r in shown), shown
 
 
 def test_the_daemon_verifies_every_verify_interval_and_reports_what_it_finds(
