@@ -301,7 +301,6 @@ class Settings(FrozenModel):
             )
         return self
 
-
     def _check_alerts(self, tenant_names: set[str]) -> None:
         alert_names: set[str] = set()
         for ai, alert in enumerate(self.alerts):

@@ -81,7 +81,7 @@ class AlertSender:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
             log.warning(
-                "alert_dropped", alert=self.alert.name, event=message.name, why="queue full"
+                "alert_dropped", alert=self.alert.name, alert_event=message.name, why="queue full"
             )
             asyncio.get_running_loop().create_task(
                 self._record(message, "dropped: the queue is full (the receiver is too slow)", 0)
@@ -110,7 +110,10 @@ class AlertSender:
         while True:
             message = await self.queue.get()
             try:
-                outcome, attempts = await self._deliver(message)
+                try:
+                    outcome, attempts = await self._deliver(message)
+                except Exception as exc:  # noqa: BLE001 - one bad message never stops the sender
+                    outcome, attempts = _masked(f"failed: {type(exc).__name__}", self.alert), 0
                 await self._record(message, outcome, attempts)
             finally:
                 self.queue.task_done()
@@ -146,7 +149,7 @@ class AlertSender:
                 "alert_delivered",
                 alert=self.alert.name,
                 to=self.alert.origin,
-                event=message.name,
+                alert_event=message.name,
                 environment=message.environment,
                 table=message.table or None,
                 attempts=attempts,
@@ -157,7 +160,7 @@ class AlertSender:
             "alert_delivery_failed",
             alert=self.alert.name,
             to=self.alert.origin,
-            event=message.name,
+            alert_event=message.name,
             environment=message.environment,
             outcome=outcome,
         )

@@ -180,7 +180,7 @@ class AlertService:
                 "alert_raised" if message.kind != "recovered" else "alert_recovered",
                 alert=message.alert,
                 kind=message.kind,
-                event=message.event,
+                alert_event=message.event,
                 environment=message.environment,
                 table=message.table or None,
             )
