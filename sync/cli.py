@@ -262,6 +262,19 @@ def status(state: State, as_json: bool) -> None:
     sys.exit(run_async(state, lambda: run_status(config, as_json=as_json, console=table_console())))
 
 
+@cli.command("dbt-sources")
+@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
+@click.pass_obj
+def dbt_sources(state: State, env_name: str) -> None:
+    """Print a dbt sources.yml for the environment's mirrored tables (columns with their
+    Dataverse display names and descriptions, freshness, key tests)."""
+    config = state.load(resolve_secrets=False)
+
+    from sync.commands.dbt_sources import run_dbt_sources
+
+    click.echo(run_async(state, lambda: run_dbt_sources(config, env_name)), nl=False)
+
+
 @cli.command()
 @click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
 @click.option("--table", "table_name", help="The table to read again (logical name).")

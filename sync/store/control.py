@@ -89,6 +89,9 @@ mirror_columns = Table(
     Column("type_changed_at", DateTime(timezone=True)),
     # The attribute's MetadataId: a column deleted and created again gets a new one.
     Column("attribute_id", String(36)),
+    # Its display name and description at the source (for dbt-sources), refreshed with the schema.
+    Column("display_name", Text),
+    Column("description", Text),
 )
 
 # One row per command or daemon cycle per table.
