@@ -72,3 +72,30 @@ def test_sources_yml_names_every_mirrored_column(
         "--config", config.path, "dbt-sources", "--env", "nope", env=clean_env(), cwd=tmp_path
     )
     assert unknown.returncode == 2 and "no environment named 'nope'" in unknown.stderr
+
+
+def test_yaml_emitter_round_trips_awkward_text() -> None:
+    """Display names are the source's text: quotes, colons, '#', newlines, non-ASCII and YAML
+    words come back exactly."""
+    from sync.commands.dbt_sources import to_yaml
+
+    awkward = ["a: b # c", 'say "hi"', "line\nbreak", "Größe – ü", "yes", "null", "- x", "", "0x10"]
+    document = {
+        "version": 2,
+        "sources": [
+            {
+                "name": "e",
+                "tables": [
+                    {
+                        "name": "t",
+                        "columns": [
+                            {"name": f"c{i}", "description": text} for i, text in enumerate(awkward)
+                        ],
+                    }
+                ],
+                "freshness": {"warn_after": {"count": 1, "period": "minute"}},
+                "empty": [],
+            }
+        ],
+    }
+    assert yaml.safe_load(to_yaml(document)) == document
