@@ -59,6 +59,7 @@ class State:
             for app in apps.values()
             if app.client_secret is not None and app.client_secret.get_secret_value()
         ]
+        secrets += [a.url.get_secret_value() for a in config.alerts if a.url.get_secret_value()]
         if config.console is not None and config.console.session_key.get_secret_value():
             secrets.append(config.console.session_key.get_secret_value())
         configure_logging(self.log_level or config.settings.daemon.log_level, secrets=secrets)
@@ -172,6 +173,13 @@ def config_check(state: State) -> None:
         for env in tenant.environments:
             tables = "all" if env.tables == "all" else ", ".join(env.tables)
             click.echo(f"    {env.name}: {env.url} every {env.interval:g}s: {tables}")
+    for alert in config.alerts:
+        tenants = ", ".join(alert.tenants) if alert.tenants else "all tenants"
+        lag = f", lag over {alert.lag_threshold:g}s" if alert.lag_threshold else ""
+        click.echo(
+            f"  alert {alert.name}: {alert.format} to {alert.origin or '(url not read)'}/… "
+            f"for {tenants}: {', '.join(alert.events)}{lag}, reminder every {alert.repeat:g}s"
+        )
     console = config.console
     if console is not None:
         app = config.console_app()
@@ -253,6 +261,19 @@ def status(state: State, as_json: bool) -> None:
     from sync.commands.status import run_status
 
     sys.exit(run_async(state, lambda: run_status(config, as_json=as_json, console=table_console())))
+
+
+@cli.command("dbt-sources")
+@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
+@click.pass_obj
+def dbt_sources(state: State, env_name: str) -> None:
+    """Print a dbt sources.yml for the environment's mirrored tables (columns with their
+    Dataverse display names and descriptions, freshness, key tests)."""
+    config = state.load(resolve_secrets=False)
+
+    from sync.commands.dbt_sources import run_dbt_sources
+
+    click.echo(run_async(state, lambda: run_dbt_sources(config, env_name)), nl=False)
 
 
 @cli.command()

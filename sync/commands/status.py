@@ -23,12 +23,14 @@ from rich.text import Text
 from sqlalchemy import Integer, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sync.commands.alerts_view import alerts_report, render_alerts
 from sync.commands.resync_view import render_resyncs, resync_line, resync_target
 from sync.commands.verify_view import render_verifies, verify_entries
 from sync.config.model import Config
 from sync.logs import mask_text
 from sync.store.commits import newest_query
 from sync.store.control import (
+    alert_deliveries,
     environments,
     key_ranges,
     leases,
@@ -100,6 +102,7 @@ async def read_control_rows(engine: AsyncEngine, *, since: dt.datetime) -> dict[
             "leases": [dict(r._mapping) for r in await conn.execute(select(leases))],
             "commits": [dict(r._mapping) for r in await conn.execute(newest_query())],
             "verify": [dict(r._mapping) for r in await conn.execute(verify_latest())],
+            "alerts": [dict(r._mapping) for r in await conn.execute(select(alert_deliveries))],
             "resync": [
                 dict(r._mapping)
                 for r in await conn.execute(recent_query(since, limit=RESYNC_SHOWN))
@@ -252,6 +255,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
         "resync_requests": [request.as_dict() for request in requests],
         "budgets": _budgets(config, rows["budgets"], now),
         "verify": verify_entries(rows.get("verify", [])),
+        "alerts": alerts_report(config, rows.get("alerts", [])),
     }
 
 
@@ -433,6 +437,7 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     console.print(owners)
     render_resyncs(report, console)
     render_verifies(report, console)
+    render_alerts(report, console)
     budgets = [b for b in report["budgets"] if b["limit"] is not None or b["used"]]
     if budgets:
         table = Table(title="Daily request budgets", title_justify="left")

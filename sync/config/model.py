@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from sync.config.alerts import Alert
 from sync.config.console import ConsoleSettings
 from sync.config.credentials import AppRegistration, Certificate, SecretRef
 from sync.config.values import (
@@ -39,6 +40,7 @@ from sync.errors import ConfigError
 from sync.limits import CONCURRENT_REQUESTS_PER_USER, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 __all__ = [
+    "Alert",
     "AppRegistration",
     "Certificate",
     "Config",
@@ -271,6 +273,7 @@ class Settings(FrozenModel):
     daemon: Daemon = Daemon()
     console: ConsoleSettings | None = None
     tenants: tuple[Tenant, ...]
+    alerts: tuple[Alert, ...] = ()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -301,11 +304,28 @@ class Settings(FrozenModel):
                         f"{env.name!r} is a reserved schema name in a PostgreSQL store "
                         "(each environment is a schema of its name): rename the environment",
                     )
+        self._check_alerts(tenant_names)
         if self.console is not None and self.console.app is None and self.app is None:
             raise KeyPathError(
                 "console", "no registration to sign users in with: add [console.app] or [app]"
             )
         return self
+
+    def _check_alerts(self, tenant_names: set[str]) -> None:
+        alert_names: set[str] = set()
+        for ai, alert in enumerate(self.alerts):
+            if not alert.name:
+                object.__setattr__(alert, "name", f"alert{ai + 1}")
+            if alert.name in alert_names:
+                raise KeyPathError(f"alerts[{ai}].name", f"duplicate alert name {alert.name!r}")
+            alert_names.add(alert.name)
+            for tenant in alert.tenants or ():
+                if tenant not in tenant_names:
+                    known = ", ".join(sorted(tenant_names))
+                    raise KeyPathError(
+                        f"alerts[{ai}].tenants",
+                        f"no tenant named {tenant!r} (known: {known})",
+                    )
 
 
 class KeyPathError(ValueError):
@@ -334,6 +354,10 @@ class Config:
         app = tenant.app or self.settings.app
         assert app is not None  # guaranteed by Settings._cross_checks
         return app
+
+    @property
+    def alerts(self) -> tuple[Alert, ...]:
+        return self.settings.alerts
 
     @property
     def console(self) -> ConsoleSettings | None:

@@ -183,6 +183,19 @@ def attribute_columns(  # noqa: PLR0911 - one return per family of attribute typ
     return [MirrorColumn(name, name, sql_type, name, kind, _describe(item, kind))]
 
 
+def label_text(value: Any) -> str:
+    """The text of a metadata Label (UserLocalizedLabel, else the first LocalizedLabels entry);
+    "" when absent or malformed. Capped: it is a description, not data."""
+    if not isinstance(value, Mapping):
+        return ""
+    chosen = value.get("UserLocalizedLabel")
+    if not isinstance(chosen, Mapping):
+        localized = value.get("LocalizedLabels")
+        chosen = localized[0] if isinstance(localized, list) and localized else None
+    text = chosen.get("Label") if isinstance(chosen, Mapping) else None
+    return text.strip()[:2000] if isinstance(text, str) else ""
+
+
 def attribute_id(item: Mapping[str, Any]) -> str:
     """The attribute's MetadataId in lower case, or "" when absent or not a GUID (then a
     column deleted and created again cannot be told from the old one, and is not)."""
@@ -224,6 +237,7 @@ def build_schema(
             skipped.append(name)
             continue
         identity = attribute_id(item)
+        shown, described = label_text(item.get("DisplayName")), label_text(item.get("Description"))
         if name == primary:
             key_column = MirrorColumn(
                 primary,
@@ -232,9 +246,14 @@ def build_schema(
                 primary,
                 str(item.get("AttributeType")),
                 attribute_id=identity,
+                display_name=shown,
+                description=described,
             )
             continue
-        columns.extend(replace(column, attribute_id=identity) for column in mapped)
+        columns.extend(
+            replace(column, attribute_id=identity, display_name=shown, description=described)
+            for column in mapped
+        )
     if key_column is None:
         raise HostileResponseError(
             f"table {table}: primary key {primary} is not among the readable attributes",

@@ -28,6 +28,8 @@ from sync.errors import ConfigError, DvmirrorError
 from sync.logs import get_logger
 from sync.mirror.job import PageProgress
 from sync.runtime import systemd as notify
+from sync.runtime.alerts.monitor import AlertService
+from sync.runtime.alerts.verify_source import StoredVerifyFindings
 from sync.runtime.http import HealthCheck, HttpServer, start_http_server
 from sync.runtime.leases import LeaseKeeper
 from sync.runtime.looplag import LoopLagWatch
@@ -89,6 +91,7 @@ class Daemon:
         self._wal_task: asyncio.Task[None] | None = None
         self._pruned_at = -math.inf
         self._prune_task: asyncio.Task[None] | None = None
+        self.alerts: AlertService | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
         if not self._stop.is_set():
@@ -132,6 +135,7 @@ class Daemon:
                 lost=self._lease_lost,
                 release=self._lease_released,
             )
+            self._start_alerts(store)
             await self.keeper.start()
             keeping = asyncio.create_task(self.keeper.run(keeper_stop), name="lease-keeper")
             await self._announce_ready()
@@ -170,7 +174,22 @@ class Daemon:
         for factory in self.sidecar_factories:
             self.sidecars.append(await factory(self.config, store))
 
+    def _start_alerts(self, store: AsyncEngine) -> None:
+        """Alerts look at the groups this daemon runs; delivery never waits on syncing."""
+        scheduler = self.scheduler
+        assert scheduler is not None
+        self.alerts = AlertService(
+            self.config,
+            store,
+            lambda: [g.group for g in scheduler.groups.values()],
+            verify=StoredVerifyFindings(store),
+        )
+        self.alerts.start()
+
     async def _stop_sidecars(self) -> None:
+        if self.alerts is not None:  # after the drain: what syncing ended with is sent
+            await self.alerts.stop()
+            self.alerts = None
         while self.sidecars:
             await self.sidecars.pop().stop()
 
@@ -303,6 +322,8 @@ class Daemon:
         await self.keeper.set_resources(self._environment_names(config))
         changes["added"] = sorted(set(self._environment_names(config)) - before)
         self.config = config
+        if self.alerts is not None:
+            await self.alerts.reload(config)
         log.info("reloaded", **changes)
         notify.ready(self._status_line())
 

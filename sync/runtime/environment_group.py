@@ -49,6 +49,7 @@ class GroupStatus:
     busy_tables: set[str] = field(default_factory=set)
     lease_lost: bool = False
     failing_tables: dict[str, str] = field(default_factory=dict)  # table → its last error
+    auth_error: str | None = None  # the sign-in fails (an AuthError), for alerts
 
     @property
     def problem(self) -> str | None:
@@ -169,6 +170,7 @@ class EnvironmentGroup:
             except DvmirrorError as exc:
                 attempts += 1
                 self.status.last_error = exc.message
+                self.status.auth_error = exc.message if isinstance(exc, AuthError) else None
                 delay = backoff_delay(self.timing, attempts, self.rng)
                 await self._park_all(exc, retry_in=delay)
                 if isinstance(exc, AuthError) and self.metrics is not None:
@@ -186,6 +188,7 @@ class EnvironmentGroup:
                     return False
                 continue
             self.status.authenticated, self.status.last_error = True, None
+            self.status.auth_error = None
             self.status.first_attempt_done.set()
             try:
                 await record_environment(

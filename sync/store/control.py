@@ -90,6 +90,9 @@ mirror_columns = Table(
     Column("type_changed_at", DateTime(timezone=True)),
     # The attribute's MetadataId: a column deleted and created again gets a new one.
     Column("attribute_id", String(36)),
+    # Its display name and description at the source (for dbt-sources), refreshed with the schema.
+    Column("display_name", Text),
+    Column("description", Text),
 )
 
 # One row per command or daemon cycle per table.
@@ -263,4 +266,39 @@ audit = Table(
     Column("outcome", String(255), nullable=False),
     Index(None, "at"),
     Index(None, "environment", "at"),
+)
+
+# Alerts (runtime.alerts): per alert, environment, table ('' for the whole environment) and
+# event, whether the condition holds and when a message about it was last sent, so that a
+# restart or a takeover by another daemon sends nothing twice.
+alert_state = Table(
+    "dv_alert_state",
+    metadata,
+    Column("alert", String(63), primary_key=True),
+    Column("environment", String(63), primary_key=True),
+    Column("table_name", String(128), primary_key=True),
+    Column("event", String(32), primary_key=True),
+    Column("active", Boolean, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+    Column("last_sent_at", DateTime(timezone=True)),
+    # A one-off event's identity (schema_type_change: when the type changed).
+    Column("marker", String(64), nullable=False, server_default=""),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# The last delivery of each alert: when, what, and how it went ("ok" or why not). Never the URL.
+alert_deliveries = Table(
+    "dv_alert_deliveries",
+    metadata,
+    Column("alert", String(63), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("environment", String(63), nullable=False),
+    Column("table_name", String(128), nullable=False),
+    Column("outcome", String(255), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_ok_at", DateTime(timezone=True)),
+    Column("failures", BigInteger, nullable=False, server_default="0"),
 )

@@ -47,6 +47,10 @@ class MirrorColumn:
     # The attribute's MetadataId ("" when the service did not send one): a column deleted and
     # created again under the same name is a new attribute with a new id.
     attribute_id: str = field(default="", compare=False)
+    # The attribute's display name and description (user-localized labels; "" when absent),
+    # kept in the column catalogue for `dvmirror dbt-sources`.
+    display_name: str = field(default="", compare=False)
+    description: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,8 @@ def _catalogue_row(
         "sql_type": column.sql_type,
         "added_at": now,
         "attribute_id": column.attribute_id or None,
+        "display_name": column.display_name or None,
+        "description": column.description or None,
     }
 
 
@@ -283,6 +285,7 @@ async def ensure_mirror(
                 removed=list(plan.removed),
                 revived=[c.name for c in plan.revived],
             )
+    await _refresh_labels(engine, environment, schema)
     writer = dialect.writer(
         environment,
         schema.table,
@@ -291,6 +294,29 @@ async def ensure_mirror(
         soft=soft,
     )
     return MirrorLayout(name, writer, plan)
+
+
+async def _refresh_labels(engine: AsyncEngine, environment: str, schema: TableSchema) -> None:
+    """Keep the catalogue's display names and descriptions as the source has them now (a
+    label renamed at the source, or columns catalogued before labels were kept)."""
+    where = and_(
+        mirror_columns.c.environment == environment, mirror_columns.c.table_name == schema.table
+    )
+    query = select(
+        mirror_columns.c.column_name, mirror_columns.c.display_name, mirror_columns.c.description
+    ).where(where, mirror_columns.c.removed_at.is_(None))
+    async with engine.connect() as conn:
+        stored = {r.column_name: (r.display_name, r.description) for r in await conn.execute(query)}
+    steps = [
+        update(mirror_columns)
+        .where(where, mirror_columns.c.column_name == column.name)
+        .values(display_name=column.display_name or None, description=column.description or None)
+        for column in schema.columns
+        if column.name in stored
+        and stored[column.name] != (column.display_name or None, column.description or None)
+    ]
+    if steps:
+        await execute_ddl(engine, steps, table=schema.table, environment=environment)
 
 
 def type_change_note(plan: DriftPlan) -> str | None:

@@ -1,0 +1,152 @@
+"""`dvmirror dbt-sources --env E`: a dbt sources.yml for the environment's mirrored tables.
+
+One source per environment, named after it: on PostgreSQL its schema is the environment's, each
+table its logical name; on SQLite the schema is `main` and each table `<env>__<table>` (the mirror
+naming contract). Columns come from the column catalogue (dv_mirror_columns, live columns only)
+with the Dataverse display name and description as their description; the key gets `not_null`
+and `unique`; freshness is on `_dv_synced_at`, warn after 2 and error after 6 sync intervals.
+The YAML is written here (block style, every string JSON-quoted, which YAML reads as is).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from sync.config.model import Config, Environment
+from sync.errors import ConfigError
+from sync.store.control import mirror_columns
+from sync.store.dialects.sqlite import mirror_table_name
+from sync.store.layout import COMMIT_SEQ_COLUMN, DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN
+from sync.store.open import open_store
+
+WARN_INTERVALS, ERROR_INTERVALS = 2, 6
+
+
+def _described(display: str | None, description: str | None) -> str:
+    parts = [p for p in (display, description) if p]
+    return " — ".join(parts)
+
+
+def _key_of(table: str, rows: list[Mapping[str, Any]]) -> str | None:
+    keys = [r["column_name"] for r in rows if r["attribute_type"] == "Uniqueidentifier"]
+    return f"{table}id" if f"{table}id" in keys else (keys[0] if keys else None)
+
+
+def _freshness(environment: Environment) -> dict[str, Any]:
+    minutes = environment.interval / 60
+    return {
+        "warn_after": {"count": max(1, math.ceil(WARN_INTERVALS * minutes)), "period": "minute"},
+        "error_after": {"count": max(1, math.ceil(ERROR_INTERVALS * minutes)), "period": "minute"},
+    }
+
+
+def build_sources(
+    environment: Environment,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    postgres: bool,
+    soft_tables: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The sources.yml document, from catalogue rows (pure)."""
+    by_table: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_table.setdefault(row["table_name"], []).append(row)
+    soft = set(soft_tables)
+    tables = []
+    for table, columns in sorted(by_table.items()):
+        key = _key_of(table, columns)
+        entries: list[dict[str, Any]] = []
+        for row in sorted(columns, key=lambda r: (r["column_name"] != key, r["column_name"])):
+            entry: dict[str, Any] = {
+                "name": row["column_name"],
+                "description": _described(row["display_name"], row["description"]),
+            }
+            if row["column_name"] == key:
+                entry["data_tests"] = ["not_null", "unique"]
+            entries.append(entry)
+        entries.append({"name": VERSION_COLUMN, "description": "Dataverse versionnumber"})
+        entries.append({"name": SYNCED_COLUMN, "description": "when dvmirror wrote the row (UTC)"})
+        entries.append(
+            {
+                "name": COMMIT_SEQ_COLUMN,
+                "description": "the change feed's commit number: load WHERE _dv_commit_seq > :last",
+            }
+        )
+        if table in soft:
+            entries.append({"name": DELETED_COLUMN, "description": "deleted at the source (UTC)"})
+        tables.append(
+            {
+                "name": table if postgres else mirror_table_name(environment.name, table),
+                "description": f"Dataverse table {table} of {environment.url}",
+                "columns": entries,
+            }
+        )
+    source = {
+        "name": environment.name,
+        "schema": environment.name if postgres else "main",
+        "loaded_at_field": SYNCED_COLUMN,
+        "freshness": _freshness(environment),
+        "tables": tables,
+    }
+    return {"version": 2, "sources": [source]}
+
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """Block-style YAML; strings JSON-quoted (valid YAML double-quoted scalars)."""
+    pad = " " * indent
+    if isinstance(value, Mapping):
+        lines = []
+        for key, item in value.items():
+            if isinstance(item, Mapping | list) and item:
+                lines.append(f"{pad}{key}:\n{to_yaml(item, indent + 2)}")
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item)}")
+        return "\n".join(lines)
+    if isinstance(value, list):
+        lines = []
+        for item in value:
+            if isinstance(item, Mapping) and item:
+                body = to_yaml(item, indent + 2)
+                lines.append(f"{pad}- {body[indent + 2 :]}")
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+        return "\n".join(lines)
+    return pad + _scalar(value)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return orjson.dumps(value).decode()
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, Mapping | list):
+        return "{}" if isinstance(value, Mapping) else "[]"
+    return orjson.dumps(str(value)).decode()
+
+
+async def run_dbt_sources(config: Config, env_name: str) -> str:
+    environment = next((e for _, e in config.environments() if e.name == env_name), None)
+    if environment is None:
+        known = ", ".join(e.name for _, e in config.environments())
+        raise ConfigError(f"{config.path}: no environment named {env_name!r} (known: {known})")
+    engine = await open_store(config)
+    try:
+        query = select(mirror_columns).where(
+            mirror_columns.c.environment == env_name, mirror_columns.c.removed_at.is_(None)
+        )
+        async with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in await conn.execute(query)]
+    finally:
+        await engine.dispose()
+    if environment.tables != "all":
+        rows = [r for r in rows if r["table_name"] in environment.tables]
+    soft = [t for t, o in environment.table_options.items() if o.deletes == "soft"]
+    document = build_sources(
+        environment, rows, postgres=config.settings.store.postgres, soft_tables=soft
+    )
+    return to_yaml(document) + "\n"

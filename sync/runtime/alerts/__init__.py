@@ -1,0 +1,1 @@
+"""Alerts: webhooks told when syncing needs people (see sync.runtime.alerts.rules)."""
