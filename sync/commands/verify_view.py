@@ -9,12 +9,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sync.store.verify_runs import entry
+from sync.store.verify_runs import entry as verify_entry
 
 
 def verify_entries(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One entry per table: outcome, when, what level 3 found, what is left unrepaired."""
-    return [entry(row) for row in rows]
+    return [verify_entry(row) for row in rows]
 
 
 def render_verifies(report: Mapping[str, Any], console: Console) -> None:
