@@ -146,6 +146,7 @@ def _raw(
         "budgets": [],
         "environments": [],
         "leases": [],
+        "verify": [],
     }
     rows.update(extra)
     return rows

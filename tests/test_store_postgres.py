@@ -302,3 +302,26 @@ async def test_run_pause_seconds_are_kept_and_summed(engine: Any) -> None:
     (recent,) = [r for r in raw["recent"] if r["table_name"] == "account"]
     assert float(recent["paused_seconds"]) == pytest.approx(3.25)
     assert int(recent["throttled"]) == 2
+
+
+async def test_console_reads_verify_runs(engine: Any) -> None:
+    """The console's verify reads on PostgreSQL: the newest run per table in control_rows and a
+    table's last 10 runs, newest first, in table_rows (timestamps back as UTC)."""
+    from datetime import timedelta
+
+    from sync.console import figures, queries
+    from sync.verify.plan import Diff
+    from sync.verify.runner import TableReport, record
+
+    for n in range(12):
+        at = NOW + timedelta(minutes=n)
+        found = Diff(missing=["k1", "k2"]) if n == 11 else Diff()
+        outcome = "mismatch" if n == 11 else "match"
+        report = TableReport("contoso_prod", "account", at, level=3, outcome=outcome, found=found)
+        await record(engine, report, at)
+    raw = await queries.control_rows(engine, since=NOW - figures.WINDOW)
+    (latest,) = raw["verify"]
+    assert (latest["outcome"], latest["missing"]) == ("mismatch", 2)
+    rows = await queries.table_rows(engine, "contoso_prod", "account", since=NOW)
+    started = [figures.as_utc(r["started_at"]) for r in rows["verify_runs"]]
+    assert started == [NOW + timedelta(minutes=n) for n in range(11, 1, -1)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -10,35 +9,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-
-def _iso(value: Any) -> str | None:
-    if not isinstance(value, dt.datetime):
-        return None
-    moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).isoformat()
+from sync.store.verify_runs import entry as verify_entry
 
 
 def verify_entries(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One entry per table: outcome, when, what level 3 found, what is left unrepaired."""
-    entries = []
-    for row in rows:
-        found = int(row["missing"]) + int(row["ghost"]) + int(row["stale"])
-        entries.append(
-            {
-                "environment": row["environment"],
-                "table": row["table_name"],
-                "outcome": row["outcome"],
-                "level": int(row["level"]),
-                "finished_at": _iso(row["finished_at"]),
-                "missing": int(row["missing"]),
-                "ghost": int(row["ghost"]),
-                "stale": int(row["stale"]),
-                "repaired": int(row["repaired"]),
-                "mismatch_rows": found - int(row["repaired"]),
-                "detail": row["detail"],
-            }
-        )
-    return entries
+    return [verify_entry(row) for row in rows]
 
 
 def render_verifies(report: Mapping[str, Any], console: Console) -> None:

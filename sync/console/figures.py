@@ -15,6 +15,7 @@ from typing import Any
 
 from sync.config.model import Config, Environment, Tenant
 from sync.console.fixes import fix_for
+from sync.console.verify_figures import verify_entry
 from sync.logs import mask_text
 
 Row = Mapping[str, Any]
@@ -68,6 +69,7 @@ def table_entry(
     state = rows["state"].get(key) or {}
     recent = rows["recent"].get(key) or {}
     ranges = rows["ranges"].get(key)
+    verified = rows["verify"].get(key)
     last_success = as_utc(state.get("last_success"))
     last_error_at = as_utc(state.get("last_error_at"))
     error = state.get("last_error")
@@ -93,6 +95,7 @@ def table_entry(
         "throttled_24h": int(recent.get("throttled") or 0),
         "retry_after_seconds_24h": round(float(recent.get("paused_seconds") or 0.0), 3),
         "running": bool(recent.get("running")),
+        "last_verify": verify_entry(verified) if verified else None,
     }
 
 
@@ -117,7 +120,7 @@ def environment_entry(
     raw: Mapping[str, list[dict[str, Any]]],
     now: dt.datetime,
 ) -> dict[str, Any]:
-    rows = {k: _by_table(raw[k]) for k in ("state", "recent", "ranges")}
+    rows = {k: _by_table(raw[k]) for k in ("state", "recent", "ranges", "verify")}
     tables = [
         table_entry(env, tenant, config, t, rows=rows, now=now) for t in _tables_of(env, rows)
     ]

@@ -23,9 +23,12 @@ from sync.store.control import (
     run_history,
     sync_state,
 )
+from sync.store.verify_runs import latest_query as verify_latest
+from sync.store.verify_runs import recent_query as verify_recent
 
 Row = Mapping[str, Any]
 RECENT_RUNS = 20
+RECENT_VERIFIES = 10
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:
@@ -63,13 +66,14 @@ async def control_rows(
             "budgets": _rows(await conn.execute(select(request_budget))),
             "environments": _rows(await conn.execute(select(environments))),
             "leases": _rows(await conn.execute(select(leases))),
+            "verify": _rows(await conn.execute(verify_latest())),
         }
 
 
 async def table_rows(
     engine: AsyncEngine, environment: str, table: str, *, since: dt.datetime
 ) -> dict[str, list[dict[str, Any]]]:
-    """One table's columns, its recent runs and its runs of the last 24 h (for the plot)."""
+    """One table's columns, its recent runs and verify runs, its runs of the last 24 h (plot)."""
     runs = run_history.c
     async with engine.connect() as conn:
         columns = await conn.execute(
@@ -105,8 +109,10 @@ async def table_rows(
                 runs.finished_at < since,
             )
         )
+        verifies = await conn.execute(verify_recent(environment, table, RECENT_VERIFIES))
         return {
             "columns": _rows(columns),
+            "verify_runs": _rows(verifies),
             "recent_runs": _rows(recent),
             "window_runs": _rows(window),
             "success_before": [{"finished_at": before.scalar()}],

@@ -19,6 +19,7 @@ from sync.console import actions, figures, queries, svg
 from sync.console.authz import Principal
 from sync.console.context import ConsoleContext, context_of, session_principal
 from sync.console.security import safe_next
+from sync.console.verify_figures import verify_entry
 from sync.store.open import redact_url
 from sync.store.requests import unmirrored
 
@@ -132,6 +133,7 @@ async def table_page(request: web.Request) -> web.StreamResponse:
             "table": found[0],
             "columns": [figures.column_entry(r) for r in rows["columns"]],
             "runs": [figures.run_entry(r) for r in rows["recent_runs"]],
+            "verify_runs": [verify_entry(r) for r in rows["verify_runs"]],
             "plot": Markup(plot),  # noqa: S704 - built by svg.plot, every text in it escaped
             "requests": [
                 r
