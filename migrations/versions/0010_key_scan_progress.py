@@ -19,11 +19,11 @@ branch_labels = None
 depends_on = None
 
 
+# Plain ALTER TABLE, no batch copy: the dv_table_status view (0007) reads dv_sync_state, and
+# SQLite refuses to rename a copy in its place; SQLite adds and drops a column in place.
 def upgrade() -> None:
-    with op.batch_alter_table("dv_sync_state") as batch:
-        batch.add_column(sa.Column("key_scan", sa.Text(), nullable=True))
+    op.add_column("dv_sync_state", sa.Column("key_scan", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("dv_sync_state") as batch:
-        batch.drop_column("key_scan")
+    op.drop_column("dv_sync_state", "key_scan")
