@@ -270,6 +270,41 @@ def test_sigkill_mid_key_scan_resumes_the_scan_at_its_last_committed_key_page(
     assert query(database, "SELECT rows_upserted, key_scan FROM dv_sync_state") == [(25000, None)]
 
 
+def test_sigterm_during_the_key_scan_stops_it_between_key_pages(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """`dvmirror run` asked to stop mid key scan ends after the key page in flight: exit 0,
+    the scan's progress stored, no ranges cut yet (the next start resumes the scan)."""
+    config = write_config(sim, tmp_path, "keyscan_env", page_size=1000)
+    config.write_text(
+        config.read_text().replace("[daemon]\n", '[daemon]\nshutdown_grace = "60s"\n')
+    )
+    admin(sim, "POST", "/stats/reset", {})
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "sync", "--config", str(config), "run"],
+        cwd=REPO,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and daemon.poll() is None:
+        try:
+            if user_stats(sim, "keyscan_env")["continuations"] >= 1:
+                break
+        except KeyError:  # no request from this user yet
+            pass
+        time.sleep(0.02)
+    daemon.send_signal(signal.SIGTERM)
+    _, stderr = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, stderr[-3000:]
+    assert user_stats(sim, "keyscan_env")["continuations"] < 4, "the scan went on to its end"
+    assert query(tmp_path, "SELECT count(*) FROM dv_key_ranges") == [(0,)]
+    ((progress,),) = query(tmp_path, "SELECT key_scan FROM dv_sync_state")
+    assert progress is not None and json.loads(progress)["seen"] >= 10000, progress
+
+
 def test_daemon_runs_ranges_stops_between_pages_on_sigterm_and_resumes(
     sim: dict[str, Any], tmp_path: Path
 ) -> None:
