@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from itertools import pairwise
 
 import pytest
 
 from sync.mirror.keyranges import KeyRange, KeySample, range_count, should_split, sql_order_key
 from sync.simulator.guids import sqlserver_guid_key
+from sync.store.key_scans import KeyScanState, decode, encode
 from tests.test_sim_guid_order import KNOWN_ORDERINGS
 
 
@@ -128,3 +130,49 @@ def test_range_count_is_capped_by_workers_and_by_pages() -> None:
     assert range_count(1_000_000, workers=8, page_size=5000) == 8
     assert range_count(30_000, workers=8, page_size=5000) == 3
     assert range_count(100, workers=8, page_size=5000) == 1
+
+
+def test_a_scan_resumed_from_its_stored_progress_cuts_the_ranges_an_unbroken_one_cuts() -> None:
+    keys = [sequential_guid(n) for n in range(30_000)]
+    pages = [tuple(keys[i : i + 5000]) for i in range(0, len(keys), 5000)]
+    unbroken = KeySample(len(keys), 4)
+    for page in pages:
+        unbroken.add(page)
+    first = KeySample(len(keys), 4)
+    for page in pages[:2]:
+        first.add(page)
+    stored = KeyScanState(
+        "https://org.example/api/data/v9.2/opportunities?$skiptoken=x",
+        True,
+        datetime(2026, 12, 7, 11, 0, tzinfo=UTC),
+        4,
+        first.step,
+        first.seen,
+        tuple(first.keys),
+    )
+    again = decode(encode(stored))
+    assert again == stored
+    resumed = KeySample.resume(again.step, again.seen, again.keys)
+    for page in pages[2:]:
+        resumed.add(page)
+    assert resumed.keys == unbroken.keys and resumed.seen == unbroken.seen
+    assert resumed.cut(4) == unbroken.cut(4)
+    assert len(encode(stored)) < 40 * 4 * 64 + 400  # the sample, not every key scanned
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"next_link": "x"}',
+        '{"next_link": "x", "tracked": 1, "started_at": "2026-12-07T11:00:00+00:00",'
+        ' "ranges": 4, "step": 2, "seen": 10, "keys": []}',
+        '{"next_link": "x", "tracked": true, "started_at": "yesterday",'
+        ' "ranges": 4, "step": 2, "seen": 10, "keys": []}',
+        '{"next_link": "x", "tracked": true, "started_at": "2026-12-07T11:00:00+00:00",'
+        ' "ranges": 0, "step": 2, "seen": 10, "keys": []}',
+    ],
+)
+def test_unreadable_scan_progress_is_ignored_and_the_scan_starts_over(text: str) -> None:
+    assert decode(text) is None

@@ -82,11 +82,14 @@ def repeated_pages(sim: dict[str, Any]) -> int:
 
 
 def key_scan_allowance(daemon: DaemonProcess) -> int:
-    """A kill during a key scan repeats the scan (its pages are not checkpointed; they hold only
-    the keys): the scan's pages are allowed again once per such kill."""
-    started = {(e.get("environment"), e.get("table")) for e in daemon.named("key_scan_started")}
+    """A kill during a key scan reads the key page in flight again (each key page commits the
+    scan's progress, so the scan resumes after the last committed one): one page per such kill."""
+    scans = {"key_scan_started", "key_scan_resumed"}
+    scanning = {
+        (e.get("environment"), e.get("table")) for e in daemon.events() if e.get("event") in scans
+    }
     planned = {(e.get("environment"), e.get("table")) for e in daemon.named("key_ranges_planned")}
-    return len(started - planned) * (RANGED_ROWS // PAGE_SIZE)
+    return len(scanning - planned)
 
 
 def converged(sim: dict[str, Any], database: Path) -> list[str]:

@@ -35,6 +35,7 @@ TABLES = {
     "ranged_env": ("account", "new_project"),
     "churn_env": ("account", "new_project"),
     "kill_env": ("opportunity",),
+    "keyscan_env": ("opportunity",),
 }
 
 
@@ -45,7 +46,11 @@ def _sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def write_config(
-    sim: dict[str, Any], directory: Path, env: str, store_url: str | None = None
+    sim: dict[str, Any],
+    directory: Path,
+    env: str,
+    store_url: str | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> Path:
     """A configuration for one environment: small pages, split above 500 rows, 4 ranges."""
     store_url = store_url or f"sqlite+aiosqlite:///{directory / 'mirror.db'}"
@@ -60,7 +65,7 @@ def write_config(
         f'[daemon]\ndata_dir = "{directory}"\n'
         f'[[tenants]]\nname = "{tenant["name"]}"\ntenant_id = "{tenant["tenant_id"]}"\n'
         f'[[tenants.environments]]\nname = "{env}"\nurl = "{found["url"]}"\n'
-        f"tables = [{tables}]\npage_size = {PAGE_SIZE}\nsplit_rows = 500\n"
+        f"tables = [{tables}]\npage_size = {page_size}\nsplit_rows = 500\n"
         f"range_workers = {WORKERS}\n"
     )
     return path
@@ -78,6 +83,12 @@ def converged(sim: dict[str, Any], database: Path | str, env: str) -> None:
         database = database / "mirror.db"
     for table in TABLES[env]:
         compare.assert_converged(sim, database, env, table)
+
+
+def logged(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a command's stderr."""
+    lines = (line for line in stderr.splitlines() if line.startswith("{"))
+    return [json.loads(line) for line in lines]
 
 
 def churn(sim: dict[str, Any], env: str, table: str, seed: int, **counts: int) -> None:
@@ -201,6 +212,97 @@ def test_sigkill_mid_ranges_resumes_every_range_where_it_stopped(
         served_after,
         committed_rows,
     )
+
+
+def test_sigkill_mid_key_scan_resumes_the_scan_at_its_last_committed_key_page(
+    sim: dict[str, Any], tmp_path: Path, store_url: str
+) -> None:
+    """SIGKILL once two key pages (of five: 25000 keys, 5000 a page) are committed, rerun: the
+    scan goes on from its stored next link (at most the page in flight is read again), cuts
+    the ranges from the stored sample plus the rest, and the mirror equals the source."""
+    config = write_config(sim, tmp_path, "keyscan_env", store_url, page_size=1000)
+    database = database_of(store_url)
+    admin(sim, "POST", "/stats/reset", {})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync", "--config", str(config), "backfill"],
+        cwd=REPO,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    # The third key page was asked for (its second continuation): the second one is committed.
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if user_stats(sim, "keyscan_env")["continuations"] >= 2:
+                break
+        except KeyError:  # no request from this user yet
+            pass
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+    settle = time.monotonic() + 10  # the page in flight at the kill is served to nobody
+    while user_stats(sim, "keyscan_env")["in_flight"] and time.monotonic() < settle:
+        time.sleep(0.05)
+    before = user_stats(sim, "keyscan_env")
+    assert 2 <= before["continuations"] < 5, "the key scan was not caught in the middle"
+    assert query(database, "SELECT count(*) FROM dv_key_ranges") == [(0,)]
+    ((progress,),) = query(database, "SELECT key_scan FROM dv_sync_state")
+
+    result = run_cli("--config", config, "backfill", timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    after = user_stats(sim, "keyscan_env")
+    # The rerun read the remaining keys and then every row once (the ranges): the key pages
+    # committed before the kill (two or more, 10000+ keys) are not read again, only the one
+    # in flight at the kill (its link is where the stored scan goes on).
+    keys_read = after["rows_served"] - before["rows_served"] - 25000
+    assert keys_read <= 25000 - 10000, (before, after)
+    assert after["continuations_repeated"] <= 1, (before, after)
+    committed_keys = json.loads(progress)["seen"]
+    assert committed_keys >= 10000 and keys_read == 25000 - committed_keys, progress
+    events = {e["event"]: e for e in logged(result.stderr)}
+    assert "key_scan_started" not in events, result.stderr[-2000:]
+    # Resumed with the keys of the committed pages (two or more), not from the first key.
+    assert 10000 <= events["key_scan_resumed"]["keys"] < 25000, events["key_scan_resumed"]
+    planned = events["key_ranges_planned"]
+    assert (planned["ranges"], planned["keys_scanned"]) == (WORKERS, 25000), planned
+    compare.assert_converged(sim, database, "keyscan_env", "opportunity")
+    assert query(database, "SELECT rows_upserted, key_scan FROM dv_sync_state") == [(25000, None)]
+
+
+def test_sigterm_during_the_key_scan_stops_it_between_key_pages(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """`dvmirror run` asked to stop mid key scan ends after the key page in flight: exit 0,
+    the scan's progress stored, no ranges cut yet (the next start resumes the scan)."""
+    config = write_config(sim, tmp_path, "keyscan_env", page_size=1000)
+    config.write_text(
+        config.read_text().replace("[daemon]\n", '[daemon]\nshutdown_grace = "60s"\n')
+    )
+    admin(sim, "POST", "/stats/reset", {})
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "sync", "--config", str(config), "run"],
+        cwd=REPO,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and daemon.poll() is None:
+        try:
+            if user_stats(sim, "keyscan_env")["continuations"] >= 1:
+                break
+        except KeyError:  # no request from this user yet
+            pass
+        time.sleep(0.02)
+    daemon.send_signal(signal.SIGTERM)
+    _, stderr = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, stderr[-3000:]
+    assert user_stats(sim, "keyscan_env")["continuations"] < 4, "the scan went on to its end"
+    assert query(tmp_path, "SELECT count(*) FROM dv_key_ranges") == [(0,)]
+    ((progress,),) = query(tmp_path, "SELECT key_scan FROM dv_sync_state")
+    assert progress is not None and json.loads(progress)["seen"] >= 10000, progress
 
 
 def test_daemon_runs_ranges_stops_between_pages_on_sigterm_and_resumes(

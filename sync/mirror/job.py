@@ -29,7 +29,7 @@ from sync.mirror.keyranges import should_split
 from sync.mirror.page import DecodedPage
 from sync.mirror.rowshape import RowShaper
 from sync.store import checkpoints as state
-from sync.store import key_ranges
+from sync.store import key_ranges, key_scans
 from sync.store.layout import TableSchema
 from sync.store.leases import token_stamp
 from sync.store.mirror_tables import MirrorLayout, ensure_mirror, type_change_note
@@ -219,6 +219,8 @@ class TableJob:
         self.split = should_split(
             total, split_rows=env.split_rows, workers=env.range_workers, page_size=env.page_size
         )
+        if not self.split:  # a key scan left by a crash will not go on: a later one starts afresh
+            await key_scans.forget(self.store, env.name, self.table)
 
     def page_committed(self, phase: str, counts: PageCounts, *, cycle_done: bool) -> None:
         """Count a committed page and report it (progress bars, metrics)."""

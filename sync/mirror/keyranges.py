@@ -75,6 +75,13 @@ class KeySample:
         self.seen = 0
         self.keys: list[str] = []
 
+    @classmethod
+    def resume(cls, step: int, seen: int, keys: tuple[str, ...]) -> KeySample:
+        """The sample of a scan resumed at its last committed page (store.key_scans)."""
+        sample = cls(0, 1)
+        sample.step, sample.seen, sample.keys = step, seen, list(keys)
+        return sample
+
     def add(self, keys: tuple[str, ...]) -> None:
         for key in keys:
             if self.seen % self.step == 0:

@@ -6,7 +6,9 @@
    `$orderby`, so the ranges themselves cannot carry it.) Without change tracking, a key-only
    read in key order; the pass's start becomes the watermark. Every `step`-th key is sampled and
    the ranges cut at the sample's quantiles. The ranges, the token and the pass's start commit in
-   one transaction: a crash before it repeats the key scan (cheap key-only pages), nothing else.
+   one transaction. Each key page before it commits the scan's progress (its next link, the
+   pass's start, the sample so far: store.key_scans), so a crash resumes the scan at its last
+   committed page and cuts the same ranges; at most the page in flight is read again.
 2. **Ranges.** Each range is its own chain `$filter=<pk> gt A and <pk> le B&$orderby=<pk>`, with
    its own checkpoint in dv_key_ranges committed with each of its pages, so a restart resumes
    every range at its last committed page. All ranges take their request slots from the
@@ -33,7 +35,7 @@ from sync.mirror.job import TableJob, stamp
 from sync.mirror.keyranges import KeyRange, KeySample, range_count, range_params
 from sync.mirror.page import DecodedPage
 from sync.store import checkpoints as state
-from sync.store import key_ranges
+from sync.store import key_ranges, key_scans
 from sync.store.checkpoints import TableState
 from sync.store.leases import token_stamp
 from sync.store.writer import PageCounts, PageWrite, commit_page
@@ -44,10 +46,11 @@ log = get_logger("dvmirror.ranges")
 async def run_ranges(job: TableJob, stopping: asyncio.Event | None = None) -> bool:
     """Run the table's ranged full pass. True when it is complete (the cursor then stands at the
     start of the delta replay), False when `stopping` ended it between pages."""
-    if not job.ranges:
-        await _split(job)
+    stopping = stopping or asyncio.Event()
+    if not job.ranges and not await _split(job, stopping):
+        return False
     pending = [r for r in job.ranges if not r.done]
-    if pending and not await _run_all(job, pending, stopping or asyncio.Event()):
+    if pending and not await _run_all(job, pending, stopping):
         return False
     await _close(job)
     return True
@@ -69,20 +72,28 @@ def _checked(job: TableJob, url: str, page: DecodedPage) -> None:
         )
 
 
-async def _split(job: TableJob) -> None:
-    """Scan the keys, cut the ranges and store them with the pass's start and delta token."""
+async def _split(job: TableJob, stopping: asyncio.Event) -> bool:
+    """Scan the keys, cut the ranges and store them with the pass's start and delta token.
+    Each key page commits the scan's progress, so a crash resumes it at the last committed
+    page; False when `stopping` ended the scan between pages (the progress stays stored)."""
     assert job.schema is not None
     schema, env = job.schema, job.environment
-    started = job.clock()
     tracked = schema.change_tracking
-    expected = job.total_estimate or 0
-    wanted = range_count(expected, workers=env.range_workers, page_size=env.page_size)
-    sample = KeySample(expected, wanted)
-    params = [("$select", schema.primary_key)]
-    if not tracked:
-        params.append(("$orderby", f"{schema.primary_key} asc"))
-    url = cur.collection_url(env.url, schema.entity_set, params)
-    log.info("key_scan_started", environment=env.name, table=job.table, ranges=wanted)
+    stored = await key_scans.load(job.store, env.name, job.table)
+    if stored is not None and stored.tracked == tracked:
+        started, wanted, url = stored.started_at, stored.ranges, stored.next_link
+        sample = KeySample.resume(stored.step, stored.seen, stored.keys)
+        log.info("key_scan_resumed", environment=env.name, table=job.table, keys=sample.seen)
+    else:
+        started = job.clock()
+        expected = job.total_estimate or 0
+        wanted = range_count(expected, workers=env.range_workers, page_size=env.page_size)
+        sample = KeySample(expected, wanted)
+        params = [("$select", schema.primary_key)]
+        if not tracked:
+            params.append(("$orderby", f"{schema.primary_key} asc"))
+        url = cur.collection_url(env.url, schema.entity_set, params)
+        log.info("key_scan_started", environment=env.name, table=job.table, ranges=wanted)
     while True:
         page = await job.fetch(cur.Request("keys", url, tracked))
         _checked(job, url, page)
@@ -90,6 +101,13 @@ async def _split(job: TableJob) -> None:
         if page.next_link is None:
             break
         url = page.next_link
+        scan = key_scans.KeyScanState(
+            url, tracked, started, wanted, sample.step, sample.seen, tuple(sample.keys)
+        )
+        progress = _fixed([key_scans.progress(env.name, job.table, scan)])
+        await _commit(job, PageWrite(synced_at=stamp(job.clock())), progress)
+        if stopping.is_set():
+            return False
     if tracked and page.delta_link is None:
         raise TableError(
             f"table {job.table}: the last page of a change-tracking key scan carried no deltaLink",
@@ -107,6 +125,7 @@ async def _split(job: TableJob) -> None:
     statements = [
         *state.checkpoint_statements(env.name, job.table, cursor, now=now, pages=0),
         *key_ranges.create(env.name, job.table, ranges, now=now),
+        key_scans.progress(env.name, job.table, None),
     ]
     await _commit(job, PageWrite(synced_at=stamp(now)), lambda _: statements)
     job.cursor, job.ranges, job.split = cursor, ranges, False
@@ -118,6 +137,7 @@ async def _split(job: TableJob) -> None:
         keys_scanned=sample.seen,
         sampled=len(sample.keys),
     )
+    return True
 
 
 async def _run_all(
@@ -227,6 +247,11 @@ async def _close(job: TableJob) -> None:
     counts = await _commit(job, write, checkpoint)
     job.cursor, job.ranges, job.reconcile = final, [], False
     log.info("ranged_pass_done", environment=env.name, table=job.table, rows=counts.row_count)
+
+
+def _fixed(statements: list[Executable]) -> Callable[[PageCounts], Sequence[Executable]]:
+    """A page's checkpoint that does not depend on what the page wrote."""
+    return lambda _: statements
 
 
 async def _commit(

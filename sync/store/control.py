@@ -74,6 +74,9 @@ sync_state = Table(
     # The fencing token of the environment's lease under which the last checkpoint was written
     # (store.leases); NULL when it was written without a lease.
     Column("lease_token", BigInteger),
+    # A key-only scan under way (store.key_scans): JSON of its next link, start and key sample,
+    # written with each key page; NULL when none is.
+    Column("key_scan", Text),
 )
 
 # The mirror's column catalogue: what each mirror column came from, and when it went away.
