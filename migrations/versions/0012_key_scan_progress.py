@@ -3,8 +3,8 @@
 A key page now commits where the scan stands (its next link, the pass's start and the bounded
 key sample), so a crash during the scan resumes it instead of scanning every key again.
 
-Revision ID: 0010
-Revises: 0008
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-07 12:00:00
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0008"  # the lead rechains this after 0009
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
