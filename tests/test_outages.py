@@ -4,6 +4,10 @@ One environment answers 503 to every request for a long stretch: its table fails
 with a capped, growing backoff, the other environment goes on syncing, `/healthz` says the
 daemon is degraded (HTTP 200, naming the environment and why), not dead; when the 503s stop,
 the environment recovers by itself, without a restart, and /healthz is "ok" again.
+
+The token endpoint's outages (45 s, 10 minutes) run with `pytest -m long tests/test_outages.py`:
+they wait out a cached token's life. The default run's test of a token that cannot be renewed
+is tests/test_secret_rotation.py's revoked secret (the same park-then-recover path).
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ TOKEN_SCENARIO = Path(__file__).parent / "scenarios" / "token_outage.toml"
 @pytest.mark.parametrize(
     "outage",
     [
-        pytest.param(45, id="45s"),
+        pytest.param(45, id="45s", marks=pytest.mark.long),
         pytest.param(600, id="10min", marks=[pytest.mark.long, pytest.mark.timeout(1200)]),
     ],
 )

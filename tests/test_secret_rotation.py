@@ -7,6 +7,10 @@ A is revoked while the daemon still uses it; the cached token serves until it mu
 then the table parks with AADSTS7000215 (status, /healthz degraded) and the daemon stays up;
 writing B into the file and SIGHUP bring it back without a restart. The secrets never appear in
 the log, in `status --json` or in the database.
+
+The orderly rotation waits out a cached token's life for nothing to happen: it runs with
+`pytest -m long`; the default run keeps the disorderly one (and tests/test_daemon_reload.py's
+wrong secret brought right by SIGHUP).
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ def rotation(tmp_path: Path) -> Iterator[tuple[dict[str, Any], Path, Path, Path,
             assert daemon.stop() == 0, daemon.tail()
 
 
+@pytest.mark.long
 def test_an_orderly_rotation_never_interrupts_syncing(tmp_path: Path) -> None:
     """B added, written into the file, SIGHUP, then A revoked: the mirror keeps converging, also
     once the token must be renewed (with B); no table ever parks; Entra never says 7000215."""
@@ -175,8 +180,15 @@ def test_a_revoked_secret_parks_the_table_until_sighup_brings_the_new_one(tmp_pa
 
         error = wait_until(parked_with_code, timeout=120, what="parked with AADSTS7000215")
         assert "secret" in error.lower(), error
-        code, document = health(daemon)
-        assert code == 200 and document["status"] == "degraded", document
+
+        def degraded() -> dict[str, Any] | None:
+            code, document = health(daemon)
+            assert code == 200, document  # alive: never a failing probe for a failing service
+            return document if document["status"] == "degraded" else None
+
+        # On a loaded machine the error was seen in the database while /healthz still said
+        # "ok" for a moment: wait for /healthz rather than read it once.
+        document = wait_until(degraded, timeout=30, what="/healthz degraded")
         assert list(document["degraded"]) == [ENV]
         assert "AADSTS7000215" in document["degraded"][ENV]
         status = run_cli("--config", config, "status", "--json")

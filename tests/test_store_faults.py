@@ -9,8 +9,9 @@
 * A clean shutdown (SIGTERM) leaves no -wal/-shm behind.
 
 `status --json` is run from another process all along and must answer every time.
-The default run holds the lock for 35 s (past the 30 s busy timeout, so the retry runs);
-`pytest -m long tests/test_store_faults.py` holds it for two minutes.
+The held lock runs with `pytest -m long tests/test_store_faults.py` (35 s, past the 30 s busy
+timeout so the retry runs, and two minutes); the default run's test of a commit waiting out
+another process's lock is tests/test_write_turns.py.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ SCENARIO = Path(__file__).parent / "scenarios" / "store_faults.toml"
 ENV = "store_env"
 TABLES = ("account", "contact")
 REPORT = Path(os.environ.get("DVMIRROR_FAULT_REPORT", "/dev/null"))
+CHURN_ROUNDS = 3  # commits beside the long reader: each one grows the WAL it pins
 
 HOLDER = """
 import sqlite3, sys, time
@@ -150,7 +152,10 @@ def parked_on(daemon: DaemonProcess, words: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     "hold",
-    [pytest.param(35.0, id="35s"), pytest.param(120.0, id="2min", marks=pytest.mark.long)],
+    [
+        pytest.param(35.0, id="35s", marks=pytest.mark.long),
+        pytest.param(120.0, id="2min", marks=pytest.mark.long),
+    ],
 )
 def test_a_write_lock_held_by_another_process_is_waited_out(
     sim: dict[str, Any], tmp_path: Path, hold: float
@@ -204,7 +209,7 @@ def test_a_long_reader_keeps_its_snapshot_while_syncing_goes_on(
                 reader.execute("BEGIN")  # a data team's long read transaction
                 seen = reader.execute(f'SELECT count(*) FROM "{ENV}__account"').fetchone()[0]
                 peak = before
-                for round_ in range(6):
+                for round_ in range(CHURN_ROUNDS):
                     churn(sim, ENV, "account", seed=200 + round_, creates=150, updates=400)
                     wait_converged(sim, database, daemon, 120)  # syncing goes on beside it
                     peak = max(peak, wal_size(database))
@@ -232,7 +237,7 @@ def test_a_long_reader_keeps_its_snapshot_while_syncing_goes_on(
         shutdown = stop_cleanly(daemon, database)
         record(
             f"long reader: WAL {before} B before, peak {peak} B ({peak / 2**20:.1f} MiB) during "
-            f"6 churn rounds; checkpoint_wal with the reader open: complete={pinned.complete}; "
+            f"{CHURN_ROUNDS} churn rounds; checkpoint_wal with the reader open: complete={pinned.complete}; "
             f"after it ended: {done.wal_bytes_before} B -> {done.wal_bytes_after} B; {shutdown}"
         )
     finally:
