@@ -1,6 +1,6 @@
 """`dvmirror dbt-sources`: after a backfill against the simulator, the printed sources.yml loads
 with a YAML parser and names every mirrored column of every table (SQLite and PostgreSQL
-naming), with the Dataverse display names as descriptions, key tests and freshness."""
+naming), with the Dataverse display names and descriptions as descriptions, key tests and freshness."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def test_sources_yml_names_every_mirrored_column(
         assert len(described) == len(columns)  # every column has its display name
     account = tables["account" if postgres else "soft_env__account"]
     names = {c["name"]: c["description"] for c in account["columns"]}
-    assert names["name"] == "Account Name"
+    # Display name, then Dataverse's own Description where the column has one.
+    assert names["name"] == "Account Name — Account Name of the account."
 
     unknown = run_cli(
         "--config", config.path, "dbt-sources", "--env", "nope", env=clean_env(), cwd=tmp_path

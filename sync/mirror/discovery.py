@@ -22,7 +22,7 @@ ENTITY_SELECT = "LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnab
 # MetadataId comes with every metadata item anyway; named here because drift relies on it.
 ATTRIBUTE_SELECT = (
     "MetadataId,LogicalName,AttributeType,AttributeTypeName,IsValidForRead,"
-    "IsValidODataAttribute,AttributeOf,IsPrimaryId,DisplayName"
+    "IsValidODataAttribute,AttributeOf,IsPrimaryId,DisplayName,Description"
 )
 DATETIME_CAST = "Microsoft.Dynamics.CRM.DateTimeAttributeMetadata"
 

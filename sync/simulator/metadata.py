@@ -100,6 +100,14 @@ def _generation(attr: AttributeDef) -> tuple[str, ...]:
     return (f"generation {attr.generation}",) if attr.generation else ()
 
 
+def _description(table: Table, attr: AttributeDef) -> str:
+    """System columns come with a description; custom ones, as often in a real org, with an
+    empty Label (no LocalizedLabels, UserLocalizedLabel null)."""
+    if attr.custom or attr.attribute_of is not None:
+        return ""
+    return f"{attr.display_name} of the {table.template.display_name.lower()}."
+
+
 def attribute_definition(table: Table, attr: AttributeDef, column_number: int) -> dict[str, Any]:
     """The AttributeMetadata of one column, with the properties of its derived type."""
     companion = attr.attribute_of is not None
@@ -115,6 +123,7 @@ def attribute_definition(table: Table, attr: AttributeDef, column_number: int) -
         "AttributeOf": attr.attribute_of,
         "ColumnNumber": column_number,
         "DisplayName": label(attr.display_name),
+        "Description": label(_description(table, attr)),
         "IsCustomAttribute": attr.custom,
         "IsPrimaryId": attr.primary_id,
         "IsPrimaryName": attr.primary_name,
