@@ -44,11 +44,10 @@ class VerifySource(Protocol):
 
 def view_of(group: EnvironmentGroup) -> EnvironmentView:
     renews = group.governor.snapshot().get("daily_exhausted_until")
-    tables = group.environment.tables
     return EnvironmentView(
         name=group.name,
         tenant=group.tenant.name,
-        tables=None if tables == "all" else tuple(tables),
+        tables=group.environment.fixed_tables,
         attempted=group.status.first_attempt_done.is_set(),
         auth_error=group.status.auth_error,
         budget_renews_at=datetime.fromisoformat(renews) if isinstance(renews, str) else None,
