@@ -357,6 +357,20 @@ def resync(state: State, env_name: str, table_name: str | None, every_table: boo
 
 
 @cli.command()
+@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
+@click.pass_obj
+def tables(state: State, env_name: str) -> None:
+    """List the tables the environment's `tables` rules resolve to now, why each other
+    matched table is left out, and which fall back to a watermark (no change tracking)."""
+    config = state.load()
+
+    from sync.commands.tables import run_tables
+
+    for line in run_async(state, lambda: run_tables(config, env_name)):
+        click.echo(line)
+
+
+@cli.command()
 @click.pass_obj
 def check(state: State) -> None:
     """Call WhoAmI in every environment and say what to fix (exit 3 on auth failures)."""
