@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -177,8 +178,16 @@ class Environment(FrozenModel):
     @field_validator("tables", mode="before")
     @classmethod
     def _tables(cls, value: Any) -> Any:
-        if value == "all" or isinstance(value, dict | TableRules):
+        if value == "all" or isinstance(value, TableRules):
             return value
+        if isinstance(value, dict):  # validated here, so an error names the rule, not the union
+            try:
+                return TableRules.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                text = str(first["msg"]).removeprefix("Value error, ")
+                raise ValueError(f"{where}: {text}" if where else text) from None
         if isinstance(value, str):
             raise ValueError('write tables as a list, e.g. ["account", "contact"], or "all"')
         if isinstance(value, list | tuple):
