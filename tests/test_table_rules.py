@@ -78,7 +78,7 @@ def test_configuration_accepts_rules_and_refuses_bad_ones() -> None:
         ({"include": ["Account Table"]}, "is not a glob over logical names"),
         ({"exclude": ["x"]}, "give include patterns or solutions"),
         ({"solutions": ["not a name"]}, "is not a solution unique name"),
-        ({"include": ["a"], "other": 1}, "Extra inputs are not permitted"),
+        ({"include": ["a"], "other": 1}, "other: unknown key; use include, exclude and solutions"),
     ):
         with pytest.raises(ValidationError, match=message):
             _env(bad)

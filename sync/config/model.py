@@ -95,11 +95,11 @@ class TableRules(FrozenModel):
 
     @field_validator("include", "exclude")
     @classmethod
-    def _patterns(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for pattern in value:
             if not TABLE_PATTERN.match(pattern):
                 raise ValueError(
-                    f"{info.field_name}: {pattern!r} is not a glob over logical names "
+                    f"{pattern!r} is not a glob over logical names "
                     '(lower-case letters, digits, _ and the wildcards * ? [ ], like "new_*")'
                 )
         return value
@@ -116,7 +116,7 @@ class TableRules(FrozenModel):
     def _something(self) -> TableRules:
         if not self.include and not self.solutions:
             raise ValueError(
-                "tables: give include patterns or solutions, "
+                "give include patterns or solutions, "
                 'e.g. { include = ["account", "new_*"] }'
             )
         return self
@@ -187,6 +187,8 @@ class Environment(FrozenModel):
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
                 text = str(first["msg"]).removeprefix("Value error, ")
+                if first["type"] == "extra_forbidden":
+                    text = "unknown key; use include, exclude and solutions"
                 raise ValueError(f"{where}: {text}" if where else text) from None
         if isinstance(value, str):
             raise ValueError('write tables as a list, e.g. ["account", "contact"], or "all"')
