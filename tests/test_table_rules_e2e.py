@@ -101,3 +101,45 @@ def test_bad_rules_are_one_line_and_exit_2(sim: dict[str, Any], tmp_path: Path) 
     assert "Traceback" not in checked.stderr and len(checked.stderr.strip().splitlines()) == 1
     unknown = run_cli("--config", write_config(sim, tmp_path, RULES), "tables", "--env", "nope")
     assert unknown.returncode == 2 and "no environment named 'nope'" in unknown.stderr
+
+
+def test_daemon_follows_solution_changes_without_restart(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    from tests.daemonproc import DaemonProcess, wait_until
+
+    def mirror_count(database: Path, env: str, table: str) -> int:
+        with sqlite3.connect(database, timeout=10) as db:
+            try:
+                return int(db.execute(f'SELECT count(*) FROM "{env}__{table}"').fetchone()[0])
+            except sqlite3.OperationalError:  # not created yet
+                return -1
+
+    rules = 'tables = { include = ["account"], solutions = ["ContosoSales"] }\ninterval = "1s"'
+    config = write_config(sim, tmp_path, rules)
+    assert run_cli("--config", config, "migrate").returncode == 0
+    database = tmp_path / "mirror.db"
+    daemon = DaemonProcess.start(config, tmp_path / "daemon.log")
+    solution = "/environments/rules_env/solutions/ContosoSales"
+    try:
+        wait_until(lambda: mirror_count(database, "rules_env", "contact") == 30, what="contact")
+        wait_until(lambda: mirror_count(database, "rules_env", "account") == 40, what="account")
+        admin(sim, "POST", solution, {"remove": "contact"})
+        admin(sim, "POST", solution, {"add": "new_project"})
+        daemon.wait_event("table_dropped")
+        wait_until(
+            lambda: mirror_count(database, "rules_env", "new_project") == 25, what="new_project"
+        )
+        (dropped,) = daemon.named("table_dropped")
+        assert dropped["table"] == "contact"
+        assert [e["table"] for e in daemon.named("table_added")] == ["new_project"]
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        admin(sim, "POST", solution, {"add": "contact"})
+        admin(sim, "POST", solution, {"remove": "new_project"})
+    assert mirror_count(database, "rules_env", "contact") == 30  # its mirror kept
+    # The virtual table in the solution was never taken up.
+    with sqlite3.connect(database) as db:
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "rules_env__opportunity" not in names

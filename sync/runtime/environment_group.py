@@ -251,17 +251,18 @@ class EnvironmentGroup:
             self.active_tables = set(tables)
             self.resync.tables = tables
             for table in tables:
-                self._start_loop(client, group, table)
+                if self._start_loop(client, group, table):
+                    log.info("table_added", environment=self.name, table=table)
 
-    def _start_loop(self, client: ExactClient, group: asyncio.TaskGroup, table: str) -> None:
+    def _start_loop(self, client: ExactClient, group: asyncio.TaskGroup, table: str) -> bool:
+        """Start the table's loop unless it runs; True when it was started."""
         running = self._loops.get(table)
         if running is not None and not running.done():
-            return  # (a table dropped and taken up again before its loop noticed)
-        if self._loops:  # not the first discovery
-            log.info("table_added", environment=self.name, table=table)
+            return False  # (a table dropped and taken up again before its loop noticed)
         self._loops[table] = group.create_task(
             self._table_loop(client, table), name=f"{self.name}/{table}"
         )
+        return True
 
     async def _park_all(self, error: DvmirrorError, *, retry_in: float) -> None:
         if self.environment.fixed_tables is None:
