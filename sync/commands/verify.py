@@ -79,9 +79,10 @@ async def _environment(
     client = wiring.client(tenant, environment, wiring.governor(tenant, environment))
     async with client:
         try:
-            tables = chosen.tables or (
-                await resolve_tables(client, environment.url, environment.tables)
-            ).tables
+            tables = (
+                chosen.tables
+                or (await resolve_tables(client, environment.url, environment.tables)).tables
+            )
         except AuthError:
             raise
         except DvmirrorError as exc:

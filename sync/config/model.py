@@ -116,8 +116,7 @@ class TableRules(FrozenModel):
     def _something(self) -> TableRules:
         if not self.include and not self.solutions:
             raise ValueError(
-                "give include patterns or solutions, "
-                'e.g. { include = ["account", "new_*"] }'
+                'give include patterns or solutions, e.g. { include = ["account", "new_*"] }'
             )
         return self
 
