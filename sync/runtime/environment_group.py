@@ -137,10 +137,10 @@ class EnvironmentGroup:
             self.table_slots = asyncio.Semaphore(
                 self.environment.table_concurrency or max(1, len(tables))
             )
+            self.active_tables = set(tables)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch_resyncs(tables), name=f"{self.name}/resync")
-                group.create_task(self._verify(client, tables), name=f"{self.name}/verify")
-                self.active_tables = set(tables)
+                group.create_task(self._verify(client), name=f"{self.name}/verify")
                 for table in tables:
                     self._start_loop(client, group, table)
                 if self.environment.fixed_tables is None:
@@ -148,13 +148,13 @@ class EnvironmentGroup:
                         self._rediscover(client, group), name=f"{self.name}/rediscover"
                     )
 
-    async def _verify(self, client: ExactClient, tables: tuple[str, ...]) -> None:
+    async def _verify(self, client: ExactClient) -> None:
         try:
             await run_verify_loop(
                 store=self.store,
                 client=client,
                 environment=self.environment,
-                tables=tables,
+                tables=lambda: sorted(self.active_tables),
                 budget=self.wiring.budget(self.tenant),
                 metrics=self.metrics,
                 cycles=self.cycles,
