@@ -93,6 +93,21 @@ def test_tables_command_and_backfill_follow_the_rules(sim: dict[str, Any], tmp_p
     assert "contact" in mirror_tables(tmp_path)  # its mirror is kept
 
 
+def test_a_listed_table_that_cannot_be_mirrored_is_named(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    config = write_config(sim, tmp_path, 'tables = ["account", "opportunity", "new_person"]')
+    listed = run_cli("--config", config, "tables", "--env", "rules_env")
+    assert listed.returncode == 0, listed.stderr
+    warnings = [line for line in listed.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: opportunity is listed in tables (and read as listed), but: virtual table "
+        "(its rows live in an external source)",
+        "warning: new_person is listed in tables (and read as listed), but: private table "
+        "(IsPrivate)",
+    ]
+
+
 def test_bad_rules_are_one_line_and_exit_2(sim: dict[str, Any], tmp_path: Path) -> None:
     config = write_config(sim, tmp_path, 'tables = { include = ["Bad Name"] }')
     checked = run_cli("--config", config, "config", "check")

@@ -30,7 +30,7 @@ def render(environment: Environment, found: Resolution) -> list[str]:
     for table in fixed or ():
         why = found.left_out.get(table)
         if why is not None:
-            lines.append(f"warning: {table} is listed in tables but {why}: its reads will fail")
+            lines.append(f"warning: {table} is listed in tables (and read as listed), but: {why}")
     if fixed is None:
         lines += [f"warning: {w}" for w in found.warnings if "solution" in w]
     return lines
