@@ -253,6 +253,8 @@ class EnvironmentGroup:
             for table in tables:
                 if self._start_loop(client, group, table):
                     log.info("table_added", environment=self.name, table=table)
+                    if self.environment.table_concurrency is None:
+                        self.table_slots.release()  # all may run at once: one slot more
 
     def _start_loop(self, client: ExactClient, group: asyncio.TaskGroup, table: str) -> bool:
         """Start the table's loop unless it runs; True when it was started."""
