@@ -180,7 +180,7 @@ class DataverseModel:
         )
 
     def _service_document(self, base: str) -> ApiResponse:
-        sets = [*self._by_set, "EntityDefinitions", "solutions", "solutioncomponents"]
+        sets = [*self._by_set, "EntityDefinitions"]
         return json_response(
             {
                 "@odata.context": f"{base}/$metadata",
