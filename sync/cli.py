@@ -13,12 +13,15 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from sync import __version__
 from sync.errors import ConfigError, DvmirrorError, ExitCode
+
+if TYPE_CHECKING:
+    from sync.config.model import Environment
 
 PIPED_WIDTH = 180
 DEFAULT_CONFIG_LOCATIONS = (Path("dvmirror.toml"), Path("/etc/dvmirror/dvmirror.toml"))
@@ -155,6 +158,18 @@ def config_group() -> None:
     """Inspect the configuration."""
 
 
+def _tables_text(env: Environment) -> str:
+    rules = env.tables
+    if isinstance(rules, tuple):
+        return ", ".join(rules)
+    if isinstance(rules, str):
+        return "all"
+    parts = [f"include {', '.join(rules.include)}"] if rules.include else []
+    parts += [f"exclude {', '.join(rules.exclude)}"] if rules.exclude else []
+    parts += [f"solutions {', '.join(rules.solutions)}"] if rules.solutions else []
+    return "; ".join(parts) + " (resolved at each discovery: dvmirror tables --env E)"
+
+
 @config_group.command("check")
 @click.pass_obj
 def config_check(state: State) -> None:
@@ -171,7 +186,7 @@ def config_check(state: State) -> None:
             f"  tenant {tenant.name} ({tenant.tenant_id}) app {app.client_id} [{credential}]"
         )
         for env in tenant.environments:
-            tables = "all" if env.tables == "all" else ", ".join(env.tables)
+            tables = _tables_text(env)
             click.echo(f"    {env.name}: {env.url} every {env.interval:g}s: {tables}")
     for alert in config.alerts:
         tenants = ", ".join(alert.tenants) if alert.tenants else "all tenants"
@@ -339,6 +354,20 @@ def resync(state: State, env_name: str, table_name: str | None, every_table: boo
             ),
         )
     )
+
+
+@cli.command()
+@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
+@click.pass_obj
+def tables(state: State, env_name: str) -> None:
+    """List the tables the environment's `tables` rules resolve to now, why each other
+    matched table is left out, and which fall back to a watermark (no change tracking)."""
+    config = state.load()
+
+    from sync.commands.tables import run_tables
+
+    for line in run_async(state, lambda: run_tables(config, env_name)):
+        click.echo(line)
 
 
 @cli.command()

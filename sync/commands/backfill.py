@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.config.model import Config, Environment, Tenant
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
 from sync.logs import get_logger
-from sync.mirror.discovery import list_tables
+from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import JobResult, PageProgress, TableJob, Until
 from sync.mirror.runner import run_job
@@ -81,7 +81,7 @@ def select(config: Config, env: str | None, table: str | None) -> list[Selection
     for tenant, environment in config.environments():
         if env is not None and environment.name != env:
             continue
-        tables = None if environment.tables == "all" else tuple(environment.tables)
+        tables = environment.fixed_tables
         if table is not None:
             if tables is not None and table not in tables:
                 raise ConfigError(
@@ -119,7 +119,13 @@ async def _environment(
     results: list[JobResult] = []
     async with client:
         try:
-            tables = chosen.tables or tuple(await list_tables(client, environment.url))
+            if chosen.tables is not None:
+                tables = chosen.tables
+            else:
+                found = await resolve_tables(client, environment.url, environment.tables)
+                for warning in found.warnings:
+                    log.warning("table_not_mirrored", environment=environment.name, reason=warning)
+                tables = found.tables
         except DvmirrorError as exc:
             return [
                 JobResult(environment.name, "*", False, exc.message, isinstance(exc, AuthError))

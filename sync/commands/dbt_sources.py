@@ -143,8 +143,9 @@ async def run_dbt_sources(config: Config, env_name: str) -> str:
             rows = [dict(r._mapping) for r in await conn.execute(query)]
     finally:
         await engine.dispose()
-    if environment.tables != "all":
-        rows = [r for r in rows if r["table_name"] in environment.tables]
+    fixed = environment.fixed_tables
+    if fixed is not None:
+        rows = [r for r in rows if r["table_name"] in fixed]
     soft = [t for t, o in environment.table_options.items() if o.deletes == "soft"]
     document = build_sources(
         environment, rows, postgres=config.settings.store.postgres, soft_tables=soft

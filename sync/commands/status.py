@@ -216,9 +216,10 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
     for tenant, env in config.environments():
         seen.add(env.name)
         # With tables = "all" the table list is discovered at run time: show what has state.
-        listed = [] if env.tables == "all" else list(env.tables)
+        # (likewise for include/exclude/solutions rules)
+        listed = list(env.fixed_tables or ())
         entries = tables_of(env.name, listed)
-        if env.tables == "all":
+        if env.fixed_tables is None:
             for entry in entries:
                 entry["configured"] = True
         report_envs.append(

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.commands.backfill import Selection, select
 from sync.config.model import Config
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
-from sync.mirror.discovery import list_tables
+from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import TableJob
 from sync.mirror.runner import run_job
@@ -79,7 +79,10 @@ async def _environment(
     client = wiring.client(tenant, environment, wiring.governor(tenant, environment))
     async with client:
         try:
-            tables = chosen.tables or tuple(await list_tables(client, environment.url))
+            tables = (
+                chosen.tables
+                or (await resolve_tables(client, environment.url, environment.tables)).tables
+            )
         except AuthError:
             raise
         except DvmirrorError as exc:

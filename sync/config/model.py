@@ -10,6 +10,7 @@ in.
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -79,13 +81,55 @@ class TableOptions(FrozenModel):
 
 Interval = Annotated[float, Field(gt=0)]
 
+# A glob over logical names: letters, digits, underscores and the wildcards * ? [ ].
+TABLE_PATTERN = re.compile(r"^[a-z0-9_*?\[\]-]+$")
+
+
+class TableRules(FrozenModel):
+    """`tables = { include = [...], exclude = [...], solutions = [...] }`: resolved against the
+    metadata at each discovery (sync.mirror.table_rules)."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    solutions: tuple[str, ...] = ()
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if not TABLE_PATTERN.match(pattern):
+                raise ValueError(
+                    f"{pattern!r} is not a glob over logical names "
+                    '(lower-case letters, digits, _ and the wildcards * ? [ ], like "new_*")'
+                )
+        return value
+
+    @field_validator("solutions")
+    @classmethod
+    def _solutions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not SOLUTION_NAME.match(name):
+                raise ValueError(f"solutions: {name!r} is not a solution unique name")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> TableRules:
+        if not self.include and not self.solutions:
+            raise ValueError(
+                'give include patterns or solutions, e.g. { include = ["account", "new_*"] }'
+            )
+        return self
+
+
+SOLUTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
 
 class Environment(FrozenModel):
     """One Dataverse environment (organization) of a tenant."""
 
     name: str
     url: str
-    tables: tuple[str, ...] | Literal["all"] = ("account", "contact")
+    tables: tuple[str, ...] | Literal["all"] | TableRules = ("account", "contact")
     interval: float = 300.0
     # Tables without change tracking find deletions by scanning their keys; that costs a full
     # key read, so it runs on its own, longer interval.
@@ -133,8 +177,18 @@ class Environment(FrozenModel):
     @field_validator("tables", mode="before")
     @classmethod
     def _tables(cls, value: Any) -> Any:
-        if value == "all":
+        if value == "all" or isinstance(value, TableRules):
             return value
+        if isinstance(value, dict):  # validated here, so an error names the rule, not the union
+            try:
+                return TableRules.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                text = str(first["msg"]).removeprefix("Value error, ")
+                if first["type"] == "extra_forbidden":
+                    text = "unknown key; use include, exclude and solutions"
+                raise ValueError(f"{where}: {text}" if where else text) from None
         if isinstance(value, str):
             raise ValueError('write tables as a list, e.g. ["account", "contact"], or "all"')
         if isinstance(value, list | tuple):
@@ -162,7 +216,7 @@ class Environment(FrozenModel):
         for table in self.table_options:
             if not TABLE_NAME.match(table):
                 raise ValueError(f"table_options.{table}: not a Dataverse table logical name")
-            if self.tables != "all" and table not in self.tables:
+            if self.fixed_tables is not None and table not in self.fixed_tables:
                 raise ValueError(f"table_options.{table}: {table!r} is not in tables")
         return self
 
@@ -170,6 +224,12 @@ class Environment(FrozenModel):
     def origin(self) -> str:
         parts = urlsplit(self.url)
         return f"{parts.scheme}://{parts.netloc}".lower()
+
+    @property
+    def fixed_tables(self) -> tuple[str, ...] | None:
+        """The configured list; None when the tables are resolved from metadata at run time
+        ("all" or include/exclude/solutions rules)."""
+        return self.tables if isinstance(self.tables, tuple) else None
 
     def options_for(self, table: str) -> TableOptions:
         return self.table_options.get(table, DEFAULT_TABLE_OPTIONS)

@@ -100,9 +100,9 @@ def table_entry(
 
 
 def _tables_of(env: Environment, rows: Mapping[str, Mapping[tuple[str, str], Row]]) -> list[str]:
-    if env.tables == "all":  # discovered at run time: whatever has state
+    if env.fixed_tables is None:  # "all" or rules, resolved at run time: whatever has state
         return sorted(t for (e, t) in rows["state"] if e == env.name)
-    return list(env.tables)
+    return list(env.fixed_tables)
 
 
 def _budget(tenant: Tenant, budgets: Mapping[str, Row], now: dt.datetime) -> dict[str, Any]:

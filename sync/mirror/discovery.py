@@ -9,11 +9,13 @@ with a `$select` of a few properties only.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from sync.dataverse.odata import api_url
 from sync.errors import HostileResponseError, TableError, TransientError
+from sync.mirror.table_rules import Resolution, Rules, TableInfo, resolve
 from sync.mirror.typemap import SAFE_COLUMN as TABLE_NAME
 from sync.mirror.typemap import build_schema
 from sync.store.layout import TableSchema
@@ -25,6 +27,9 @@ ATTRIBUTE_SELECT = (
     "IsValidODataAttribute,AttributeOf,IsPrimaryId,DisplayName,Description"
 )
 DATETIME_CAST = "Microsoft.Dynamics.CRM.DateTimeAttributeMetadata"
+ENTITY_COMPONENT = 1  # solutioncomponents.componenttype of a table
+SOLUTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+GUID_TEXT = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 class JsonSource(Protocol):
@@ -95,6 +100,88 @@ async def list_tables(client: JsonSource, environment_url: str) -> list[str]:
     )
     names = sorted(str(i.get("LogicalName")) for i in items)
     return [n for n in names if TABLE_NAME.fullmatch(n)]
+
+
+TABLE_LIST_SELECT = (
+    "LogicalName,EntitySetName,TableType,IsPrivate,IsIntersect,ChangeTrackingEnabled"
+)
+
+
+def _info(item: Mapping[str, Any]) -> TableInfo:
+    entity_set = item.get("EntitySetName")
+    return TableInfo(
+        name=str(item.get("LogicalName")),
+        metadata_id=str(item.get("MetadataId") or ""),
+        table_type=str(item.get("TableType") or "Standard"),
+        is_private=item.get("IsPrivate") is True,
+        is_intersect=item.get("IsIntersect") is True,
+        entity_set=entity_set if isinstance(entity_set, str) and entity_set else None,
+        change_tracking=item.get("ChangeTrackingEnabled") is True,
+    )
+
+
+async def _solution_members(
+    client: JsonSource, environment_url: str, unique_name: str
+) -> frozenset[str] | None:
+    """MetadataIds of the tables (Entity components) in one solution; None if it is absent."""
+    if not SOLUTION_NAME.fullmatch(unique_name):
+        return None
+    found = _values(
+        await client.get(
+            api_url(
+                environment_url,
+                f"solutions?$filter=uniquename eq '{unique_name}'&$select=solutionid",
+            )
+        ),
+        None,
+        f"solution {unique_name}",
+    )
+    if not found:
+        return None
+    solution_id = str(found[0].get("solutionid"))
+    if not GUID_TEXT.fullmatch(solution_id):
+        raise HostileResponseError(f"solution {unique_name}: solutionid is not a GUID")
+    components = _values(
+        await client.get(
+            api_url(
+                environment_url,
+                f"solutioncomponents?$filter=_solutionid_value eq {solution_id} and "
+                f"componenttype eq {ENTITY_COMPONENT}&$select=objectid",
+            )
+        ),
+        None,
+        f"solution {unique_name} components",
+    )
+    return frozenset(str(c.get("objectid")).lower() for c in components)
+
+
+def rules_of(tables: Any) -> Rules:
+    """The configured `tables` ("all", or include/exclude/solutions rules) as one shape."""
+    if tables == "all":
+        return Rules(include=("*",))
+    if isinstance(tables, tuple):
+        return Rules(include=tables)
+    return Rules(include=tables.include, exclude=tables.exclude, solutions=tables.solutions)
+
+
+async def resolve_tables(client: JsonSource, environment_url: str, tables: Any) -> Resolution:
+    """The tables to mirror now: one EntityDefinitions list (a few properties) and, per named
+    solution, two small queries; the rules themselves are sync.mirror.table_rules."""
+    rules = rules_of(tables)
+    items = _values(
+        await client.get(
+            api_url(environment_url, f"EntityDefinitions?$select={TABLE_LIST_SELECT}")
+        ),
+        None,
+        "tables",
+    )
+    infos = [_info(i) for i in items if TABLE_NAME.fullmatch(str(i.get("LogicalName")))]
+    members: dict[str, frozenset[str]] = {}
+    for name in rules.solutions:
+        found = await _solution_members(client, environment_url, name)
+        if found is not None:
+            members[name] = found
+    return resolve(rules, infos, members)
 
 
 async def estimate_total(client: JsonSource, environment_url: str, table: str) -> int | None:

@@ -215,10 +215,12 @@ class Daemon:
     async def _seed_metrics(self, store: AsyncEngine) -> None:
         """Freshness from the control database, for the tables this configuration syncs only
         (a table dropped from the configuration would otherwise look ever more stale)."""
-        envs = {env.name: env.tables for _, env in self.config.environments()}
+        envs = {env.name: env.fixed_tables for _, env in self.config.environments()}
         for row in await statuses(store):
-            tables = envs.get(row.environment)
-            if tables is None or (tables != "all" and row.table not in tables):
+            if row.environment not in envs:
+                continue
+            tables = envs[row.environment]
+            if tables is not None and row.table not in tables:
                 continue
             if row.last_success is not None:
                 self.metrics.last_success(row.environment, row.table, row.last_success.timestamp())

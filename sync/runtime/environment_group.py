@@ -23,7 +23,7 @@ from sync.errors import AuthError, DvmirrorError, LeaseLostError
 from sync.governor.gate import Governor
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
-from sync.mirror.discovery import list_tables
+from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import PageProgress, TableJob
 from sync.mirror.runner import run_cycle
@@ -104,6 +104,10 @@ class EnvironmentGroup:
         self.timing = Timing(interval=environment.interval)
         # Sized in run() once the tables are known (table_concurrency, default all of them).
         self.table_slots = asyncio.Semaphore(environment.table_concurrency or 1)
+        # The tables resolved now (rediscovered every interval for rules and "all"), and each
+        # one's loop: a loop ends when its table leaves the set.
+        self.active_tables: set[str] = set()
+        self._loops: dict[str, asyncio.Task[None]] = {}
         # Resync requests this group (the lease holder) runs (sync.runtime.resync).
         self.resync = ResyncWork(environment.name, self.store)
         # Verification every verify_interval (sync.runtime.verify_loop) rechecks after cycles.
@@ -133,19 +137,24 @@ class EnvironmentGroup:
             self.table_slots = asyncio.Semaphore(
                 self.environment.table_concurrency or max(1, len(tables))
             )
+            self.active_tables = set(tables)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch_resyncs(tables), name=f"{self.name}/resync")
-                group.create_task(self._verify(client, tables), name=f"{self.name}/verify")
+                group.create_task(self._verify(client), name=f"{self.name}/verify")
                 for table in tables:
-                    group.create_task(self._table_loop(client, table), name=f"{self.name}/{table}")
+                    self._start_loop(client, group, table)
+                if self.environment.fixed_tables is None:
+                    group.create_task(
+                        self._rediscover(client, group), name=f"{self.name}/rediscover"
+                    )
 
-    async def _verify(self, client: ExactClient, tables: tuple[str, ...]) -> None:
+    async def _verify(self, client: ExactClient) -> None:
         try:
             await run_verify_loop(
                 store=self.store,
                 client=client,
                 environment=self.environment,
-                tables=tables,
+                tables=lambda: sorted(self.active_tables),
                 budget=self.wiring.budget(self.tenant),
                 metrics=self.metrics,
                 cycles=self.cycles,
@@ -206,12 +215,12 @@ class EnvironmentGroup:
         return False
 
     async def _tables(self, client: ExactClient) -> tuple[str, ...] | None:
-        if self.environment.tables != "all":
-            return tuple(self.environment.tables)
+        if self.environment.fixed_tables is not None:
+            return self.environment.fixed_tables
         attempts = 0
         while not self.stopping.is_set():
             try:
-                return tuple(await list_tables(client, self.environment.url))
+                return await self._resolve(client)
             except DvmirrorError as exc:
                 attempts += 1
                 log.error("table_list_failed", environment=self.name, error=exc.message)
@@ -221,12 +230,48 @@ class EnvironmentGroup:
                     break
         return None
 
+    async def _resolve(self, client: ExactClient) -> tuple[str, ...]:
+        found = await resolve_tables(client, self.environment.url, self.environment.tables)
+        for warning in found.warnings:
+            log.warning("table_not_mirrored", environment=self.name, reason=warning)
+        return found.tables
+
+    async def _rediscover(self, client: ExactClient, group: asyncio.TaskGroup) -> None:
+        """Resolve the table rules again every interval: a table that now matches (say, added
+        to a solution) starts its loop; one that no longer does stops after its current cycle,
+        its mirror kept."""
+        while not await sleep_or_stop(self.stopping, self.environment.interval):
+            try:
+                tables = await self._resolve(client)
+            except DvmirrorError as exc:
+                log.warning("table_rediscovery_failed", environment=self.name, error=exc.message)
+                continue
+            for table in sorted(self.active_tables - set(tables)):
+                log.info("table_dropped", environment=self.name, table=table)
+            self.active_tables = set(tables)
+            self.resync.tables = tables
+            for table in tables:
+                if self._start_loop(client, group, table):
+                    log.info("table_added", environment=self.name, table=table)
+                    if self.environment.table_concurrency is None:
+                        self.table_slots.release()  # all may run at once: one slot more
+
+    def _start_loop(self, client: ExactClient, group: asyncio.TaskGroup, table: str) -> bool:
+        """Start the table's loop unless it runs; True when it was started."""
+        running = self._loops.get(table)
+        if running is not None and not running.done():
+            return False  # (a table dropped and taken up again before its loop noticed)
+        self._loops[table] = group.create_task(
+            self._table_loop(client, table), name=f"{self.name}/{table}"
+        )
+        return True
+
     async def _park_all(self, error: DvmirrorError, *, retry_in: float) -> None:
-        if self.environment.tables == "all":
+        if self.environment.fixed_tables is None:
             return
         now = datetime.now(UTC)
         retry_at = now + timedelta(seconds=retry_in)
-        for table in self.environment.tables:
+        for table in self.environment.fixed_tables:
             with contextlib.suppress(DvmirrorError):
                 await state.ensure(self.store, self.name, table, now=now)
                 await state.record_error(
@@ -248,7 +293,7 @@ class EnvironmentGroup:
         spread = min(FIRST_RUN_SPREAD, self.environment.interval)
         if await self._sleep(table, first_delay(self.rng, spread)):
             return
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and table in self.active_tables:
             try:
                 await self._start_requested_pass(table)
             except LeaseLostError as exc:

@@ -61,8 +61,7 @@ class RunningGroup:
 
     @property
     def tables(self) -> tuple[str, ...]:
-        tables = self.group.environment.tables
-        return () if tables == "all" else tuple(tables)
+        return self.group.environment.fixed_tables or ()
 
 
 class Scheduler:

@@ -10,7 +10,7 @@ recorded one, so restarts do not verify more often.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
@@ -73,7 +73,7 @@ async def run_verify_loop(
     store: AsyncEngine,
     client: ExactClient,
     environment: Environment,
-    tables: Sequence[str],
+    tables: Callable[[], Sequence[str]],  # the tables mirrored now (rules are rediscovered)
     budget: TenantBudget | None,
     metrics: Metrics | None,
     cycles: CycleSignals,
@@ -94,7 +94,7 @@ async def run_verify_loop(
             store=store,
             client=client,
             environment=environment,
-            tables=tables,
+            tables=tuple(tables()),
             catch_up=partial(cycles.next_cycle, patience=2 * environment.interval + 60),
             budget=budget,
         )

@@ -75,6 +75,7 @@ class AdminServer:
         app.router.add_post(f"{table}/restore", self._restore)
         app.router.add_post(f"{table}/expire-delta-tokens", self._expire)
         app.router.add_post(f"{table}/hostile", self._hostile)
+        app.router.add_post("/environments/{env}/solutions/{solution}", self._solution)
         add_app_routes(app, self._entra)
         add_signin_routes(app, self._entra)
         return app
@@ -240,6 +241,22 @@ class AdminServer:
         refresh = bool(body.get("refresh", False))
         call = partial(runtime.model.count_snapshot, refresh=refresh, max_age_seconds=age)
         return _json(await runtime.run_model(call))
+
+    async def _solution(self, request: web.Request) -> web.Response:
+        """``{"add": "table"}`` or ``{"remove": "table"}``: change one Entity component of the
+        solution (as a maker adding or removing a table in the solution explorer)."""
+        runtime = self._env(request)
+        name = request.match_info["solution"]
+        body = await self._body(request)
+        if name not in runtime.model.solutions.members:
+            raise AdminError(404, f"environment {runtime.name!r} has no solution {name!r}")
+        if len(body) != 1 or next(iter(body)) not in ("add", "remove"):
+            raise AdminError(400, 'send {"add": "<table>"} or {"remove": "<table>"}')
+        action, table = next(iter(body.items()))
+        if table not in {t.name for t in runtime.spec.tables}:
+            raise AdminError(404, f"environment {runtime.name!r} has no table {table!r}")
+        call = partial(runtime.model.solutions.change, name, table, add=action == "add")
+        return _json({"solution": name, "tables": await runtime.run_model(call)})
 
     async def _throttle(self, request: web.Request) -> web.Response:
         """``{"seconds": s, "client_id": id?}``: refuse that user's (everyone's) requests for

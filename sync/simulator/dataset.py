@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -88,6 +88,11 @@ class TableSpec(BaseModel):
     rows: int = Field(default=1000, ge=0, le=100_000_000)
     change_tracking: bool = True
     denied: bool = Field(default=False, description="app user lacks prvRead<Entity> → 403")
+    table_type: Literal["Standard", "Activity", "Virtual", "Elastic"] = Field(
+        default="Standard", description="EntityDefinitions TableType"
+    )
+    private: bool = Field(default=False, description="EntityDefinitions IsPrivate")
+    intersect: bool = Field(default=False, description="EntityDefinitions IsIntersect (N:N)")
     extra_columns: int = Field(
         default=0,
         ge=0,

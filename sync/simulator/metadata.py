@@ -79,8 +79,9 @@ def entity_definition(table: Table) -> dict[str, Any]:
         "PrimaryNameAttribute": t.primary_name,
         "ObjectTypeCode": t.object_type_code,
         "IsCustomEntity": t.is_custom,
-        "IsActivity": False,
-        "IsIntersect": False,
+        "IsActivity": table.spec.table_type == "Activity",
+        "IsIntersect": table.spec.intersect,
+        "IsPrivate": table.spec.private,
         "IsValidForAdvancedFind": True,
         "ChangeTrackingEnabled": tracked,
         "CanChangeTrackingBeEnabled": {
@@ -89,7 +90,7 @@ def entity_definition(table: Table) -> dict[str, Any]:
             "ManagedPropertyLogicalName": "canchangetrackingbeenabled",
         },
         "OwnershipType": "UserOwned",
-        "TableType": "Standard",
+        "TableType": table.spec.table_type,
         "DisplayName": label(t.display_name),
         "DisplayCollectionName": label(t.display_collection_name),
     }

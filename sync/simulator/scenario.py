@@ -31,6 +31,7 @@ from sync.simulator.dataset import TableSpec
 from sync.simulator.faults import EntraFaultRates, FaultRates
 from sync.simulator.identities import AppAssignmentSpec, RoleValue, UserSpec, check_assignments
 from sync.simulator.protection import Limits
+from sync.simulator.solutions import SolutionSpec
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -114,6 +115,7 @@ class EnvironmentSpec(_Frozen):
         "(as load balancers do), so clients keep opening new TLS connections",
     )
     tables: tuple[TableSpec, ...] = Field(min_length=1)
+    solutions: tuple[SolutionSpec, ...] = ()
 
     @field_validator("interval", "reconcile_interval")
     @classmethod
@@ -128,6 +130,13 @@ class EnvironmentSpec(_Frozen):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"table {name!r} is listed twice in environment {self.name!r}")
+        for solution in self.solutions:
+            for table in solution.tables:
+                if table not in names:
+                    raise ValueError(
+                        f"solution {solution.unique_name!r} holds {table!r}, which is not a "
+                        f"table of environment {self.name!r}"
+                    )
         return self
 
 

@@ -47,7 +47,7 @@ from sync.simulator.aggregate import count_rows
 from sync.simulator.csdl import XML_CONTENT_TYPE, csdl_document
 from sync.simulator.dataset import HOSTILE_KINDS, Table, TableSpec, VersionCounter, build_tables
 from sync.simulator.keyorder import key_ordered_rows
-from sync.simulator.metadata import MetadataView, attribute_definition
+from sync.simulator.metadata import MetadataView, attribute_definition, metadata_id
 from sync.simulator.odata import Preferences, Query, parse_preferences, parse_query
 from sync.simulator.protocol import (
     ApiError,
@@ -60,6 +60,7 @@ from sync.simulator.protocol import (
 )
 from sync.simulator.reads import ReadContext, count_collection, read_collection, read_single
 from sync.simulator.render import plain_row
+from sync.simulator.solutions import Solutions, SolutionSpec
 
 __all__ = ["ApiRequest", "ApiResponse", "DataverseModel", "TableSpec"]
 
@@ -83,6 +84,7 @@ class DataverseModel:
         retention_days: float,
         clock: Callable[[], float] = time.time,
         top_policy: str = "top_wins",
+        solutions: Sequence[SolutionSpec] = (),
     ) -> None:
         if top_policy not in ("top_wins", "top_ignored"):
             raise ValueError("top_policy must be 'top_wins' or 'top_ignored'")
@@ -95,6 +97,7 @@ class DataverseModel:
         self.top_policy = top_policy
         self.started_at = int(clock())
         self._by_set = {t.template.entity_set: t for t in self.tables.values()}
+        self.solutions = Solutions(solutions, metadata_id)
         self._snapshot: tuple[int, dict[str, int]] = (self.started_at, self._counts())
         self.snapshot_seconds = SNAPSHOT_SECONDS  # how old a count snapshot grows before renewal
 
@@ -142,6 +145,8 @@ class DataverseModel:
             return self._metadata(query, prefs)
         if path.startswith("EntityDefinitions"):
             return MetadataView(self.tables, base).handle(path, query)
+        if path in ("solutions", "solutioncomponents"):
+            return self.solutions.handle(path, query, base)
         found = _RECORD_COUNT.match(path)
         if found:
             return self._record_count(base, found["names"], query)

@@ -42,12 +42,13 @@ async def unmirrored(engine: AsyncEngine, environment: Environment, table: str) 
     configured list, or, with `tables = "all"` (discovered at run time), the daemon has not
     taken it up (no state row). The one check behind `dvmirror resync` and the console: a
     typo must not queue a request that no run will ever serve."""
-    if environment.tables != "all":
-        if table in environment.tables:
+    fixed = environment.fixed_tables
+    if fixed is not None:
+        if table in fixed:
             return None
         return (
             f"table {table!r} is not mirrored in environment {environment.name} "
-            f"(its tables: {', '.join(environment.tables)})"
+            f"(its tables: {', '.join(fixed)})"
         )
     known = sorted(status.table for status in await statuses(engine, environment.name))
     if table in known:
@@ -55,7 +56,7 @@ async def unmirrored(engine: AsyncEngine, environment: Environment, table: str) 
     shown = ", ".join(known) or "none yet: the daemon has not discovered them"
     return (
         f"table {table!r} is not mirrored in environment {environment.name} "
-        f'(tables = "all"; mirrored so far: {shown})'
+        f"(tables resolved from metadata; mirrored so far: {shown})"
     )
 
 

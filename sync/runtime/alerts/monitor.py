@@ -44,11 +44,15 @@ class VerifySource(Protocol):
 
 def view_of(group: EnvironmentGroup) -> EnvironmentView:
     renews = group.governor.snapshot().get("daily_exhausted_until")
-    tables = group.environment.tables
+    # Rules and "all": the tables resolved now, once discovery ran (a table dropped from a
+    # solution keeps its state row but is not watched for lag any more).
+    tables = group.environment.fixed_tables
+    if tables is None and group.active_tables:
+        tables = tuple(sorted(group.active_tables))
     return EnvironmentView(
         name=group.name,
         tenant=group.tenant.name,
-        tables=None if tables == "all" else tuple(tables),
+        tables=tables,
         attempted=group.status.first_attempt_done.is_set(),
         auth_error=group.status.auth_error,
         budget_renews_at=datetime.fromisoformat(renews) if isinstance(renews, str) else None,
