@@ -241,15 +241,29 @@ def test_the_daemon_verifies_every_verify_interval_and_reports_what_it_finds(
         assert account["outcome"] == "mismatch" and account["missing"] == gone
 
         # Beside the running daemon, `verify` reads (exit 1: the mismatch stands after the
-        # daemon's next cycle); `verify --repair`, which writes, is refused in one line (exit 2).
+        # daemon's next cycle); `verify --repair` does not write the mirror itself: it hands
+        # what differs to the daemon as a resync request (exit 1 still: not repaired yet).
         beside = run_cli("--config", config, "verify", "--table", "account", timeout=300)
         assert beside.returncode == 1, beside.stdout + beside.stderr
         assert "verifying read-only beside it" in beside.stdout
         assert f"MISMATCH {gone} rows ({gone} missing, 0 ghost, 0 stale)" in beside.stdout
-        refused = run_cli("--config", config, "verify", "--repair", timeout=300)
-        assert refused.returncode == 2, refused.stdout + refused.stderr
-        assert "`verify --repair` writes the mirror" in refused.stderr
-        assert "Traceback" not in refused.stderr
+        handed = run_cli(
+            "--config", config, "verify", "--table", "account", "--repair", timeout=300
+        )
+        assert handed.returncode == 1, handed.stdout + handed.stderr
+        assert "Traceback" not in handed.stderr
+        assert f"fabrikam_env/account: {gone} rows differ; queued resync #" in handed.stdout
+
+        def resync_done() -> bool:
+            report = json.loads(run_cli("--config", config, "status", "--json").stdout)
+            states = [r["state"] for r in report["resync_requests"] if r["table"] == "account"]
+            assert "failed" not in states, report["resync_requests"]
+            return states == ["done"]
+
+        wait_until(resync_done, timeout=120, what="the daemon running the handed-over resync")
+        after = run_cli("--config", config, "verify", "--table", "account", "--exact", timeout=300)
+        assert after.returncode == 0, after.stdout + after.stderr
+        assert "all tables match (1 table," in after.stdout
         assert daemon.stop() == 0
     finally:
         daemon.kill()

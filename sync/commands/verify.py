@@ -21,6 +21,7 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.commands.backfill import Selection, select
+from sync.commands.resync import os_user
 from sync.config.model import Config
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
 from sync.mirror.discovery import resolve_tables
@@ -30,7 +31,9 @@ from sync.mirror.runner import run_job
 from sync.runtime.leases import command_leases
 from sync.runtime.wiring import Wiring
 from sync.store import checkpoints as state
+from sync.store.audit import Actor
 from sync.store.open import open_store
+from sync.store.requests import request_resync
 from sync.store.writer_lock import single_writer
 from sync.verify.daemon_cycle import wait_for_cycle
 from sync.verify.runner import TableReport, VerifyRequest, verify_environment
@@ -114,14 +117,36 @@ def _bytes_note(report: TableReport) -> str:
     )
 
 
-REPAIR_NEEDS_WRITER = (
-    "`verify --repair` writes the mirror, so it runs while no daemon holds the store or the "
-    "environment (stop it, or run plain `dvmirror verify` beside it)"
+REPAIR_HANDED_TO_DAEMON = (
+    "a daemon holds the store: verifying read-only beside it; what differs is handed to the "
+    "daemon as a resync (a full pass that rewrites the table and sweeps rows gone at the source)"
 )
 BESIDE_DAEMON = (
     "a daemon holds the store: verifying read-only beside it (mismatches are rechecked after "
     "its next cycle of each table)"
 )
+
+
+async def _hand_to_daemon(store: AsyncEngine, reports: list[TableReport]) -> list[str]:
+    """Beside a daemon, `--repair` does not write the mirror itself: each table still
+    mismatched after the daemon's next cycle gets a resync request, which the daemon holding
+    the environment runs (a full pass ends with the sweep of rows gone at the source, and
+    rewrites missing and stale rows). One line per request."""
+    lines = []
+    for report in reports:
+        if report.outcome != "mismatch":
+            continue
+        queued = await request_resync(
+            store, report.environment, report.table, actor=Actor(f"cli:verify:{os_user()}")
+        )
+        request = queued.request
+        how = "queued" if queued.created else "already open:"
+        lines.append(
+            f"{report.environment}/{report.table}: {report.unrepaired} rows differ; {how} resync "
+            f"#{request.id}; the daemon runs it (`dvmirror status` shows requested / running / "
+            "done), then `dvmirror verify` confirms"
+        )
+    return lines
 
 
 def describe(report: TableReport) -> str:
@@ -201,9 +226,7 @@ async def run_verify(
         beside_daemon = False
         try:
             stack.enter_context(single_writer(config.store_url, "verify"))
-        except ConfigError as exc:
-            if repair:
-                raise ConfigError(f"{exc.message}; {REPAIR_NEEDS_WRITER}") from exc
+        except ConfigError:
             beside_daemon = True  # a daemon writes the store: verify reads beside it
         store = await open_store(config)
         stack.push_async_callback(store.dispose)
@@ -217,12 +240,10 @@ async def run_verify(
                         store, names, config.settings.daemon.lease_seconds, command="verify"
                     )
                 )
-            except ConfigError as exc:
-                if repair:
-                    raise ConfigError(f"{exc.message}; {REPAIR_NEEDS_WRITER}") from exc
+            except ConfigError:
                 beside_daemon = True
         if beside_daemon:
-            console.print(Text(BESIDE_DAEMON, style="dim"))
+            console.print(Text(REPAIR_HANDED_TO_DAEMON if repair else BESIDE_DAEMON, style="dim"))
         batches = await asyncio.gather(
             *(
                 _environment(
@@ -230,16 +251,30 @@ async def run_verify(
                     stores[c.environment.name],
                     c,
                     exact=exact,
-                    repair=repair,
+                    repair=repair and not beside_daemon,
                     beside_daemon=beside_daemon,
                 )
                 for c in chosen
             )
         )
-    reports = [r for batch in batches if not isinstance(batch, str) for r in batch]
+        reports = [r for batch in batches if not isinstance(batch, str) for r in batch]
+        handed = await _hand_to_daemon(store, reports) if repair and beside_daemon else []
+    for line in handed:
+        console.print(Text(line), soft_wrap=True)
     problems = [batch for batch in batches if isinstance(batch, str)]
-    show(reports, problems, console, json_output=json_output, beside_daemon=beside_daemon)
+    show(
+        reports,
+        problems,
+        console,
+        json_output=json_output,
+        beside_daemon=beside_daemon,
+        handed=bool(handed),
+    )
     return exit_code(reports, problems)
+
+
+def _tables(count: int) -> str:
+    return f"{count} table" if count == 1 else f"{count} tables"
 
 
 def show(
@@ -249,6 +284,7 @@ def show(
     *,
     json_output: bool,
     beside_daemon: bool,
+    handed: bool = False,
 ) -> None:
     """The run's result: one JSON document, or a line per table and a summary."""
     if json_output:
@@ -261,10 +297,12 @@ def show(
         for problem in problems:
             console.print(Text(problem, style="red"))
         code = exit_code(reports, problems)
-        if beside_daemon and any(r.outcome == "mismatch" for r in reports):
-            console.print(Text("stop the daemon, then `dvmirror verify --repair` fixes them"))
+        if beside_daemon and not handed and any(r.outcome == "mismatch" for r in reports):
+            console.print(
+                Text("`dvmirror verify --repair` hands them to the daemon as resync requests")
+            )
         total = sum(r.mirror_rows or 0 for r in reports)
         if code == ExitCode.OK and all(r.outcome == "match" for r in reports):
-            console.print(Text(f"all tables match ({len(reports)} tables, {total:,} rows)"))
+            console.print(Text(f"all tables match ({_tables(len(reports))}, {total:,} rows)"))
         elif code == ExitCode.OK:
-            console.print(Text(f"no mismatch left ({len(reports)} tables, {total:,} rows)"))
+            console.print(Text(f"no mismatch left ({_tables(len(reports))}, {total:,} rows)"))
