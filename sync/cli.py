@@ -7,98 +7,21 @@ Exit codes: 0 ok · 1 a run finished with failures · 2 usage or configuration e
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sync import __version__
-from sync.errors import ConfigError, DvmirrorError, ExitCode
+from sync.cli_data import DATA_COMMANDS
+from sync.cli_state import State, run_async, table_console
+from sync.errors import DvmirrorError
 
 if TYPE_CHECKING:
     from sync.config.model import Environment
-
-PIPED_WIDTH = 180
-DEFAULT_CONFIG_LOCATIONS = (Path("dvmirror.toml"), Path("/etc/dvmirror/dvmirror.toml"))
-
-T = TypeVar("T")
-
-
-class State:
-    """What the group options give every command."""
-
-    def __init__(self, config_path: Path | None, log_level: str | None, debug: bool) -> None:
-        self.config_path = config_path
-        self.log_level = log_level
-        self.debug = debug
-
-    def load(self, *, resolve_secrets: bool = True) -> Any:
-        """Load the configuration (and configure logging from it)."""
-        from sync.config.loading import load_config
-        from sync.logs import configure_logging
-
-        path = self.config_path
-        if path is None:
-            for candidate in DEFAULT_CONFIG_LOCATIONS:
-                if candidate.is_file():
-                    path = candidate
-                    break
-            else:
-                raise ConfigError(
-                    "no configuration: pass --config PATH or set DVMIRROR_CONFIG "
-                    "(config/dvmirror.example.toml is a documented starting point)"
-                )
-        config = load_config(path, resolve_secrets=resolve_secrets)
-        apps = {id(config.app_for(t)): config.app_for(t) for t in config.tenants}
-        if config.console is not None:
-            apps[id(config.console_app())] = config.console_app()
-        secrets = [
-            app.client_secret.get_secret_value()
-            for app in apps.values()
-            if app.client_secret is not None and app.client_secret.get_secret_value()
-        ]
-        secrets += [a.url.get_secret_value() for a in config.alerts if a.url.get_secret_value()]
-        if config.console is not None and config.console.session_key.get_secret_value():
-            secrets.append(config.console.session_key.get_secret_value())
-        configure_logging(self.log_level or config.settings.daemon.log_level, secrets=secrets)
-        for warning in config.warnings:
-            click.echo(f"dvmirror: warning: {config.path}: {warning}", err=True)
-        return config
-
-
-def table_console() -> Any:
-    """A rich console for tables: the terminal's width, or a wide page when piped or logged
-    (rich would otherwise squeeze tables into 80 columns and cut GUIDs and errors)."""
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)
-
-
-def run_async(state: State, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine, turning our errors into one line and an exit code."""
-    try:
-        return asyncio.run(factory())
-    except KeyboardInterrupt:
-        click.echo("dvmirror: interrupted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
-    except DvmirrorError:
-        raise
-    except Exception as exc:  # an unexpected failure still gets one line, not a traceback
-        if state.debug:
-            raise
-        from sync.logs import mask_text
-
-        click.echo(
-            f"dvmirror: error: unexpected {type(exc).__name__}: {mask_text(str(exc))} "
-            "(run with --debug for a traceback)",
-            err=True,
-        )
-        sys.exit(ExitCode.FAILURES)
 
 
 class DvmirrorGroup(click.Group):
@@ -264,113 +187,6 @@ def simulate(scenario: Path, state_dir: Path | None) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-@click.pass_obj
-def status(state: State, as_json: bool) -> None:
-    """Show every table: phase, rows, last success, lag, errors, throttling, budgets.
-
-    Reads the control database; works while the daemon runs.
-    """
-    config = state.load(resolve_secrets=False)
-
-    from sync.commands.status import run_status
-
-    sys.exit(run_async(state, lambda: run_status(config, as_json=as_json, console=table_console())))
-
-
-@cli.command("dbt-sources")
-@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
-@click.pass_obj
-def dbt_sources(state: State, env_name: str) -> None:
-    """Print a dbt sources.yml for the environment's mirrored tables (columns with their
-    Dataverse display names and descriptions, freshness, key tests)."""
-    config = state.load(resolve_secrets=False)
-
-    from sync.commands.dbt_sources import run_dbt_sources
-
-    click.echo(run_async(state, lambda: run_dbt_sources(config, env_name)), nl=False)
-
-
-@cli.command()
-@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
-@click.option(
-    "--since",
-    type=click.IntRange(min=0),
-    required=True,
-    help="The last commit number already loaded (0: from the start).",
-)
-@click.option("--until", type=click.IntRange(min=0), help="Stop at this commit number.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-@click.pass_obj
-def feed(state: State, env_name: str, since: int, until: int | None, as_json: bool) -> None:
-    """List the commits after number N (seq, table, time, upserts, deletes) and the newest number.
-
-    Load the mirror rows and _dv_deletions rows with N < _dv_commit_seq <= the newest number,
-    then run again with --since that number. Reads only; works while the daemon runs.
-    """
-    config = state.load(resolve_secrets=False)
-
-    from sync.commands.feed import run_feed
-
-    sys.exit(
-        run_async(
-            state,
-            lambda: run_feed(
-                config,
-                env=env_name,
-                since=since,
-                until=until,
-                as_json=as_json,
-                console=table_console(),
-            ),
-        )
-    )
-
-
-@cli.command()
-@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
-@click.option("--table", "table_name", help="The table to read again (logical name).")
-@click.option("--all", "every_table", is_flag=True, help="Every table of the environment.")
-@click.pass_obj
-def resync(state: State, env_name: str, table_name: str | None, every_table: bool) -> None:
-    """Queue a full pass of a table (or of every table) that sweeps rows gone at the source.
-
-    The running daemon that holds the environment's lease picks it up within a second; without
-    one the request waits. `dvmirror status` shows it: requested, running n%, done or failed.
-    """
-    config = state.load(resolve_secrets=False)
-
-    from sync.commands.resync import run_resync
-
-    sys.exit(
-        run_async(
-            state,
-            lambda: run_resync(
-                config,
-                env=env_name,
-                table=table_name,
-                every_table=every_table,
-                console=table_console(),
-            ),
-        )
-    )
-
-
-@cli.command()
-@click.option("--env", "env_name", required=True, help="The environment (its name in the config).")
-@click.pass_obj
-def tables(state: State, env_name: str) -> None:
-    """List the tables the environment's `tables` rules resolve to now, why each other
-    matched table is left out, and which fall back to a watermark (no change tracking)."""
-    config = state.load()
-
-    from sync.commands.tables import run_tables
-
-    for line in run_async(state, lambda: run_tables(config, env_name)):
-        click.echo(line)
-
-
-@cli.command()
 @click.pass_obj
 def check(state: State) -> None:
     """Call WhoAmI in every environment and say what to fix (exit 3 on auth failures)."""
@@ -408,43 +224,6 @@ def backfill(state: State, env_name: str | None, table_name: str | None) -> None
             state,
             lambda: run_backfill(
                 config, env=env_name, table=table_name, console=Console(stderr=True)
-            ),
-        )
-    )
-
-
-@cli.command()
-@click.option("--env", "env_name", help="Only this environment (its name in the config).")
-@click.option("--table", "table_name", help="Only this table (logical name).")
-@click.option("--exact", is_flag=True, help="Count every key range exactly and diff every key.")
-@click.option("--repair", is_flag=True, help="Refetch missing and stale rows, delete ghosts.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@click.pass_obj
-def verify(
-    state: State,
-    env_name: str | None,
-    table_name: str | None,
-    exact: bool,
-    repair: bool,
-    as_json: bool,
-) -> None:
-    """Check the mirror against Dataverse (exit 1 while a mismatch is left unrepaired)."""
-    config = state.load()
-    from rich.console import Console
-
-    from sync.commands.verify import run_verify
-
-    sys.exit(
-        run_async(
-            state,
-            lambda: run_verify(
-                config,
-                env=env_name,
-                table=table_name,
-                exact=exact,
-                repair=repair,
-                json_output=as_json,
-                console=Console(soft_wrap=True, highlight=False),
             ),
         )
     )
@@ -618,6 +397,10 @@ def demo(
 # is written: at the default of 700 allocations the collector runs hundreds of times a page
 # and promotes them all, to be scanned again by the older generations (~6% of a backfill's CPU).
 GC_THRESHOLDS = (50_000, 20, 100)
+
+
+for _command in DATA_COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

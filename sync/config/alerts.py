@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from sync.config.credentials import SecretRef, resolve_secret
+from sync.config.credentials import SecretRef, checked_ca_bundle, resolve_secret
 from sync.config.values import SAFE_NAME, FrozenModel, check_url, parse_interval, validation_context
 
 # State events: raised while a condition holds, reminded every `repeat`, and (when `recovered`
@@ -90,17 +90,7 @@ class Alert(FrozenModel):
     @field_validator("ca_bundle")
     @classmethod
     def _ca_bundle(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        base: Path = validation_context(info).get("base_dir", Path.cwd())
-        path = value if value.is_absolute() else base / value
-        try:
-            text = path.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read CA bundle {path}: {exc}") from None
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            raise ValueError(f"{path} holds no PEM certificate")
-        return path
+        return checked_ca_bundle(value, info)
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> Alert:

@@ -35,6 +35,21 @@ class SecretRef(FrozenModel):
         return self
 
 
+def checked_ca_bundle(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A `ca_bundle` key: relative to the configuration file, readable, holding PEM."""
+    if value is None:
+        return None
+    base: Path = validation_context(info).get("base_dir", Path.cwd())
+    path = value if value.is_absolute() else base / value
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read CA bundle {path}: {exc}") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"{path} holds no PEM certificate")
+    return path
+
+
 def resolve_secret(ref: SecretRef, info: ValidationInfo) -> SecretStr:
     ctx = validation_context(info)
     environ: Mapping[str, str] = ctx.get("environ", {})
@@ -183,17 +198,7 @@ class AppRegistration(FrozenModel):
     @field_validator("ca_bundle")
     @classmethod
     def _ca_bundle(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        base: Path = validation_context(info).get("base_dir", Path.cwd())
-        path = value if value.is_absolute() else base / value
-        try:
-            text = path.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read CA bundle {path}: {exc}") from None
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            raise ValueError(f"{path} holds no PEM certificate")
-        return path
+        return checked_ca_bundle(value, info)
 
     @model_validator(mode="before")
     @classmethod
