@@ -304,6 +304,19 @@ def test_sigterm_during_the_key_scan_stops_it_between_key_pages(
     ((progress,),) = query(tmp_path, "SELECT key_scan FROM dv_sync_state")
     assert progress is not None and json.loads(progress)["seen"] >= 10000, progress
 
+    # The org expires the table's change-tracking tokens before the next start: the stored
+    # scan's link (an initial tracked read under way) is refused with 0x80044352. The scan
+    # starts again from the first key instead of parking the table.
+    admin(sim, "POST", "/environments/keyscan_env/tables/opportunity/expire-delta-tokens", {})
+    result = run_cli("--config", config, "backfill", timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    events = {e["event"]: e for e in logged(result.stderr)}
+    assert "key_scan_link_expired" in events, result.stderr[-2000:]
+    assert "key_scan_started" in events, result.stderr[-2000:]
+    assert events["key_ranges_planned"]["keys_scanned"] == 25000, events["key_ranges_planned"]
+    compare.assert_converged(sim, tmp_path / "mirror.db", "keyscan_env", "opportunity")
+    assert query(tmp_path, "SELECT key_scan, parked_until FROM dv_sync_state") == [(None, None)]
+
 
 def test_daemon_runs_ranges_stops_between_pages_on_sigterm_and_resumes(
     sim: dict[str, Any], tmp_path: Path

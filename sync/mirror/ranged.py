@@ -28,7 +28,7 @@ from datetime import datetime
 from sqlalchemy.sql.expression import Executable
 
 from sync.dataverse.odata import check_link
-from sync.errors import HostileResponseError, TableError
+from sync.errors import DeltaTokenExpired, HostileResponseError, TableError
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
 from sync.mirror.job import TableJob, stamp
@@ -94,8 +94,18 @@ async def _split(job: TableJob, stopping: asyncio.Event) -> bool:
             params.append(("$orderby", f"{schema.primary_key} asc"))
         url = cur.collection_url(env.url, schema.entity_set, params)
         log.info("key_scan_started", environment=env.name, table=job.table, ranges=wanted)
+    resumed = stored is not None and stored.tracked == tracked
     while True:
-        page = await job.fetch(cur.Request("keys", url, tracked))
+        try:
+            page = await job.fetch(cur.Request("keys", url, tracked))
+        except DeltaTokenExpired:
+            if not resumed:
+                raise
+            # The stored link outlived its tracking position (the scan waited past retention,
+            # or the org expired the table's tokens): scan again from the start.
+            log.warning("key_scan_link_expired", environment=env.name, table=job.table)
+            await key_scans.forget(job.store, env.name, job.table)
+            return await _split(job, stopping)
         _checked(job, url, page)
         sample.add(cur.valid_keys(page.rows, schema.primary_key, job.table))
         if page.next_link is None:

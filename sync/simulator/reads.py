@@ -159,6 +159,20 @@ def _cookie_index(ctx: ReadContext, cookie: PagingCookie) -> int:
     return index
 
 
+def _tracking_position(ctx: ReadContext, cookie: PagingCookie | None) -> dict[str, str]:
+    """The version and start time an initial change-tracking read stands on (its first page's,
+    carried in the paging cookie), checked like a delta token."""
+    version = cookie_int(cookie, "version") if cookie else ctx.counter.value
+    started = cookie_int(cookie, "time") if cookie else ctx.now
+    if version > ctx.counter.value or started > ctx.now + 60:
+        raise invalid_skiptoken("tracking position from the future")
+    if cookie is not None and version < ctx.table.expired_below:
+        # The pages stand on the same tracking position as the delta token the read ends
+        # with: expiring the table's tokens expires a read under way as well.
+        raise expired_token()
+    return {"version": str(version), "time": str(started)}
+
+
 def read_collection(ctx: ReadContext, query: Query, prefs: Preferences) -> ApiResponse:
     """GET ``<set>``: a page of rows, a delta page, or the initial change-tracking read."""
     table = ctx.table
@@ -189,13 +203,7 @@ def read_collection(ctx: ReadContext, query: Query, prefs: Preferences) -> ApiRe
     take = page_size if limit is None else max(0, min(page_size, limit - served))
     more_allowed = limit is None or served + take < limit
 
-    attrs: dict[str, str] = {}
-    if tracking:
-        version = cookie_int(cookie, "version") if cookie else ctx.counter.value
-        started = cookie_int(cookie, "time") if cookie else ctx.now
-        if version > ctx.counter.value or started > ctx.now + 60:
-            raise invalid_skiptoken("tracking position from the future")
-        attrs = {"version": str(version), "time": str(started)}
+    attrs = _tracking_position(ctx, cookie) if tracking else {}
     rows, elements = _select_page(ctx, node, orderby, cookie, take + 1)
     more = more_allowed and len(rows) > take
     rows = rows[:take]
