@@ -22,6 +22,7 @@ from sync.errors import DvmirrorError
 
 if TYPE_CHECKING:
     from sync.config.model import Environment
+    from sync.store.pruning import Pruned
 
 
 class DvmirrorGroup(click.Group):
@@ -139,17 +140,17 @@ def migrate(state: State) -> None:
     """Create or upgrade the control database to the latest schema."""
     config = state.load(resolve_secrets=False)
 
-    async def _run() -> tuple[str | None, int]:
+    async def _run() -> tuple[str | None, Pruned]:
         from datetime import UTC, datetime
 
-        from sync.store.checkpoints import prune_run_history
         from sync.store.migrate import current_revision
         from sync.store.open import open_store
+        from sync.store.pruning import prune_history
 
         engine = await open_store(config)
         try:
             keep = config.settings.daemon.history_days
-            pruned = await prune_run_history(engine, keep, now=datetime.now(UTC))
+            pruned = await prune_history(engine, keep, now=datetime.now(UTC))
             return await current_revision(engine), pruned
         finally:
             await engine.dispose()
@@ -158,9 +159,11 @@ def migrate(state: State) -> None:
 
     revision, pruned = run_async(state, _run)
     click.echo(f"{redact_url(config.store_url)}: at revision {revision}")
-    if pruned:
-        keep = config.settings.daemon.history_days
-        click.echo(f"dv_run_history: pruned {pruned} runs older than {keep} days")
+    keep = config.settings.daemon.history_days
+    if pruned.runs:
+        click.echo(f"dv_run_history: pruned {pruned.runs} runs older than {keep} days")
+    if pruned.commits:
+        click.echo(f"dv_commits: pruned {pruned.commits} commit records older than {keep} days")
 
 
 @cli.command()

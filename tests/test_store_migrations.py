@@ -180,3 +180,38 @@ def test_migrate_prunes_run_history_past_history_days(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "mirror.db") as db:
         kept = {r[0] for r in db.execute("SELECT table_name FROM dv_run_history")}
     assert kept == {"old_running", "recent"}
+
+
+def test_migrate_prunes_commit_records_but_keeps_each_environments_newest(
+    tmp_path: Path,
+) -> None:
+    """dv_commits keeps `daemon.history_days` too; each environment's newest record stays
+    however old (the next number follows it), so pruning never reuses a number."""
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from tests.test_config_cli import base_config
+
+    config = tmp_path / "dvmirror.toml"
+    config.write_text(base_config(extra_top="[daemon]\nhistory_days = 7\n"))
+    assert run_cli("--config", config, "migrate", cwd=tmp_path).returncode == 0
+    now = datetime.now(UTC)
+    rows = [
+        ("quiet_env", 1, now - timedelta(days=40)),
+        ("quiet_env", 2, now - timedelta(days=30)),  # the newest of its environment: kept
+        ("busy_env", 1, now - timedelta(days=9)),
+        ("busy_env", 2, now - timedelta(days=8)),
+        ("busy_env", 3, now - timedelta(days=1)),
+    ]
+    with sqlite3.connect(tmp_path / "mirror.db") as db:
+        db.executemany(
+            "INSERT INTO dv_commits (environment, seq, table_name, committed_at, upserts, deletes)"
+            " VALUES (?, ?, 'account', ?, 1, 0)",
+            [(env, seq, at.isoformat(sep=" ")) for env, seq, at in rows],
+        )
+    result = run_cli("--config", config, "migrate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "dv_commits: pruned 3 commit records older than 7 days" in result.stdout
+    with sqlite3.connect(tmp_path / "mirror.db") as db:
+        kept = set(db.execute("SELECT environment, seq FROM dv_commits"))
+    assert kept == {("quiet_env", 2), ("busy_env", 3)}

@@ -88,3 +88,33 @@ def test_a_server_that_does_not_answer_is_a_store_failure(tmp_path: Path, pg_url
     code, _, err = status(tmp_path, gone.render_as_string())
     assert code == 1, err
     assert "cannot connect" in err and "Traceback" not in err
+
+
+async def insert_commits(url: str, rows: list[tuple[str, int, int]]) -> None:
+    conn = await asyncpg.connect(superuser(url))
+    try:
+        await conn.executemany(
+            "INSERT INTO dvmirror.dv_commits (environment, seq, table_name, committed_at,"
+            " upserts, deletes) VALUES ($1, $2, 'account', now() - make_interval(days => $3), 1, 0)",
+            rows,
+        )
+    finally:
+        await conn.close()
+
+
+def test_migrate_prunes_commit_records_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The same pruning as on SQLite (the correlated delete keeps each environment's newest)."""
+    path = tmp_path / "dvmirror.toml"
+    path.write_text(
+        CONFIG.format(url=pg_url).replace("[store]", "[daemon]\nhistory_days = 7\n\n[store]")
+    )
+    env = {"DVMIRROR_CLIENT_SECRET": SECRET}
+    assert run_cli("--config", path, "migrate", env=env).returncode == 0
+    asyncio.run(
+        insert_commits(
+            pg_url, [("pg_quiet", 1, 40), ("pg_quiet", 2, 30), ("pg_busy", 1, 9), ("pg_busy", 2, 1)]
+        )
+    )
+    result = run_cli("--config", path, "migrate", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "dv_commits: pruned 2 commit records older than 7 days" in result.stdout

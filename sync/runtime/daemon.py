@@ -36,9 +36,10 @@ from sync.runtime.looplag import LoopLagWatch
 from sync.runtime.metrics import Metrics
 from sync.runtime.scheduler import RELOAD_GRACE, Scheduler, sleep_or_stop
 from sync.runtime.wiring import Wiring
-from sync.store.checkpoints import prune_run_history, statuses
+from sync.store.checkpoints import statuses
 from sync.store.dialects.sqlite_maintenance import checkpoint_wal, wal_needs_checkpoint
 from sync.store.open import open_store
+from sync.store.pruning import prune_history
 from sync.store.writer_lock import single_writer
 
 log = get_logger("dvmirror.daemon")
@@ -274,12 +275,12 @@ class Daemon:
     async def _prune_history(self, store: AsyncEngine) -> None:
         keep = self.config.settings.daemon.history_days
         try:
-            pruned = await prune_run_history(store, keep, now=datetime.now(UTC))
+            pruned = await prune_history(store, keep, now=datetime.now(UTC))
         except Exception as exc:  # noqa: BLE001 - housekeeping never stops the daemon
             log.warning("run_history_prune_failed", error=str(exc))
             return
-        if pruned:
-            log.info("run_history_pruned", runs=pruned, kept_days=keep)
+        if pruned.runs or pruned.commits:
+            log.info("run_history_pruned", runs=pruned.runs, commits=pruned.commits, kept_days=keep)
 
     async def _tick_until_stopped(self, store: AsyncEngine) -> None:
         interval = min(TICK_SECONDS, notify.watchdog_interval() or TICK_SECONDS)
