@@ -360,6 +360,18 @@ def test_key_breaks_ties_in_sql_order(env: DataverseModel) -> None:
         assert keys == sql_sorted(keys)
 
 
+def test_ties_of_a_non_key_order_go_by_primary_key(env: DataverseModel) -> None:
+    """$orderby=statecode alone: rows of equal statecode come in SQL Server key order (the
+    key ends every ordering, as in a real org), across page boundaries too."""
+    got = rows_of(
+        read_all(env, "accounts", "$select=statecode&$orderby=statecode", "odata.maxpagesize=7")
+    )
+    assert len(got) == 260
+    for state in (0, 1):
+        keys = [r[PK] for r in got if r["statecode"] == state]
+        assert keys and keys == sql_sorted(keys)
+
+
 def test_default_order_is_the_primary_key_order(env: DataverseModel) -> None:
     """Without $orderby a multi-page read returns the $orderby=<pk> order, as a real org does
     (reference 3.2: "without `$orderby` Dataverse orders by primary key"), not creation order."""

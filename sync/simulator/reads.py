@@ -15,6 +15,7 @@ import orjson
 
 from sync.simulator.dataset import Table, VersionCounter
 from sync.simulator.filters import Node
+from sync.simulator.guids import sqlserver_guid_key
 from sync.simulator.keyorder import key_ordered_rows
 from sync.simulator.odata import (
     MAX_PAGE_SIZE,
@@ -258,7 +259,8 @@ def _select_page(
     order = ordering(table, orderby)
     ordered = sort_rows(list(matching_rows(table, node)), order)
     if cookie:
-        position = (cursor_values(table, orderby, cookie), _cookie_index(ctx, cookie))
+        last_key = table.key(_cookie_index(ctx, cookie))
+        position = (cursor_values(table, orderby, cookie), sqlserver_guid_key(last_key))
         ordered = [item for item in ordered if order.compare(item[0], position) > 0]
     ordered = ordered[:limit]
     rows = [row for _, row in ordered]

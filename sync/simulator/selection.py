@@ -218,7 +218,9 @@ def check_orderby(table: Table, orderby: tuple[tuple[str, bool], ...]) -> None:
             raise unknown_property(name, table.name)
 
 
-SortItem = tuple[tuple[Any, ...], int]
+# (the row's ordering values, its key's SQL Server sort bytes): ties go by primary key, as a
+# real org appends the key to every ordering so that paging is stable.
+SortItem = tuple[tuple[Any, ...], bytes]
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ class Ordering:
     kinds: tuple[str, ...]
 
     def compare(self, a: SortItem, b: SortItem) -> int:
-        """Order two (sort values, index) items; the row index breaks ties so order is total."""
+        """Order two (sort values, key) items; the primary key breaks ties so order is total."""
         columns = zip(self.terms, self.kinds, a[0], b[0], strict=True)
         for (_, descending), kind, left, right in columns:
             result = _compare_values(left, right, kind)
@@ -254,7 +256,8 @@ def _compare_values(left: Any, right: Any, kind: str) -> int:
 def sort_rows(rows: list[Row], order: Ordering) -> list[tuple[SortItem, Row]]:
     """Rows sorted by `order`, each with its sort item (for the paging cursor)."""
     items: list[tuple[SortItem, Row]] = [
-        ((tuple(r.values.get(name) for name, _ in order.terms), r.index), r) for r in rows
+        ((tuple(r.values.get(name) for name, _ in order.terms), sqlserver_guid_key(r.key)), r)
+        for r in rows
     ]
 
     def by_item(left: tuple[SortItem, Row], right: tuple[SortItem, Row]) -> int:
