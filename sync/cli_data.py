@@ -7,6 +7,7 @@ configuration and calls its module in sync.commands.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -51,14 +52,37 @@ def dbt_sources(state: State, env_name: str) -> None:
 )
 @click.option("--until", type=click.IntRange(min=0), help="Stop at this commit number.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    help="Write the interval's rows and deletions instead of listing its commits.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for the rows: DIR/<env>-<N>-<M>/, a file per table (default: jsonl on stdout).",
+)
 @click.pass_obj
-def feed(state: State, env_name: str, since: int, until: int | None, as_json: bool) -> None:
-    """List the commits after number N (seq, table, time, upserts, deletes) and the newest number.
+def feed(
+    state: State,
+    env_name: str,
+    since: int,
+    until: int | None,
+    as_json: bool,
+    fmt: str | None,
+    out: Path | None,
+) -> None:
+    """The change feed after commit number N: its commits, or with --format its rows.
 
-    Load the mirror rows and _dv_deletions rows with N < _dv_commit_seq <= the newest number,
-    then run again with --since that number. Reads only; works while the daemon runs.
+    Without --format: the commits (seq, table, time, upserts, deletes) and the newest number M;
+    load the mirror rows and _dv_deletions rows with N < _dv_commit_seq <= M. With --format
+    jsonl|csv: those rows themselves, read in one snapshot (see README "Loading
+    incrementally"). Run again with --since M. Reads only; works while the daemon runs.
     """
     config = state.load(resolve_secrets=False)
+    if as_json and (fmt or out):
+        raise click.UsageError("--json lists commits; it does not go with --format or --out")
 
     from sync.commands.feed import run_feed
 
@@ -72,6 +96,7 @@ def feed(state: State, env_name: str, since: int, until: int | None, as_json: bo
                 until=until,
                 as_json=as_json,
                 console=table_console(),
+                export=(fmt or "jsonl", out) if fmt or out else None,
             ),
         )
     )

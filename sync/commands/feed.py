@@ -1,4 +1,5 @@
-"""`dvmirror feed --env E --since N [--until M] [--json]`: the commits after number N.
+"""`dvmirror feed --env E --since N [--until M] [--json]`: the commits after number N (with
+`--format jsonl|csv [--out DIR]`, their rows: sync.commands.feed_export).
 
 Each commit is one page transaction that really changed a mirror of the environment
 (store.commits): its number, table, time and how many rows it upserted and deleted. The output
@@ -10,12 +11,15 @@ reads, so it is safe while the daemon runs.
 from __future__ import annotations
 
 import datetime as dt
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
+from sync.commands.feed_export import Format, check_request, export_interval
 from sync.config.model import Config
 from sync.errors import ConfigError
 from sync.store.commits import Commit, commits_since
@@ -75,6 +79,7 @@ async def run_feed(
     until: int | None,
     as_json: bool,
     console: Console,
+    export: tuple[str, Path | None] | None = None,
 ) -> int:
     names = [e.name for _, e in config.environments()]
     if env not in names:
@@ -84,6 +89,10 @@ async def run_feed(
         )
     if until is not None and until < since:
         raise ConfigError(f"feed: --until {until} is below --since {since}")
+    if export is not None:
+        fmt, out = export
+        chosen: Format = "csv" if fmt == "csv" else "jsonl"
+        return await _export(config, env, since, until, fmt=chosen, out=out)
     engine = await open_store(config)
     try:
         found, newest = await commits_since(engine, env, since, until)
@@ -94,4 +103,27 @@ async def run_feed(
         console.out(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode(), highlight=False)
     else:
         render_feed(document, console)
+    return 0
+
+
+async def _export(
+    config: Config, env: str, since: int, until: int | None, *, fmt: Format, out: Path | None
+) -> int:
+    check_request(fmt, out)
+    engine = await open_store(config)
+    try:
+        summary = await export_interval(engine, env, since=since, until=until, fmt=fmt, out=out)
+    finally:
+        await engine.dispose()
+    rows = sum(summary.rows.values())
+    counts = f"{rows:,} rows of {len(summary.rows)} tables, {summary.deletions:,} deletions"
+    interval = f"{summary.since} < seq <= {summary.until}"
+    if out is None:
+        print(f"{env}: {interval}: {counts}; next: --since {summary.until}", file=sys.stderr)
+    elif summary.folder is None:
+        print(f"{env}: no commits after {since} (newest: {summary.until}); nothing written")
+    else:
+        print(
+            f"{env}: wrote {summary.folder} ({interval}: {counts}); next: --since {summary.until}"
+        )
     return 0
