@@ -12,19 +12,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from tests import test_commit_feed as feed_tests
 from tests.cli import run_cli
-from tests.test_commit_feed import (  # noqa: F401 - fixtures
-    ENV,
-    NOW,
-    _engine,
-    commit,
-    config_for,
-    key,
-    mirror,
-    row,
-    stamp,
-    store_url,
-)
+from tests.test_commit_feed import ENV, NOW, commit, config_for, key, mirror, row, stamp
+
+# The same stores as the feed's own tests (SQLite, and PostgreSQL when available).
+store_url = feed_tests.store_url
+engine_fixture = feed_tests._engine
 
 SECRET = {"DVMIRROR_CLIENT_SECRET": "feed-export-secret"}
 
@@ -59,9 +53,8 @@ async def test_intervals_loaded_in_turn_rebuild_the_mirror(
     config = config_for(tmp_path, store_url)
     rng = random.Random(7)
     copy: dict[str, dict[str, Any]] = {}
-    last, version = 0, 0
-    for step in range(40):
-        version += 1
+    last = 0
+    for version, step in enumerate(range(40), start=1):
         upserts = [
             row(rng.randrange(60), f"n{step}-{i}", version) for i in range(rng.randrange(1, 6))
         ]
