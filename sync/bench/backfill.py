@@ -71,8 +71,9 @@ T = TypeVar("T")
 NOTES = (
     "seconds: the plain reader's from its first page request to its last page (its columns were "
     "discovered beforehand); dvmirror's for the whole command, start-up included.",
-    "from the first request: dvmirror's seconds from the first request the simulator saw from "
-    "it (discovery included) to its exit, so without the start-up; the reader's are unchanged.",
+    "from the first request: both sides timed alike, from the first request the simulator saw "
+    "from that user (discovery included) to the end (the reader's last page, dvmirror's exit), "
+    "so without dvmirror's start-up (interpreter, imports, migrations, token).",
     "ceiling: what the limits allow a sustained read of full pages; a read shorter than the "
     "window can burst above it.",
 )
@@ -91,10 +92,10 @@ class Side:
     name: str
     rows: int = 0
     seconds: float = 0.0
-    # From the side's first request to its end: the reader's `seconds`; dvmirror's command
-    # without its start-up (interpreter, imports, migrations, token), timed from the first
+    # From the side's first request to its end, the same for both sides: from the first
     # arrival the simulator recorded for its user (CLOCK_MONOTONIC is one clock for every
-    # process of the machine) to the child's exit.
+    # process of the machine; discovery included) to the reader's last page or dvmirror's
+    # exit, so dvmirror's command without its start-up (interpreter, imports, migrations).
     active_seconds: float | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     reference: Side | None = None
@@ -206,6 +207,9 @@ async def measure_reader(
     )
     side.rows, side.seconds = result.total, result.seconds
     side.stats = await user_stats(ready, part.environment, READER_APP)
+    side.active_seconds = await since_first_arrival(
+        ready, part.environment, READER_APP, result.ended
+    )
     side.check = _reader_check(part, result, side.failures)
     say(console, f"[{part.title}] {side.name}: {side.rows:,} rows in {side.seconds:.1f} s")
     return side, schemas
