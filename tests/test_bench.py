@@ -71,6 +71,8 @@ def test_latency_bench_runs_reader_and_dvmirror_side_by_side() -> None:
         assert float(first[reader]) >= float(table["seconds"][reader])
     assert table["ratio from the first request"][0] == "reference"
     assert float(table["ratio from the first request"][1]) > 0
+    cpu = [float(cell) for cell in table["client CPU seconds"]]
+    assert min(cpu) >= 0 and cpu[1] > 0 and cpu[3] > 0, cpu
     assert "comparing each mirror with its source" in result.stdout
 
 
