@@ -7,11 +7,12 @@ Exit codes: 0 ok · 1 a run finished with failures · 2 usage or configuration e
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -406,12 +407,42 @@ for _command in DATA_COMMANDS:
     cli.add_command(_command)
 
 
+def exit_status(code: object) -> int:
+    """The process exit status `sys.exit(code)` gives: None → 0, an int as is, anything else
+    printed to stderr → 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def leave(status: int) -> NoReturn:
+    """End the process now that the command is over: flush the output, skip the interpreter's
+    teardown. Every command has closed what it opened by then (the store, the HTTP sessions,
+    the decode workers; asyncio.run joined its threads); what is left is freeing every module
+    and object one by one, which took 0.2 s (up to 1 s on a busy machine) after a backfill."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
+    """Console entry point (as the process's own entry, `argv` None, it ends the process)."""
     # Windows consoles and pipes may not be UTF-8; our output is.
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
     gc.set_threshold(*GC_THRESHOLDS)
-    cli.main(args=argv, prog_name="dvmirror")
+    try:
+        cli.main(args=argv, prog_name="dvmirror")
+    except SystemExit as exc:
+        if argv is not None:
+            raise
+        leave(exit_status(exc.code))
 
 
 if __name__ == "__main__":

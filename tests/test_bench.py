@@ -63,6 +63,16 @@ def test_latency_bench_runs_reader_and_dvmirror_side_by_side() -> None:
     assert table["data"][3].startswith("equal (")
     assert table["peak RSS"][1].endswith("worker)")
     assert table["peak concurrent requests"][0] == "4"
+    # Both sides are also timed alike, from their first request (discovery included): the
+    # reader's such seconds hold its page read and more.
+    first = table["seconds from the first request"]
+    assert len(first) == 4 and all(cell != "n/a" for cell in first), first
+    for reader in (0, 2):
+        assert float(first[reader]) >= float(table["seconds"][reader])
+    assert table["ratio from the first request"][0] == "reference"
+    assert float(table["ratio from the first request"][1]) > 0
+    cpu = [float(cell) for cell in table["client CPU seconds"]]
+    assert min(cpu) >= 0 and cpu[1] > 0 and cpu[3] > 0, cpu
     assert "comparing each mirror with its source" in result.stdout
 
 

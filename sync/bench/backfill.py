@@ -71,8 +71,12 @@ T = TypeVar("T")
 NOTES = (
     "seconds: the plain reader's from its first page request to its last page (its columns were "
     "discovered beforehand); dvmirror's for the whole command, start-up included.",
-    "from the first request: dvmirror's seconds from the first request the simulator saw from "
-    "it (discovery included) to its exit, so without the start-up; the reader's are unchanged.",
+    "from the first request: both sides timed alike, from the first request the simulator saw "
+    "from that user (discovery included) to the end (the reader's last page, dvmirror's exit), "
+    "so without dvmirror's start-up (interpreter, imports, migrations, token).",
+    "client CPU seconds: user + system, the reader's whole read (token, discovery, pages) in "
+    "the bench process, dvmirror's whole command and decode worker; less sensitive to other "
+    "load on the machine than the seconds.",
     "ceiling: what the limits allow a sustained read of full pages; a read shorter than the "
     "window can burst above it.",
 )
@@ -91,12 +95,15 @@ class Side:
     name: str
     rows: int = 0
     seconds: float = 0.0
-    # From the side's first request to its end: the reader's `seconds`; dvmirror's command
-    # without its start-up (interpreter, imports, migrations, token), timed from the first
+    # From the side's first request to its end, the same for both sides: from the first
     # arrival the simulator recorded for its user (CLOCK_MONOTONIC is one clock for every
-    # process of the machine) to the child's exit.
+    # process of the machine; discovery included) to the reader's last page or dvmirror's
+    # exit, so dvmirror's command without its start-up (interpreter, imports, migrations).
     active_seconds: float | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    # CPU seconds on the client side: the reader's (token, discovery, pages: this process)
+    # or dvmirror's command and decode worker (user + system).
+    cpu_seconds: float | None = None
     reference: Side | None = None
     store: str = ""  # dvmirror's sides: SQLite or PostgreSQL
     baseline: Side | None = None  # the PostgreSQL side's SQLite side
@@ -190,6 +197,7 @@ async def measure_reader(
     chains = "one chain" if len(part.tables) == 1 else f"{len(part.tables)} chains at once"
     side = Side(part, f"plain reader ({chains})")
     say(console, f"[{part.title}] {side.name} …")
+    cpu_started = time.process_time()  # this process: the reader runs in it
     result, schemas = await with_progress(
         read_tables(
             ready,
@@ -204,8 +212,12 @@ async def measure_reader(
         console=console,
         every=every,
     )
+    side.cpu_seconds = time.process_time() - cpu_started
     side.rows, side.seconds = result.total, result.seconds
     side.stats = await user_stats(ready, part.environment, READER_APP)
+    side.active_seconds = await since_first_arrival(
+        ready, part.environment, READER_APP, result.ended
+    )
     side.check = _reader_check(part, result, side.failures)
     say(console, f"[{part.title}] {side.name}: {side.rows:,} rows in {side.seconds:.1f} s")
     return side, schemas
@@ -267,7 +279,7 @@ async def measure_dvmirror(
         every=every,
     )
     ended = time.monotonic()
-    side.child, side.seconds = child, child.seconds
+    side.child, side.seconds, side.cpu_seconds = child, child.seconds, child.cpu_seconds
     side.stats = await user_stats(ready, part.environment, client_id)
     side.active_seconds = await since_first_arrival(ready, part.environment, client_id, ended)
     if child.returncode != 0:
@@ -448,6 +460,9 @@ def render(world: World, sides: list[Side]) -> Table:
         reference = side.reference.active_rate
         return f"{side.active_rate / reference:.2f}" if reference else "n/a"
 
+    def cpu(side: Side) -> str:
+        return "n/a" if side.cpu_seconds is None else f"{side.cpu_seconds:.1f}"
+
     def active(side: Side) -> str:
         return "n/a" if side.active_seconds is None else f"{side.active_seconds:.1f}"
 
@@ -475,6 +490,7 @@ def render(world: World, sides: list[Side]) -> Table:
         ("ratio to reference", ratio),
         ("seconds from the first request", active),
         ("ratio from the first request", active_ratio),
+        ("client CPU seconds", cpu),
     ]
     if any(side.baseline is not None for side in sides):
         figures.append(("PostgreSQL ÷ SQLite", store_ratio))

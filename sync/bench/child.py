@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sync.mirror.decode_workers import peak_rss_mb
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Windows: no CPU seconds there
+    resource = None  # type: ignore[assignment]
 from sync.simulator.process import child_environment
 
 SAMPLE_SECONDS = 0.2
@@ -35,6 +40,7 @@ class ChildRun:
     own_mb: float | None
     descendants_mb: float | None
     log: Path
+    cpu_seconds: float | None = None  # user + system of the command and its decode worker
 
     @property
     def total_mb(self) -> float | None:
@@ -115,6 +121,9 @@ async def run_dvmirror(args: Sequence[str], *, log: Path, max_seconds: float) ->
     """`python -m sync ARGS`, its output into `log`; the wall time includes its start-up."""
     env = {k: v for k, v in child_environment().items() if not k.startswith("DVMIRROR_")}
     stop = asyncio.Event()
+    # The CPU of the children waited for meanwhile: this command (and, through it, its decode
+    # worker); the bench waits for no other child while one runs.
+    used_before = None if resource is None else resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("wb") as output:
         started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
@@ -133,4 +142,8 @@ async def run_dvmirror(args: Sequence[str], *, log: Path, max_seconds: float) ->
         stop.set()
         if sampling is not None:
             await sampling
-    return ChildRun(returncode, seconds, sampler.own_mb, sampler.descendants_mb, log)
+    cpu = None
+    if resource is not None and used_before is not None:
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (used.ru_utime - used_before.ru_utime) + (used.ru_stime - used_before.ru_stime)
+    return ChildRun(returncode, seconds, sampler.own_mb, sampler.descendants_mb, log, cpu)

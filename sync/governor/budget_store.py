@@ -6,14 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync.errors import StoreError
 from sync.governor.gate import merged_budget
 from sync.store.control import request_budget
+from sync.store.dialect_insert import upsert_insert
 
 
 class SqlBudgetStore:
@@ -45,9 +44,8 @@ class SqlBudgetStore:
             async with self._engine.begin() as conn:
                 row = await self._locked_row(conn, tenant)
                 if row is None:
-                    insert = postgres_insert if conn.dialect.name == "postgresql" else sqlite_insert
                     await conn.execute(
-                        insert(request_budget)
+                        upsert_insert(conn, request_budget)
                         .values(tenant=tenant, window_start=window_start, used=0)
                         .on_conflict_do_nothing()
                     )

@@ -4,7 +4,7 @@ Exact decimals. orjson decodes JSON numbers to float, which would round Money/De
 more than 15 significant digits. Decoding every page with the stdlib `json` (`parse_float=Decimal`)
 is about three times slower than orjson, so `protect_decimals()` first rewrites, in the raw bytes
 and only for the numeric columns, `"revenue":12.30` into `"revenue":"12.30"` (one regular
-expression for all numeric columns, one substituting pass over the page in C); orjson then hands
+expression for all numeric columns, one split and one join of the page in C); orjson then hands
 over the exact text, stored as TEXT (SQLite) / numeric (PostgreSQL). The Web API writes compact
 JSON; if a page is laid out otherwise (a space after the colon), the shaper notices numbers left
 in a numeric column and the page is decoded again, exactly, by `decode_exact()` — slower, never
@@ -56,7 +56,7 @@ class InexactNumbers(Exception):
 
 @functools.lru_cache(maxsize=256)
 def _numbers_of(keys: tuple[str, ...]) -> re.Pattern[bytes]:
-    """`"key":NUMBER` for any of `keys`: one regular expression, one scan of the page in C."""
+    """`("key":)(NUMBER)` for any of `keys`: one regular expression, one scan of the page in C."""
     names = b"|".join(re.escape(key.encode()) for key in keys)
     return re.compile(rb'("(?:' + names + rb')":)(' + _NUMBER + rb")")
 
@@ -65,10 +65,17 @@ def protect_decimals(body: bytes, keys: Sequence[str]) -> tuple[bytes, int]:
     """Quote the JSON numbers of the given keys so that they decode as exact text.
 
     In valid JSON the needle `"key":` cannot occur inside a string (its quotes would be
-    escaped), so every hit is a key of an object."""
+    escaped), so every hit is a key of an object. The page is split on the pattern (text,
+    `"key":`, number, text, …), a quote appended to every key and every number, and joined:
+    all in C. (`sub()` with a group template calls back into Python once per match in
+    Python 3.11: a fifth of the time of a page's protection.)"""
     if not keys:
         return body, 0
-    return _numbers_of(tuple(keys)).subn(rb'\1"\2"', body)
+    parts = _numbers_of(tuple(keys)).split(body)
+    quote = repeat(b'"')
+    parts[1::3] = map(operator.add, parts[1::3], quote)
+    parts[2::3] = map(operator.add, parts[2::3], quote)
+    return b"".join(parts), len(parts) // 3
 
 
 def decode_exact(

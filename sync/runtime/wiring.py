@@ -10,6 +10,7 @@ only) shared by all clients, stopped on `close()`.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,7 +22,9 @@ from sync.limits import CONCURRENT_REQUESTS_PER_USER
 from sync.logs import get_logger
 from sync.mirror.decode_workers import DecodePool, effective_workers, usable_cpus
 from sync.mirror.fetch import ExactClient
-from sync.runtime.metrics import Metrics
+
+if TYPE_CHECKING:  # the daemon's metrics: a one-off command imports no prometheus_client
+    from sync.runtime.metrics import Metrics
 
 log = get_logger("dvmirror.wiring")
 

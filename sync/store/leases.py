@@ -23,13 +23,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, true, update
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 from sync.errors import LeaseLostError
 from sync.store.control import daemons, leases, sync_state
+from sync.store.dialect_insert import upsert_insert
 
 FREE = ""  # the holder of a lease nobody owns
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a free row's expiry: long past
@@ -81,9 +80,8 @@ async def ensure_rows(engine: AsyncEngine, resources: Iterable[str]) -> None:
         missing = [name for name in wanted if name not in existing]
         if missing:
             # Daemons that start together may insert the same rows: the first one wins.
-            dialect_insert = postgres_insert if conn.dialect.name == "postgresql" else sqlite_insert
             await conn.execute(
-                dialect_insert(leases).on_conflict_do_nothing(),
+                upsert_insert(conn, leases).on_conflict_do_nothing(),
                 [
                     {
                         "resource": name,

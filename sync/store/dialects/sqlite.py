@@ -41,6 +41,10 @@ _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 # A WAL that a long reader made grow is cut back to this size when SQLite next resets it (after
 # a full checkpoint), instead of keeping its peak size on disk forever.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# The page size of a new database file (an existing one keeps its own: SQLite cannot change it
+# in WAL mode). Dataverse rows are wide (a 30-column row with its annotations is ~2 KB): twice
+# the default of 4,096 bytes takes ~10% less CPU to upsert a page of 5,000 such rows.
+PAGE_SIZE = 8192
 
 STORAGE: dict[SqlType, str] = {
     "text": "TEXT",
@@ -87,6 +91,7 @@ def prepare_sqlite_file(path: Path) -> None:
 
 def _pragmas(busy_timeout_ms: int, dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL: only a new, empty file takes it
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.execute("PRAGMA synchronous=NORMAL")
