@@ -9,13 +9,17 @@ HTTPS in as few requests as fit, none refused.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import ssl
 import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
+import yarl
 
 from sync.config.model import Config
 from sync.dataverse.auth import TokenProviders
@@ -31,7 +35,15 @@ from sync.simulator.webapi import DataverseModel
 from sync.verify import source
 from sync.verify.plan import MAX_URL, NEXT_LINK_ROOM, URL_LIMIT, key_chunks, key_filter
 from tests.h3_helpers import write_config
-from tests.simfixtures import _no_ca_env, admin, admin_rows, running_simulator, user_stats  # noqa: F401
+from tests.simfixtures import (  # noqa: F401
+    _no_ca_env,
+    admin,
+    admin_rows,
+    environment,
+    running_simulator,
+    token_for,
+    user_stats,
+)
 from tests.test_sim_webapi import error, get, read_all, rows_of
 
 BASE = "https://contoso-prod.crm4.dynamics.com"
@@ -201,3 +213,34 @@ async def test_thousands_of_listed_keys_take_as_few_requests_as_fit(
         e for e in admin(ready, "GET", "/stats")["environments"] if e["environment"] == "beta_env"
     )["rejections"]
     assert not rejections, rejections
+
+
+@pytest.mark.usefixtures("no_ca_env")
+async def test_a_url_of_32768_characters_is_served_and_one_more_is_refused(
+    ready: dict[str, Any],
+) -> None:
+    """The limit is the documented 32,768 characters (reference 2.1): an In filter padded to
+    exactly that is answered (200), one character more is refused with 414 before sign-in is
+    even looked at. The verify client keeps its URLs NEXT_LINK_ROOM below it."""
+    env = environment(ready, "beta_env")
+    token = await asyncio.to_thread(token_for, ready, "beta_env")
+    context = ssl.create_default_context(cafile=ready["ca_file"])
+    path = "/api/data/v9.2/accounts?$select=accountid&$filter="
+    keys: list[str] = []
+    for key in guids(2_000, seed=17):
+        encoded = quote(key_filter("accountid", [*keys, key]), safe=QUERY_SAFE)
+        if len(path) + len(encoded) > URL_LIMIT - 10:
+            break
+        keys.append(key)
+    query = path + quote(key_filter("accountid", keys), safe=QUERY_SAFE)
+    exact = query + "&x=" + "y" * (URL_LIMIT - len(query) - 3)
+    assert len(exact) == URL_LIMIT
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+        async with http.get(yarl.URL(env["url"] + exact, encoded=True), headers=headers) as reply:
+            assert reply.status == 200, (await reply.text())[:300]
+            assert (await reply.json())["value"] == []
+        longer = yarl.URL(env["url"] + exact + "y", encoded=True)
+        async with http.get(longer, headers=headers) as reply:
+            assert reply.status == 414
+            assert "32768" in await reply.text()
