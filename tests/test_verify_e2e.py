@@ -27,7 +27,7 @@ from tests.mirror_compare import (
     query,
     source_rows,
 )
-from tests.simfixtures import _no_ca_env, running_simulator  # noqa: F401
+from tests.simfixtures import _no_ca_env, running_simulator, user_stats  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("no_ca_env"), pytest.mark.slow]
 SCENARIO = Path(__file__).parent / "scenarios" / "daemon.toml"
@@ -304,3 +304,65 @@ def test_a_table_past_the_aggregate_limit_is_counted_in_ranges_and_refused_range
         source = {row["contactid"] for row in source_rows(big, "big_env", "contact")}
         mirrored = {r[0] for r in query(db, 'SELECT contactid FROM "big_env__contact"')}
         assert mirrored == source  # two columns are mirrored: the keys are what may differ
+
+
+def set_budget(config: Path, limit: int) -> None:
+    """`daily_request_budget` of the config's one tenant."""
+    text = config.read_text()
+    if "daily_request_budget" in text:
+        start = text.index("daily_request_budget = ")
+        text = text[:start] + text[text.index("\n", start) + 1 :]
+    at = text.index("[[tenants]]\n") + len("[[tenants]]\n")
+    config.write_text(text[:at] + f"daily_request_budget = {limit}\n" + text[at:])
+
+
+def spent_today(sim: dict[str, Any]) -> int:
+    return int(user_stats(sim, ENV)["requests"])
+
+
+def test_verify_stops_while_less_than_a_tenth_of_the_daily_budget_is_left(
+    sim: dict[str, Any], tmp_path: Path, store_url: str
+) -> None:
+    """The tenant's counter (`dv_request_budget`, shared by every process of the tenant) says
+    how much of the day's budget is spent. With 50 of 1,000 left, verify asks nothing at all
+    (not even the estimate): every table "stopped", exit 1. With 101 left it starts and stops
+    at the first check after the tenth is crossed, a handful of requests later. With the budget
+    renewed the same verify matches."""
+    config = configure(sim, tmp_path, store_url)
+    db = database_of(store_url)
+    set_budget(config, 1_000_000)
+    assert run_cli("--config", config, "migrate").returncode == 0
+    assert run_cli("--config", config, "backfill", timeout=300).returncode == 0
+    ((used,),) = query(db, "SELECT used FROM dv_request_budget")
+    assert used > 0  # the backfill's requests, flushed to the shared counter
+    set_budget(config, 1_000)
+
+    query(db, "UPDATE dv_request_budget SET used = 950")
+    before = spent_today(sim)
+    code, document = verify(config, "--exact")
+    assert code == 1
+    assert [t["outcome"] for t in document["tables"]] == ["stopped", "stopped"]
+    assert all(
+        "less than 10% of the daily request budget" in t["detail"] for t in document["tables"]
+    )
+    assert spent_today(sim) == before  # not one request
+    assert query(db, "SELECT used FROM dv_request_budget") == [(950,)]
+
+    query(db, "UPDATE dv_request_budget SET used = 899")
+    before = spent_today(sim)
+    code, document = verify(config, "--exact")
+    tables = by_table(document)
+    assert code == 1
+    assert tables["account"]["outcome"] == tables["contact"]["outcome"] == "stopped"
+    spent = spent_today(sim) - before
+    # The estimate leaves 100 (not less than a tenth), the table's discovery crosses it.
+    assert 2 <= spent <= 10, spent
+    assert tables["contact"]["requests"] == 0
+    ((stored,),) = query(db, "SELECT used FROM dv_request_budget")
+    assert stored == 899 + spent
+    runs = query(db, "SELECT outcome FROM dv_verify_runs ORDER BY id")
+    assert [r[0] for r in runs] == ["stopped"] * 4
+
+    query(db, "UPDATE dv_request_budget SET used = 0")
+    code, document = verify(config, "--exact")
+    assert code == 0 and [t["outcome"] for t in document["tables"]] == ["match", "match"]
