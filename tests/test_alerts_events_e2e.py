@@ -11,13 +11,16 @@ local HTTPS webhook receiver, a real SQLite file.
 - `schema_type_change`: a column deleted and created again with another type at the source is
   one message, never reminded.
 
-Each condition gives one message per state change, never two, also across a restart.
+Each condition gives one message per state change, never two, also across a restart. The
+daemon looks every 5 s: the tests that need three looks or two daemon starts (auth_failed's
+recovery, verify_mismatch's) take over 20 s and run with `-m long`.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from itertools import pairwise
@@ -28,6 +31,7 @@ import pytest
 
 from tests.cli import run_cli
 from tests.daemonproc import DaemonProcess, EnvSpec, wait_until, write_config
+from tests.mirror_compare import query
 from tests.simfixtures import _no_ca_env, admin, running_simulator  # noqa: F401
 from tests.test_alerts_e2e import HOOK_PATH, Receiver
 
@@ -75,6 +79,7 @@ def at(message: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(message["at"])
 
 
+@pytest.mark.long  # about 22 s: a raise, a reminder and a recovery are three 5-s looks
 def test_auth_failed_and_budget_exhausted_are_reminded_every_repeat_then_recover(
     sim: dict[str, Any], tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -139,3 +144,132 @@ def test_auth_failed_and_budget_exhausted_are_reminded_every_repeat_then_recover
     assert "secret-token-part" not in daemon.log_path.read_text()
     shown = json.loads(run_cli("--config", config, "status", "--json").stdout)["alerts"]
     assert shown and shown[0]["last_delivery"]["outcome"] == "ok", shown
+
+
+def converged(database: Path, table: str = "account") -> bool:
+    """The table's first cycle succeeded."""
+    if not database.exists():
+        return False
+    try:
+        rows = query(
+            database,
+            "SELECT count(*) FROM dv_sync_state WHERE table_name = ? AND last_success IS NOT NULL",
+            table,
+        )
+    except sqlite3.OperationalError:  # not migrated yet
+        return False
+    return rows[0][0] > 0
+
+
+def retyped(database: Path) -> bool:
+    changed = "SELECT count(*) FROM dv_mirror_columns WHERE type_changed_at IS NOT NULL"
+    return bool(query(database, changed)[0][0])
+
+
+def test_lag_budget_and_a_type_change_alert_once_reminded_and_lag_recovers(
+    sim: dict[str, Any], tmp_path: Path, receiver: Receiver
+) -> None:
+    """One environment answers 503 (the table's last success ages past 2 s) after a column was
+    deleted and created again with another type; another tenant spends its daily budget. One
+    `schema_type_change` event, never reminded; `lag_exceeded` and `budget_exhausted` raised
+    once each and reminded every `repeat` (4 s) while they hold; once the fault is lifted, one
+    `recovered` for the lag."""
+    envs = {
+        "lag_env": EnvSpec(("account",), interval="1s"),
+        "budget_env": EnvSpec(("account",), interval="1s", page_size=10),
+    }
+    config = write_config(sim, tmp_path, envs)
+    text = config.read_text().replace("[daemon]\n", "[daemon]\nshutdown_grace = 2\n")
+    config.write_text(
+        text.replace('name = "adatum"\n', 'name = "adatum"\ndaily_request_budget = 6\n')
+    )
+    env = with_alert(
+        config,
+        receiver,
+        events='["lag_exceeded", "budget_exhausted", "schema_type_change", "recovered"]',
+        lag_threshold='"2s"',
+        repeat='"4s"',
+    )
+    columns = "/environments/lag_env/tables/account/columns"
+    admin(sim, "POST", columns, {"name": "new_score", "type": "Integer"})
+    database = tmp_path / "mirror.db"
+    daemon = DaemonProcess.start(config, tmp_path / "daemon.log", env=env)
+    try:
+        wait_until(lambda: converged(database), timeout=60, what="the first cycle")
+        admin(sim, "DELETE", f"{columns}/new_score")
+        admin(sim, "POST", columns, {"name": "new_score", "type": "String"})
+        wait_until(lambda: retyped(database), timeout=30, what="the type change in the catalogue")
+        admin(sim, "POST", "/faults", {"environment": "lag_env", "http_503": 1.0})
+        wait_until(lambda: seen(receiver, "lag_exceeded"), timeout=60, what="lag_exceeded")
+        admin(sim, "POST", "/faults", {"environment": "lag_env", "http_503": 0.0})
+        wait_until(
+            lambda: seen(receiver, "lag_exceeded", "recovered"), timeout=60, what="caught up"
+        )
+        wait_until(
+            lambda: seen(receiver, "budget_exhausted", "reminder"), timeout=30, what="a reminder"
+        )
+    finally:
+        admin(sim, "POST", "/faults", {"environment": "lag_env", "http_503": 0.0})
+        code = daemon.stop()
+    assert code == 0, daemon.tail()
+    (change,) = seen(receiver, "schema_type_change")  # a one-off: never reminded
+    assert (change["kind"], change["table"]) == ("event", "account")
+    assert "new_score is now" in change["detail"], change
+    lag = seen(receiver, "lag_exceeded")
+    kinds = [m["kind"] for m in lag]
+    assert kinds[0] == "raised" and kinds[-1] == "recovered"
+    assert set(kinds[1:-1]) <= {"reminder"}, kinds
+    assert lag[0]["table"] == "account" and "s ago" in lag[0]["detail"]
+    assert "has caught up" in lag[-1]["text"]
+    budget = seen(receiver, "budget_exhausted")
+    assert [m["kind"] for m in budget][:2] == ["raised", "reminder"], budget
+    assert {m["kind"] for m in budget[1:]} == {"reminder"}
+    assert budget[0]["environment"] == "budget_env" and budget[0]["table"] is None
+    times = [at(m) for m in budget]
+    assert all((b - a).total_seconds() >= 4 for a, b in pairwise(times))
+    for message in (*lag, *budget):
+        assert message["since"] == (lag if message in lag else budget)[0]["since"]
+
+
+@pytest.mark.long  # about 24 s: two daemon starts, three CLI runs, 5-s looks
+def test_verify_mismatch_alerts_once_and_recovers_when_repaired_across_a_restart(
+    sim: dict[str, Any], tmp_path: Path, receiver: Receiver
+) -> None:
+    """Rows deleted from the mirror: `dvmirror verify --exact` beside the daemon finds them
+    (exit 1), one `verify_mismatch`; the daemon stopped, `verify --exact --repair` repairs
+    them; the restarted daemon sends one `recovered` and nothing twice."""
+    config = write_config(sim, tmp_path, {"lag_env": EnvSpec(("contact",), interval="1s")})
+    config.write_text(config.read_text().replace("[daemon]\n", "[daemon]\nshutdown_grace = 2\n"))
+    env = with_alert(config, receiver, events='["verify_mismatch", "recovered"]')
+    database = tmp_path / "mirror.db"
+    log = tmp_path / "daemon.log"
+    daemon = DaemonProcess.start(config, log, env=env)
+    try:
+        wait_until(lambda: converged(database, "contact"), timeout=60, what="the first cycle")
+        query(
+            database,
+            'DELETE FROM "lag_env__contact" WHERE contactid IN '
+            '(SELECT contactid FROM "lag_env__contact" ORDER BY contactid LIMIT 3)',
+        )
+        found = run_cli("--config", config, "verify", "--exact", env=env, timeout=120)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert "MISMATCH 3 rows (3 missing" in found.stdout
+        wait_until(lambda: seen(receiver, "verify_mismatch"), timeout=30, what="verify_mismatch")
+        assert daemon.stop() == 0, daemon.tail()
+        repaired = run_cli(
+            "--config", config, "verify", "--exact", "--repair", env=env, timeout=120
+        )
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        daemon = DaemonProcess.start(config, log, env=env)
+        wait_until(
+            lambda: seen(receiver, "verify_mismatch", "recovered"), timeout=30, what="recovered"
+        )
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.tail()
+    assert [(m["kind"], m["table"]) for m in receiver.messages] == [
+        ("raised", "contact"),
+        ("recovered", "contact"),
+    ]
+    assert "3 rows differ from the source" in receiver.messages[0]["detail"]
+    assert "matches the source again" in receiver.messages[1]["text"]
