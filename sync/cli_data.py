@@ -7,6 +7,7 @@ configuration and calls its module in sync.commands.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -51,12 +52,32 @@ def dbt_sources(state: State, env_name: str) -> None:
 )
 @click.option("--until", type=click.IntRange(min=0), help="Stop at this commit number.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    help="Write the changed rows and deletions instead (jsonl: to stdout unless --out).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="With --format: write one file per table into this directory.",
+)
 @click.pass_obj
-def feed(state: State, env_name: str, since: int, until: int | None, as_json: bool) -> None:
+def feed(
+    state: State,
+    env_name: str,
+    since: int,
+    until: int | None,
+    as_json: bool,
+    fmt: str | None,
+    out: Path | None,
+) -> None:
     """List the commits after number N (seq, table, time, upserts, deletes) and the newest number.
 
     Load the mirror rows and _dv_deletions rows with N < _dv_commit_seq <= the newest number,
-    then run again with --since that number. Reads only; works while the daemon runs.
+    then run again with --since that number; --format jsonl|csv writes exactly those rows.
+    Reads only; works while the daemon runs.
     """
     config = state.load(resolve_secrets=False)
 
@@ -72,6 +93,8 @@ def feed(state: State, env_name: str, since: int, until: int | None, as_json: bo
                 until=until,
                 as_json=as_json,
                 console=table_console(),
+                fmt=fmt,
+                out=out,
             ),
         )
     )

@@ -1,4 +1,5 @@
-"""`dvmirror feed --env E --since N [--until M] [--json]`: the commits after number N.
+"""`dvmirror feed --env E --since N [--until M] [--json | --format jsonl|csv [--out DIR]]`: the
+commits after number N, or with --format their rows (sync.commands.feed_export).
 
 Each commit is one page transaction that really changed a mirror of the environment
 (store.commits): its number, table, time and how many rows it upserted and deleted. The output
@@ -10,12 +11,16 @@ reads, so it is safe while the daemon runs.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sync.commands.feed_export import Interval, export
 from sync.config.model import Config
 from sync.errors import ConfigError
 from sync.store.commits import Commit, commits_since
@@ -67,6 +72,40 @@ def render_feed(document: dict[str, Any], console: Console) -> None:
     console.print(f"max seq: {newest} (next: --since {newest})", highlight=False)
 
 
+def check_export(fmt: str | None, out: Path | None, as_json: bool) -> None:
+    """One clear line (exit 2) for options that do not go together."""
+    if fmt is None:
+        if out is not None:
+            raise ConfigError("feed: --out needs --format jsonl or --format csv")
+        return
+    if as_json:
+        raise ConfigError("feed: --json lists the commits; --format writes their rows: pick one")
+    if fmt == "csv" and out is None:
+        raise ConfigError("feed: --format csv writes one file per table: give --out DIR")
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"feed: --out {out} is not a directory")
+
+
+async def _export(
+    engine: AsyncEngine, interval: Interval, *, fmt: str, out: Path | None, console: Console
+) -> int:
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"feed: cannot create --out {out}: {exc.strerror}") from exc
+    written = await export(engine, interval, fmt=fmt, out=out)
+    env, since, upper = interval.environment, interval.since, interval.until
+    # The rows may be on stdout: the figures go to stderr then.
+    say = console if out is not None else Console(stderr=True)
+    for path in written:
+        say.print(Text(f"wrote {path}"), highlight=False)
+    say.print(
+        Text(f"{env}: changes {since} < seq <= {upper} (next: --since {upper})"), highlight=False
+    )
+    return 0
+
+
 async def run_feed(
     config: Config,
     *,
@@ -75,6 +114,8 @@ async def run_feed(
     until: int | None,
     as_json: bool,
     console: Console,
+    fmt: str | None = None,
+    out: Path | None = None,
 ) -> int:
     names = [e.name for _, e in config.environments()]
     if env not in names:
@@ -84,9 +125,13 @@ async def run_feed(
         )
     if until is not None and until < since:
         raise ConfigError(f"feed: --until {until} is below --since {since}")
+    check_export(fmt, out, as_json)
     engine = await open_store(config)
     try:
         found, newest = await commits_since(engine, env, since, until)
+        if fmt is not None:
+            interval = Interval(env, since, newest)
+            return await _export(engine, interval, fmt=fmt, out=out, console=console)
     finally:
         await engine.dispose()
     document = feed_document(env, since, found, newest)
