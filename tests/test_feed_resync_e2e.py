@@ -183,22 +183,22 @@ def delta_ready(database: Path | str) -> bool:
 
 def damage(database: Path | str, store_url: str, ref: str) -> None:
     """By hand, so no number: 20 rows deleted, 20 versions rolled back, 5 ghosts."""
-    keys = [r[0] for r in query(database, f"SELECT accountid FROM {ref} ORDER BY accountid")]
-    for key in keys[:20]:
-        query(database, f"DELETE FROM {ref} WHERE accountid = ?", key)
-    for key in keys[20:40]:
-        query(
-            database, f'UPDATE {ref} SET "_dv_version" = "_dv_version" - 1 WHERE accountid = ?', key
-        )
+    first = f"SELECT accountid FROM {ref} ORDER BY accountid LIMIT 20"
+    query(
+        database,
+        f'UPDATE {ref} SET "_dv_version" = "_dv_version" - 1 WHERE accountid IN ({first} OFFSET 20)',
+    )
+    query(database, f"DELETE FROM {ref} WHERE accountid IN ({first})")
     postgres = store_url.startswith("postgresql")
-    for _ in range(5):
-        ghost = uuid.uuid4()
-        query(
-            database,
-            f'INSERT INTO {ref} (accountid, "_dv_version", "_dv_synced_at") VALUES (?, 1, ?)',
-            ghost if postgres else str(ghost),
-            datetime(2026, 1, 1, tzinfo=UTC) if postgres else "2026-01-01T00:00:00.000000Z",
-        )
+    ghosts = [uuid.uuid4() for _ in range(5)]
+    values = ", ".join("(?, 1, ?)" for _ in ghosts)
+    stamp = datetime(2026, 1, 1, tzinfo=UTC) if postgres else "2026-01-01T00:00:00.000000Z"
+    params = [p for g in ghosts for p in (g if postgres else str(g), stamp)]
+    query(
+        database,
+        f'INSERT INTO {ref} (accountid, "_dv_version", "_dv_synced_at") VALUES {values}',
+        *params,
+    )
 
 
 def test_readers_polling_through_a_ranged_resync_under_churn_end_with_the_source(
