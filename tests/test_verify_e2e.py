@@ -27,7 +27,7 @@ from tests.mirror_compare import (
     query,
     source_rows,
 )
-from tests.simfixtures import _no_ca_env, running_simulator  # noqa: F401
+from tests.simfixtures import _no_ca_env, running_simulator, user_stats  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("no_ca_env"), pytest.mark.slow]
 SCENARIO = Path(__file__).parent / "scenarios" / "daemon.toml"
@@ -304,3 +304,110 @@ def test_a_table_past_the_aggregate_limit_is_counted_in_ranges_and_refused_range
         source = {row["contactid"] for row in source_rows(big, "big_env", "contact")}
         mirrored = {r[0] for r in query(db, 'SELECT contactid FROM "big_env__contact"')}
         assert mirrored == source  # two columns are mirrored: the keys are what may differ
+
+
+def set_budget(config: Path, limit: int) -> None:
+    """`daily_request_budget` of the config's one tenant."""
+    text = config.read_text()
+    if "daily_request_budget" in text:
+        start = text.index("daily_request_budget = ")
+        text = text[:start] + text[text.index("\n", start) + 1 :]
+    at = text.index("[[tenants]]\n") + len("[[tenants]]\n")
+    config.write_text(text[:at] + f"daily_request_budget = {limit}\n" + text[at:])
+
+
+def spent_today(sim: dict[str, Any]) -> int:
+    return int(user_stats(sim, ENV)["requests"])
+
+
+def test_verify_stops_while_less_than_a_tenth_of_the_daily_budget_is_left(
+    sim: dict[str, Any], tmp_path: Path, store_url: str
+) -> None:
+    """The tenant's counter (`dv_request_budget`, shared by every process of the tenant) says
+    how much of the day's budget is spent. With 50 of 1,000 left, verify asks nothing at all
+    (not even the estimate): every table "stopped", exit 1. With 101 left it starts and stops
+    at the first check after the tenth is crossed, a handful of requests later. With the budget
+    renewed the same verify matches."""
+    config = configure(sim, tmp_path, store_url)
+    db = database_of(store_url)
+    set_budget(config, 1_000_000)
+    assert run_cli("--config", config, "migrate").returncode == 0
+    assert run_cli("--config", config, "backfill", timeout=300).returncode == 0
+    ((used,),) = query(db, "SELECT used FROM dv_request_budget")
+    assert used > 0  # the backfill's requests, flushed to the shared counter
+    set_budget(config, 1_000)
+
+    query(db, "UPDATE dv_request_budget SET used = 950")
+    before = spent_today(sim)
+    code, document = verify(config, "--exact")
+    assert code == 1
+    assert [t["outcome"] for t in document["tables"]] == ["stopped", "stopped"]
+    assert all(
+        "less than 10% of the daily request budget" in t["detail"] for t in document["tables"]
+    )
+    assert spent_today(sim) == before  # not one request
+    assert query(db, "SELECT used FROM dv_request_budget") == [(950,)]
+
+    query(db, "UPDATE dv_request_budget SET used = 899")
+    before = spent_today(sim)
+    code, document = verify(config, "--exact")
+    tables = by_table(document)
+    assert code == 1
+    assert tables["account"]["outcome"] == tables["contact"]["outcome"] == "stopped"
+    spent = spent_today(sim) - before
+    # The estimate leaves 100 (not less than a tenth), the table's discovery crosses it.
+    assert 2 <= spent <= 10, spent
+    assert tables["contact"]["requests"] == 0
+    ((stored,),) = query(db, "SELECT used FROM dv_request_budget")
+    assert stored == 899 + spent
+    runs = query(db, "SELECT outcome FROM dv_verify_runs ORDER BY id")
+    assert [r[0] for r in runs] == ["stopped"] * 4
+
+    query(db, "UPDATE dv_request_budget SET used = 0")
+    code, document = verify(config, "--exact")
+    assert code == 0 and [t["outcome"] for t in document["tables"]] == ["match", "match"]
+
+
+def versions(store_url: str, table: str) -> dict[str, int]:
+    key = f"{table}id"
+    rows = query(
+        database_of(store_url), f'SELECT {key}, "_dv_version" FROM {mirror(store_url, table)}'
+    )
+    return {str(k).lower(): int(v) for k, v in rows}
+
+
+def test_rows_changed_at_the_source_since_the_last_sync_are_rechecked_not_reported(
+    sim: dict[str, Any], tmp_path: Path, store_url: str
+) -> None:
+    """The source changes after the mirror's last sync (updates, creates, deletes not synced
+    yet) and the mirror is damaged in other rows. Verify's first look sees both as different;
+    the recheck after the delta cycle (which the command runs) reports only the damage: the
+    changed rows reached the mirror by that cycle, as they would have anyway."""
+    config = configure(sim, tmp_path, store_url)
+    db = database_of(store_url)
+    assert run_cli("--config", config, "migrate").returncode == 0
+    assert run_cli("--config", config, "backfill", timeout=300).returncode == 0
+    synced = versions(store_url, "account")
+    churn(sim, ENV, "account", 4242, creates=3, updates=8, deletes=2)
+    source = {r["accountid"].lower(): r["versionnumber"] for r in source_rows(sim, ENV, "account")}
+    changed = {k for k in source.keys() | synced.keys() if source.get(k) != synced.get(k)}
+    assert len(changed) >= 8  # an update may fall on a row the churn creates or deletes
+    untouched = sorted(k for k in synced if k not in changed)
+    gone, rolled = untouched[:2], untouched[2:4]
+    account = mirror(store_url, "account")
+    for key in gone:
+        query(db, f"DELETE FROM {account} WHERE accountid = ?", key_value(store_url, key))
+    for key in rolled:
+        query(
+            db,
+            f'UPDATE {account} SET "_dv_version" = "_dv_version" - 1 WHERE accountid = ?',
+            key_value(store_url, key),
+        )
+
+    code, document = verify(config, "--exact", "--table", "account")
+    assert code == 1
+    (table,) = document["tables"]
+    found = (set(table["missing"]), set(table["ghost"]), set(table["stale"]))
+    assert found == (set(gone), set(), set(rolled))
+    now = versions(store_url, "account")
+    assert all(now.get(k) == source.get(k) for k in changed)  # the recheck's delta cycle

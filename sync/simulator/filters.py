@@ -1,7 +1,10 @@
 """``$filter``: a small OData expression parser and evaluator.
 
 Grammar (what Dataverse documents for reads): comparisons ``eq ne gt ge lt le``, ``and``,
-``or``, ``not``, parentheses, and ``contains``/``startswith``/``endswith``. Literals: strings
+``or``, ``not``, parentheses, ``contains``/``startswith``/``endswith``, and the Dataverse query
+function ``Microsoft.Dynamics.CRM.In(PropertyName='<p>',PropertyValues=['v1','v2'])`` (its
+values are ``Collection(Edm.String)``). OData 4.01's ``<p> in (…)`` operator is not among them:
+it is a syntax error like any other unknown syntax. Literals: strings
 ('it''s'), numbers, true/false/null, GUIDs, ``2024-01-31T10:00:00Z`` date-times, ``2024-01-31``
 dates, and enum literals ``Microsoft.Dynamics.CRM.OwnershipTypes'UserOwned'`` (metadata queries).
 String comparisons are case-insensitive, as in Dataverse; a comparison with a GUID literal
@@ -19,11 +22,14 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from sync.simulator.guids import sqlserver_guid_key
 from sync.simulator.protocol import ApiError, bad_request
 
 COMPARISONS = frozenset({"eq", "ne", "gt", "ge", "lt", "le"})
 FUNCTIONS = frozenset({"contains", "startswith", "endswith"})
+IN_FUNCTION = "Microsoft.Dynamics.CRM.In"
 
 _TOKEN = re.compile(
     r"""
@@ -34,8 +40,9 @@ _TOKEN = re.compile(
   | (?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
   | (?P<enum>[A-Za-z_][\w.]*'(?:[^']|'')*')
   | (?P<string>'(?:[^']|'')*')
+  | (?P<jstring>"(?:[^"\\]|\\.)*")
   | (?P<name>[A-Za-z_@$][\w/.]*)
-  | (?P<punct>[(),])
+  | (?P<punct>[(),=\[\]])
     """,
     re.VERBOSE,
 )
@@ -68,6 +75,16 @@ class Call:
 
 
 @dataclass(frozen=True)
+class InList:
+    """``Microsoft.Dynamics.CRM.In(PropertyName='<prop>',PropertyValues=[…])``: `folded` holds
+    the values as compared (casefolded text: GUIDs match in any case)."""
+
+    prop: str
+    values: tuple[str, ...]
+    folded: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Not:
     """``not <expression>``."""
 
@@ -83,7 +100,7 @@ class Logical:
     right: Node
 
 
-Node = Compare | Call | Not | Logical
+Node = Compare | Call | InList | Not | Logical
 
 
 def _syntax(text: str, position: int) -> ApiError:
@@ -200,6 +217,8 @@ class _Parser:
             return node
         if kind != "name":
             raise _syntax(self.text, position)
+        if value == IN_FUNCTION:
+            return self.in_function()
         if value in FUNCTIONS:
             self.expect("(")
             prop = self.take()
@@ -213,6 +232,58 @@ class _Parser:
         if op not in COMPARISONS:
             raise _syntax(self.text, op_position)
         return Compare(value, op, self.literal())
+
+    def in_function(self) -> InList:
+        """``(PropertyName='p',PropertyValues=['a',…])``, its two parameters in either order."""
+        self.expect("(")
+        given: dict[str, object] = {}
+        while True:
+            _, name, position = self.take()
+            if name not in ("PropertyName", "PropertyValues") or name in given:
+                raise _syntax(self.text, position)
+            self.expect("=")
+            given[name] = self.collection() if name == "PropertyValues" else self.string()
+            _, after, position = self.take()
+            if after == ")":
+                break
+            if after != ",":
+                raise _syntax(self.text, position)
+        prop, values = given.get("PropertyName"), given.get("PropertyValues")
+        if not isinstance(prop, str) or not isinstance(values, tuple):
+            raise _syntax(self.text, len(self.text))
+        return InList(prop, values, frozenset(v.casefold() for v in values))
+
+    def string(self) -> str:
+        """An Edm.String parameter: a single-quoted literal."""
+        kind, value, position = self.take()
+        if kind != "string":
+            raise _syntax(self.text, position)
+        return _unquote(value)
+
+    def text_value(self) -> str:
+        """A collection item: a single-quoted literal or a JSON string."""
+        kind, value, position = self.take()
+        if kind == "string":
+            return _unquote(value)
+        if kind == "jstring":
+            try:
+                decoded = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise _syntax(self.text, position) from exc
+            if isinstance(decoded, str):
+                return decoded
+        raise _syntax(self.text, position)
+
+    def collection(self) -> tuple[str, ...]:
+        self.expect("[")
+        values: list[str] = []
+        while True:
+            values.append(self.text_value())
+            _, after, position = self.take()
+            if after == "]":
+                return tuple(values)
+            if after != ",":
+                raise _syntax(self.text, position)
 
     def literal(self) -> Literal:
         kind, value, position = self.take()
@@ -231,7 +302,7 @@ def parse_filter(text: str) -> Node:
 
 def properties(node: Node) -> Iterator[str]:
     """Every property a filter reads."""
-    if isinstance(node, Compare | Call):
+    if isinstance(node, Compare | Call | InList):
         yield node.prop
     elif isinstance(node, Not):
         yield from properties(node.operand)
@@ -240,9 +311,9 @@ def properties(node: Node) -> Iterator[str]:
         yield from properties(node.right)
 
 
-def comparisons(node: Node) -> Iterator[Compare | Call]:
+def comparisons(node: Node) -> Iterator[Compare | Call | InList]:
     """Every leaf (comparison or function call) of a filter."""
-    if isinstance(node, Compare | Call):
+    if isinstance(node, Compare | Call | InList):
         yield node
     elif isinstance(node, Not):
         yield from comparisons(node.operand)
@@ -310,10 +381,30 @@ def _call(node: Call, value: Any) -> bool:
     return haystack.endswith(needle)
 
 
+def _listed(node: InList, value: Any) -> bool:
+    """Whether a value is among In's values (text, compared as Dataverse converts them)."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return str(value).casefold() in node.folded
+    if isinstance(value, int | float | Decimal):
+        number = comparable(value)
+        for text in node.values:
+            try:
+                if Decimal(text) == number:
+                    return True
+            except ArithmeticError:
+                continue
+        return False
+    return str(value).casefold() in node.folded
+
+
 def evaluate(node: Node, get: Callable[[str], Any]) -> bool:
     """True when the row/record that `get` reads from matches the filter."""
     if isinstance(node, Compare):
         return compare(get(node.prop), node.op, node.literal)
+    if isinstance(node, InList):
+        return _listed(node, get(node.prop))
     if isinstance(node, Call):
         return _call(node, get(node.prop))
     if isinstance(node, Not):

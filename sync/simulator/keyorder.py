@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from weakref import WeakKeyDictionary
 
 from sync.simulator.dataset import Table
-from sync.simulator.filters import Compare, Logical, Node, conjuncts, evaluate
+from sync.simulator.filters import Compare, InList, Logical, Node, conjuncts, evaluate
 from sync.simulator.guids import sqlserver_guid_key
 from sync.simulator.values import Row, identity
 
@@ -111,11 +111,15 @@ def key_range_terms(table: Table, node: Node | None) -> list[Compare]:
 
 
 def _listed_keys(table: Table, node: Node) -> list[str] | None:
-    """The keys of a filter that is only ``<pk> eq <guid> or <pk> eq <guid> …``; else None."""
-    pk, keys, pending = table.template.primary_id, [], [node]
+    """The keys of a filter that is only ``<pk> eq <guid> or <pk> eq <guid> …`` or
+    ``Microsoft.Dynamics.CRM.In(PropertyName='<pk>',…)``; else None."""
+    pk, pending = table.template.primary_id, [node]
+    keys: list[str] = []
     while pending:
         current = pending.pop()
-        if isinstance(current, Logical) and current.op == "or":
+        if isinstance(current, InList) and current.prop == pk:
+            keys += current.folded
+        elif isinstance(current, Logical) and current.op == "or":
             pending += [current.left, current.right]
         elif (
             isinstance(current, Compare)

@@ -21,6 +21,7 @@ from sync.simulator.dataset import Table
 from sync.simulator.filters import (
     Call,
     Compare,
+    InList,
     Node,
     comparable,
     comparisons,
@@ -109,6 +110,8 @@ def check_filter(table: Table, node: Node) -> None:
         if attr is None:
             raise unknown_property(leaf.prop, table.name)
         family = category(attr)
+        if isinstance(leaf, InList):
+            continue  # Collection(Edm.String): the values are converted, a wrong one matches none
         if isinstance(leaf, Call):
             if family != "string":
                 raise bad_request(

@@ -78,6 +78,16 @@ class VerifyRequest:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
+async def _budget_is_low(budget: TenantBudget | None) -> bool:
+    if budget is None:
+        return False
+    await budget.wait_until()  # loads the shared counter (what other processes spent counts)
+    return budget_low(budget.core.used, budget.core.limit)
+
+
+STOPPED = "stopped: less than 10% of the daily request budget is left"
+
+
 class TableVerifier:
     def __init__(self, request: VerifyRequest, table: str, estimate: int | None) -> None:
         self.request = request
@@ -89,11 +99,7 @@ class TableVerifier:
         self.mirror: mirror_side.MirrorTable | None = None
 
     async def check_budget(self) -> None:
-        budget = self.request.budget
-        if budget is None:
-            return
-        await budget.wait_until()  # loads the shared counter
-        if budget_low(budget.core.used, budget.core.limit):
+        if await _budget_is_low(self.request.budget):
             raise BudgetLow
 
     async def prepare(self) -> None:
@@ -120,7 +126,7 @@ class TableVerifier:
             await self.levels()
         except BudgetLow:
             report.outcome = "stopped"
-            report.detail = "stopped: less than 10% of the daily request budget is left"
+            report.detail = STOPPED
         except DvmirrorError as exc:
             report.outcome, report.detail = "failed", exc.message
         report.requests = req.client.tally.of(self.table)[0] - before
@@ -300,17 +306,28 @@ async def record(store: AsyncEngine, report: TableReport, finished_at: datetime)
     await write_control(store, [statement], environment=report.environment, table=report.table)
 
 
-async def verify_environment(request: VerifyRequest) -> list[TableReport]:
-    """Verify the environment's tables one after another; record each in dv_verify_runs."""
+async def _estimates(request: VerifyRequest) -> dict[str, int]:
     env = request.environment
     try:
-        estimates = await source.record_counts(request.client, env.url, request.tables)
+        return await source.record_counts(request.client, env.url, request.tables)
     except DvmirrorError as exc:
         log.warning("verify_estimate_failed", environment=env.name, error=exc.message)
-        estimates = {}
+        return {}
+
+
+async def verify_environment(request: VerifyRequest) -> list[TableReport]:
+    """Verify the environment's tables one after another; record each in dv_verify_runs. With
+    less than 10% of the daily budget left, not even the estimate is asked: all are stopped."""
+    env = request.environment
+    low = await _budget_is_low(request.budget)
+    estimates = {} if low else await _estimates(request)
     reports = []
     for table in request.tables:
-        report = await TableVerifier(request, table, estimates.get(table)).run()
+        if low:
+            report = TableReport(env.name, table, request.clock(), outcome="stopped")
+            report.detail = STOPPED
+        else:
+            report = await TableVerifier(request, table, estimates.get(table)).run()
         await record(request.store, report, request.clock())
         reports.append(report)
     return reports

@@ -142,15 +142,17 @@ async def range_versions(
 
 
 def _key_urls(
-    environment_url: str, schema: TableSchema, keys: Sequence[str], select: str
+    environment_url: str, schema: TableSchema, keys: Sequence[str], select: list[tuple[str, str]]
 ) -> list[str]:
-    base = collection_url(environment_url, schema.entity_set, [("$select", select)])
+    """GET URLs selecting `keys` (`Microsoft.Dynamics.CRM.In` on the key), each within MAX_URL
+    characters with its `$select`."""
+    base = collection_url(environment_url, schema.entity_set, select)
     room = MAX_URL - len(base) - len("&$filter=")
     return [
         collection_url(
             environment_url,
             schema.entity_set,
-            [("$select", select), ("$filter", key_filter(schema.primary_key, chunk))],
+            [*select, ("$filter", key_filter(schema.primary_key, chunk))],
         )
         for chunk in key_chunks(schema.primary_key, keys, room=room)
     ]
@@ -165,7 +167,8 @@ async def versions_of(
 ) -> dict[str, int | None]:
     """Key → versionnumber of those of `keys` that exist in the source now."""
     found: dict[str, int | None] = {}
-    for url in _key_urls(environment_url, schema, keys, f"{schema.primary_key},versionnumber"):
+    select = [("$select", f"{schema.primary_key},versionnumber")]
+    for url in _key_urls(environment_url, schema, keys, select):
         found.update(await _key_pages(client, url, schema, measured))
     return found
 
@@ -195,9 +198,8 @@ async def rows_of(
 ) -> list[list[tuple[Any, ...]]]:
     """The current rows of `keys`, as writer tuples, one list per URL-sized chunk."""
     schema = shaper.schema
-    select = ",".join(schema.select)
     chunks: list[list[tuple[Any, ...]]] = []
-    for url in _key_urls(environment_url, schema, keys, select):
+    for url in _key_urls(environment_url, schema, keys, select_params(schema.select)):
         rows: list[tuple[Any, ...]] = []
         next_url: str | None = url
         while next_url is not None:
