@@ -1,0 +1,385 @@
+"""History mode (sync.store.history) on real SQLite files and a real PostgreSQL cluster, through
+the real page transaction (store.writer.commit_page): versions, replays, deletions (hard and
+soft), a full pass's sweep, schema drift, turning history on for a filled mirror, retention,
+a crash inside the page transaction and concurrent key ranges."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from sync.mirror.typemap import build_schema
+from sync.store import checkpoints as state
+from sync.store.checkpoints import TableState
+from sync.store.connect import create_engine
+from sync.store.dialects import dialect_for
+from sync.store.history import HistoryPlan, plan_history, prune_history, retention_cutoff
+from sync.store.layout import TableSchema
+from sync.store.migrate import upgrade
+from sync.store.mirror_tables import MirrorLayout, ensure_mirror
+from sync.store.writer import PageCounts, PageWrite, commit_page
+
+ENV = "contoso_prod"
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+CURSOR = TableState("delta", delta_link="https://x/d")
+
+
+def key(n: int) -> str:
+    return f"{n:08x}-0000-4000-8000-000000000000"
+
+
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def web(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+ATTRS = [
+    {"LogicalName": "accountid", "AttributeType": "Uniqueidentifier"},
+    {"LogicalName": "name", "AttributeType": "String"},
+    {"LogicalName": "modifiedon", "AttributeType": "DateTime"},
+]
+
+
+def schema(*extra: dict[str, str]) -> TableSchema:
+    entity = {"EntitySetName": "accounts", "PrimaryIdAttribute": "accountid"}
+    return build_schema(entity | {"ChangeTrackingEnabled": True}, [*ATTRS, *extra], table="account")
+
+
+def row(
+    n: int, name: str, version: int, modified: datetime | None = None, *extra: Any
+) -> tuple[Any, ...]:
+    """A row tuple in the schema's column order (key, modifiedon, name, extra columns), then
+    its ETag."""
+    return (key(n), web(modified) if modified else None, name, *extra, f'W/"{version}"')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'mirror.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(name="engine")
+async def _engine(store_url: str) -> AsyncIterator[Any]:
+    engine = create_engine(store_url)
+    await upgrade(engine)
+    await state.ensure(engine, ENV, "account", now=NOW)
+    yield engine
+    await engine.dispose()
+
+
+async def mirror(
+    engine: Any, table: TableSchema | None = None, *, soft: bool = False, history: bool = True
+) -> MirrorLayout:
+    return await ensure_mirror(engine, ENV, table or schema(), soft=soft, now=NOW, history=history)
+
+
+async def commit(
+    engine: Any, layout: MirrorLayout, at: datetime, *, fail: bool = False, **page: Any
+) -> PageCounts:
+    def checkpoint(counts: PageCounts) -> list[Any]:
+        if fail:  # the process dies after the rows, before the checkpoint: nothing stays
+            raise KeyboardInterrupt
+        return state.checkpoint_statements(ENV, "account", CURSOR, now=NOW)
+
+    write = PageWrite(synced_at=stamp(at), **page)
+    return await commit_page(
+        engine, layout.writer, write, observed_at=stamp(at), checkpoint=checkpoint
+    )
+
+
+def ref(engine: Any, table: str = "account__history") -> str:
+    return dialect_for(engine).table_ref(ENV, table)
+
+
+def moment(value: Any) -> str | None:
+    """A stored moment as Web API text, either dialect."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return web(value)
+    return str(value)
+
+
+async def versions(engine: Any, n: int | None = None) -> list[tuple[Any, ...]]:
+    """(key number, name, version, valid_from, valid_to, op) in key and time order."""
+    where = " WHERE accountid = :k" if n is not None else ""
+    sql = (
+        "SELECT accountid, name, _dv_version, _dv_valid_from, _dv_valid_to, _dv_op "  # noqa: S608
+        f"FROM {ref(engine)}{where} ORDER BY accountid, _dv_valid_from, _dv_valid_to IS NULL, _dv_valid_to"
+    )
+    params = {"k": key(n)} if n is not None else {}
+    async with engine.connect() as conn:
+        found = (await conn.execute(text(sql), params)).all()
+    return [(int(str(r[0])[:8], 16), r[1], r[2], moment(r[3]), moment(r[4]), r[5]) for r in found]
+
+
+async def as_of(engine: Any, when: datetime) -> dict[int, str]:
+    """The README's point-in-time read."""
+    if dialect_for(engine).name == "sqlite":
+        at: Any = web(when)
+    else:
+        at = when
+    sql = (
+        f"SELECT accountid, name FROM {ref(engine)} WHERE _dv_op = 'upsert' "  # noqa: S608
+        "AND _dv_valid_from <= :t AND (_dv_valid_to IS NULL OR _dv_valid_to > :t)"
+    )
+    async with engine.connect() as conn:
+        found = (await conn.execute(text(sql), {"t": at})).all()
+    return {int(str(r[0])[:8], 16): r[1] for r in found}
+
+
+def t(minutes: int) -> datetime:
+    return NOW + timedelta(minutes=minutes)
+
+
+# --- pure ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("existing", "retyped", "expected"),
+    [
+        (None, [], HistoryPlan(create=True)),
+        (["accountid", "name"], [], HistoryPlan(added=(("revenue", "numeric"),))),
+        (["accountid", "name", "revenue"], [], HistoryPlan()),
+        (
+            ["accountid", "name", "revenue"],
+            [("revenue", "revenue__old_text")],
+            HistoryPlan(
+                renamed=(("revenue", "revenue__old_text"),), added=(("revenue", "numeric"),)
+            ),
+        ),
+        # The history table was made after the change: nothing to rename.
+        (
+            ["accountid", "name"],
+            [("revenue", "revenue__old_text")],
+            HistoryPlan(added=(("revenue", "numeric"),)),
+        ),
+    ],
+)
+def test_plan_history(
+    existing: list[str] | None, retyped: list[tuple[str, str]], expected: HistoryPlan
+) -> None:
+    columns: list[tuple[str, Any]] = [
+        ("accountid", "uuid"),
+        ("name", "text"),
+        ("revenue", "numeric"),
+    ]
+    assert plan_history(existing, columns, retyped) == expected
+
+
+def test_retention_cutoff() -> None:
+    assert retention_cutoff(NOW, 86400) == "2026-01-01T03:04:05.000000Z"
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+async def test_versions_replays_and_a_point_in_time_read(engine: Any) -> None:
+    layout = await mirror(engine)
+    await commit(engine, layout, t(10), rows=[row(1, "a", 1, t(1)), row(2, "b", 1, None)])
+    await commit(engine, layout, t(10), rows=[row(1, "a", 1, t(1)), row(2, "b", 1, None)])
+    assert await versions(engine) == [
+        (1, "a", 1, web(t(1)), None, "upsert"),  # valid from modifiedon
+        (2, "b", 1, web(t(10)), None, "upsert"),  # no modifiedon: the sync time
+    ]
+    # A later version closes the open one; a replay of either page changes nothing.
+    for _ in range(2):
+        await commit(engine, layout, t(20), rows=[row(1, "a2", 2, t(15))])
+        await commit(engine, layout, t(10), rows=[row(2, "b", 1, None)])
+    assert await versions(engine, 1) == [
+        (1, "a", 1, web(t(1)), web(t(15)), "upsert"),
+        (1, "a2", 2, web(t(15)), None, "upsert"),
+    ]
+    assert await as_of(engine, t(5)) == {1: "a"}
+    assert await as_of(engine, t(16)) == {1: "a2", 2: "b"}
+    assert await as_of(engine, t(0)) == {}
+
+
+async def test_deletions_close_the_version_and_a_recreate_closes_the_deletion(engine: Any) -> None:
+    layout = await mirror(engine)
+    await commit(engine, layout, t(10), rows=[row(1, "a", 1, t(1)), row(2, "b", 1, t(1))])
+    for _ in range(2):  # a replayed tombstone (and an unknown id) change nothing
+        await commit(engine, layout, t(20), deleted_ids=[key(1), key(9)])
+    # Created again under the same id with a modifiedon before dvmirror saw the deletion: the
+    # new version begins at the sync time (versions never overlap).
+    await commit(engine, layout, t(30), rows=[row(1, "again", 5, t(19))])
+    await commit(engine, layout, t(40), rows=[row(1, "later", 6, t(35))])
+    assert await versions(engine, 1) == [
+        (1, "a", 1, web(t(1)), web(t(20)), "upsert"),
+        (1, "a", 1, web(t(20)), web(t(30)), "delete"),
+        (1, "again", 5, web(t(30)), web(t(35)), "upsert"),
+        (1, "later", 6, web(t(35)), None, "upsert"),
+    ]
+    assert await as_of(engine, t(19)) == {1: "a", 2: "b"}
+    assert await as_of(engine, t(25)) == {2: "b"}
+    assert await as_of(engine, t(31)) == {1: "again", 2: "b"}
+
+
+async def test_soft_deletes_and_revivals(engine: Any) -> None:
+    layout = await mirror(engine, soft=True)
+    await commit(engine, layout, t(10), rows=[row(1, "a", 1, t(1))])
+    await commit(engine, layout, t(20), deleted_ids=[key(1)])
+    await commit(engine, layout, t(21), deleted_ids=[key(1)])  # already soft-deleted
+    await commit(engine, layout, t(30), rows=[row(1, "a", 1, t(1))])  # the same version, alive
+    assert await versions(engine, 1) == [
+        (1, "a", 1, web(t(1)), web(t(20)), "upsert"),
+        (1, "a", 1, web(t(20)), web(t(30)), "delete"),
+        (1, "a", 1, web(t(30)), None, "upsert"),
+    ]
+
+
+async def test_a_full_pass_adds_versions_only_for_changed_rows_and_sweeps_the_rest(
+    engine: Any,
+) -> None:
+    layout = await mirror(engine)
+    rows = [row(n, f"n{n}", 1, t(1)) for n in range(1, 6)]
+    await commit(engine, layout, t(10), rows=rows)
+    # The resync: three rows unchanged, one changed, one gone, one new; its last page sweeps.
+    again = [*rows[:3], row(4, "n4b", 2, t(40)), row(7, "n7", 1, t(41))]
+    await commit(engine, layout, t(50), rows=again[:3])
+    await commit(engine, layout, t(51), rows=again[3:], sweep_before=stamp(t(50)))
+    found = await versions(engine)
+    assert [v for v in found if v[0] in (1, 2, 3)] == [
+        (n, f"n{n}", 1, web(t(1)), None, "upsert") for n in (1, 2, 3)
+    ]
+    assert [v for v in found if v[0] in (4, 5, 7)] == [
+        (4, "n4", 1, web(t(1)), web(t(40)), "upsert"),
+        (4, "n4b", 2, web(t(40)), None, "upsert"),
+        (5, "n5", 1, web(t(1)), web(t(51)), "upsert"),
+        (5, "n5", 1, web(t(51)), None, "delete"),
+        (7, "n7", 1, web(t(41)), None, "upsert"),
+    ]
+
+
+async def test_a_crash_inside_the_page_leaves_no_history_and_a_replay_no_duplicate(
+    engine: Any,
+) -> None:
+    layout = await mirror(engine)
+    page = {"rows": [row(1, "a", 1, t(1)), row(2, "b", 1, t(1))]}
+    with pytest.raises(KeyboardInterrupt):
+        await commit(engine, layout, t(10), fail=True, **page)
+    assert await versions(engine) == []
+    await commit(engine, layout, t(10), **page)
+    await commit(engine, layout, t(11), **page)  # the page again after a restart
+    assert [v[:3] for v in await versions(engine)] == [(1, "a", 1), (2, "b", 1)]
+    with pytest.raises(KeyboardInterrupt):
+        await commit(engine, layout, t(20), fail=True, deleted_ids=[key(1)])
+    await commit(engine, layout, t(20), deleted_ids=[key(1)])
+    await commit(engine, layout, t(21), deleted_ids=[key(1)])
+    assert [v[5] for v in await versions(engine, 1)] == ["upsert", "delete"]
+
+
+async def test_schema_drift_reaches_the_history_table(engine: Any) -> None:
+    layout = await mirror(engine)
+    await commit(engine, layout, t(10), rows=[row(1, "a", 1, t(1))])
+    revenue = {"LogicalName": "revenue", "AttributeType": "Money"}
+    wider = await mirror(engine, schema(revenue))
+    assert [c.name for c in wider.drift.added] == ["revenue"]
+    # The same version with the new column filled (a full pass): refreshed in place.
+    await commit(engine, wider, t(20), rows=[row(1, "a", 1, t(1), "12.50")])
+    # A new version carries it.
+    await commit(engine, wider, t(30), rows=[row(1, "a2", 2, t(25), "99.00")])
+    sql = f"SELECT _dv_version, revenue FROM {ref(engine)} ORDER BY _dv_valid_from"  # noqa: S608
+    async with engine.connect() as conn:
+        found = [(int(v), str(r)) for v, r in (await conn.execute(text(sql))).all()]
+    assert found == [(1, "12.50"), (2, "99.00")]
+    # A type change: the history keeps the old values beside the column, as the mirror does.
+    retyped = await mirror(engine, schema({"LogicalName": "revenue", "AttributeType": "String"}))
+    assert retyped.drift.retyped
+    kept = retyped.drift.retyped[0].kept_as
+    async with engine.connect() as conn:
+        columns = await dialect_for(engine).existing_columns(conn, ENV, "account__history")
+    assert columns is not None and {"revenue", kept} <= set(columns)
+    await commit(engine, retyped, t(40), rows=[row(1, "a3", 3, t(35), "lots")])
+    assert [v[2] for v in await versions(engine, 1)] == [1, 2, 3]
+
+
+async def test_turning_history_on_seeds_the_current_rows(engine: Any) -> None:
+    plain = await mirror(engine, history=False)
+    await commit(engine, plain, t(10), rows=[row(1, "a", 1, t(1)), row(2, "b", 1, None)])
+    await commit(engine, plain, t(11), deleted_ids=[key(2)])
+    async with engine.connect() as conn:
+        columns = await dialect_for(engine).existing_columns(conn, ENV, "account__history")
+    assert columns is None
+    layout = await mirror(engine)
+    assert await versions(engine) == [(1, "a", 1, web(t(1)), None, "upsert")]
+    await mirror(engine)  # again: nothing more
+    await commit(engine, layout, t(20), rows=[row(1, "a", 1, t(1))])
+    assert len(await versions(engine)) == 1
+
+
+async def test_retention_prunes_ended_versions(engine: Any) -> None:
+    layout = await mirror(engine)
+    await commit(engine, layout, t(0), rows=[row(1, "a", 1, t(0)), row(2, "b", 1, t(0))])
+    await commit(engine, layout, t(60), rows=[row(1, "a2", 2, t(60))])
+    await commit(engine, layout, t(61), deleted_ids=[key(2)])
+    later = t(60 * 24 * 3)
+    assert await prune_history(engine, ENV, "account", 86400 * 7, now=later) == 0
+    pruned = await prune_history(engine, ENV, "account", 86400, now=later)
+    assert pruned == 3  # a's first version, b's version and b's deletion
+    assert await versions(engine) == [(1, "a2", 2, web(t(60)), None, "upsert")]
+    assert await prune_history(engine, ENV, "nothere", 86400, now=later) == 0
+
+
+RANGES = 6
+PER_RANGE = 30
+
+
+async def test_concurrent_key_ranges_and_replays_keep_one_version_per_change(
+    engine: Any,
+) -> None:
+    """Key ranges commit concurrently, each page twice (a replay), while a churn task updates
+    rows of the ranges already loaded, also twice: every key ends with exactly one version per
+    change and one open version (on PostgreSQL these are concurrent transactions)."""
+    layout = await mirror(engine)
+    rng = random.Random(7)
+    changes: dict[int, int] = {}
+    loaded: list[int] = []
+
+    async def page(rows: list[tuple[Any, ...]]) -> None:
+        at = datetime.now(UTC)
+        await asyncio.sleep(rng.random() * 0.005)
+        await commit(engine, layout, at, rows=rows)
+        await commit(engine, layout, at, rows=rows)
+
+    async def key_range(number: int) -> None:
+        first = number * PER_RANGE
+        for start in range(first, first + PER_RANGE, 10):
+            await page([row(n, f"k{n}", 1) for n in range(start, start + 10)])
+            for n in range(start, start + 10):
+                changes[n] = 1
+                loaded.append(n)
+
+    async def churn() -> None:
+        version = 2
+        while version < 30:
+            await asyncio.sleep(0.001)
+            if len(loaded) < 2:
+                continue
+            picked = rng.sample(loaded, 2)
+            await page([row(n, f"k{n}v{version}", version) for n in picked])
+            for n in picked:
+                changes[n] += 1
+            version += 1
+
+    await asyncio.gather(*(key_range(n) for n in range(RANGES)), churn())
+    per_key: dict[int, list[tuple[Any, ...]]] = {}
+    for version in await versions(engine):
+        per_key.setdefault(version[0], []).append(version)
+    assert set(per_key) == set(range(RANGES * PER_RANGE))
+    for n, kept in per_key.items():
+        assert [v[4] is None for v in kept] == [False] * (len(kept) - 1) + [True], kept
+        assert len(kept) == changes[n], kept
+    assert sum(changes.values()) > RANGES * PER_RANGE + 20
