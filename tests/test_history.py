@@ -116,7 +116,7 @@ async def versions(engine: Any, n: int | None = None) -> list[tuple[Any, ...]]:
     """(key number, name, version, valid_from, valid_to, op) in key and time order."""
     where = " WHERE accountid = :k" if n is not None else ""
     sql = (
-        "SELECT accountid, name, _dv_version, _dv_valid_from, _dv_valid_to, _dv_op "  # noqa: S608
+        "SELECT accountid, name, _dv_version, _dv_valid_from, _dv_valid_to, _dv_op "
         f"FROM {ref(engine)}{where} ORDER BY accountid, _dv_valid_from, _dv_valid_to IS NULL, _dv_valid_to"
     )
     params = {"k": key(n)} if n is not None else {}
@@ -132,7 +132,7 @@ async def as_of(engine: Any, when: datetime) -> dict[int, str]:
     else:
         at = when
     sql = (
-        f"SELECT accountid, name FROM {ref(engine)} WHERE _dv_op = 'upsert' "  # noqa: S608
+        f"SELECT accountid, name FROM {ref(engine)} WHERE _dv_op = 'upsert' "
         "AND _dv_valid_from <= :t AND (_dv_valid_to IS NULL OR _dv_valid_to > :t)"
     )
     async with engine.connect() as conn:
@@ -291,7 +291,7 @@ async def test_schema_drift_reaches_the_history_table(engine: Any) -> None:
     await commit(engine, wider, t(20), rows=[row(1, "a", 1, t(1), "12.50")])
     # A new version carries it.
     await commit(engine, wider, t(30), rows=[row(1, "a2", 2, t(25), "99.00")])
-    sql = f"SELECT _dv_version, revenue FROM {ref(engine)} ORDER BY _dv_valid_from"  # noqa: S608
+    sql = f"SELECT _dv_version, revenue FROM {ref(engine)} ORDER BY _dv_valid_from"
     async with engine.connect() as conn:
         found = [(int(v), str(r)) for v, r in (await conn.execute(text(sql))).all()]
     assert found == [(1, "12.50"), (2, "99.00")]
