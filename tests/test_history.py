@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from sync.config.loading import load_config
 from sync.mirror.typemap import build_schema
+from sync.runtime.daemon import Daemon
 from sync.store import checkpoints as state
 from sync.store.checkpoints import TableState
 from sync.store.connect import create_engine
@@ -25,6 +27,8 @@ from sync.store.layout import TableSchema
 from sync.store.migrate import upgrade
 from sync.store.mirror_tables import MirrorLayout, ensure_mirror
 from sync.store.writer import PageCounts, PageWrite, commit_page
+from tests.cli import clean_env, run_cli
+from tests.test_config_cli import SECRET, base_config
 
 ENV = "contoso_prod"
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -179,6 +183,31 @@ def test_plan_history(
     assert plan_history(existing, columns, retyped) == expected
 
 
+@pytest.mark.parametrize(
+    ("options", "code", "fragment"),
+    [
+        ('history = true\nhistory_retention = "90d"', 0, ": ok"),
+        ('history_retention = "90d"', 2, "history_retention needs history = true"),
+        ('history = true\nhistory_retention = "soon"', 2, "is not an interval"),
+    ],
+)
+def test_history_options_in_config_check(
+    options: str, code: int, fragment: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "dvmirror.toml"
+    extra = f"[tenants.environments.table_options.account]\n{options}"
+    path.write_text(base_config(extra_env=extra))
+    result = run_cli(
+        "--config", path, "config", "check", env={"DVMIRROR_CLIENT_SECRET": SECRET}, cwd=tmp_path
+    )
+    assert result.returncode == code, result.stderr
+    if code:
+        [line] = [line for line in result.stderr.splitlines() if line]
+        assert "table_options.account" in line and fragment in line, line
+    else:
+        assert fragment in result.stdout
+
+
 def test_retention_cutoff() -> None:
     assert retention_cutoff(NOW, 86400) == "2026-01-01T03:04:05.000000Z"
 
@@ -331,6 +360,26 @@ async def test_retention_prunes_ended_versions(engine: Any) -> None:
     assert pruned == 3  # a's first version, b's version and b's deletion
     assert await versions(engine) == [(1, "a2", 2, web(t(60)), None, "upsert")]
     assert await prune_history(engine, ENV, "nothere", 86400, now=later) == 0
+
+
+async def test_the_daemons_pruning_pass_applies_history_retention(
+    engine: Any, store_url: str, tmp_path: Path
+) -> None:
+    """Only a table with `history_retention` is pruned; the other history stays whole."""
+    layout = await mirror(engine)
+    await commit(engine, layout, t(0), rows=[row(1, "a", 1, t(0))])
+    await commit(engine, layout, t(60), rows=[row(1, "a2", 2, t(60))])  # closes version 1
+    options = (
+        "[tenants.environments.table_options.account]\nhistory = true\n"
+        'history_retention = "30d"\n'
+        "[tenants.environments.table_options.contact]\nhistory = true\n"
+    )
+    text_config = base_config(extra_env=options).replace("sqlite+aiosqlite:///mirror.db", store_url)
+    path = tmp_path / "dvmirror.toml"
+    path.write_text(text_config)
+    config = load_config(path, environ=clean_env({"DVMIRROR_CLIENT_SECRET": SECRET}))
+    await Daemon(config, serve_http=False, handle_signals=False)._prune_history(engine)
+    assert await versions(engine) == [(1, "a2", 2, web(t(60)), None, "upsert")]
 
 
 RANGES = 6
