@@ -18,6 +18,9 @@ Drift rules (decided by the pure `plan_drift()`, applied by `ensure_mirror()` in
   the mirror never shows the old attribute's values as the new one's.
 * a mirror made before the change feed (no `_dv_commit_seq`) → the column and its index are
   added; its rows keep NULL there until they change (store.commits).
+
+With `history`, the history table (sync.store.history) follows the same drift in the same
+transaction: added columns are added, retyped ones renamed to the same `<col>__old_<type>`.
 """
 
 from __future__ import annotations
