@@ -141,7 +141,8 @@ class HistoryWriter:
     ) -> int:
         upserted = await self.inner.upsert(conn, rows, stamp, seq)
         if rows:
-            params = {"stamp": stamp, "seq": seq}
+            keys = self.sql.ids_param([str(row[0]) for row in rows])
+            params = {"stamp": stamp, "seq": seq, "ids": keys}
             for statement in (
                 self.sql.close_superseded(),
                 self.sql.refresh_current(),

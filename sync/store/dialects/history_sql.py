@@ -115,6 +115,8 @@ class HistorySql:
         return ", ".join(f"{alias}.{c}" for c in self.columns)
 
     # --- a page's upserts (run right after the mirror's upsert) ----------------------------
+    # Each statement is bounded by the page's keys (:ids), so its cost follows the page, not
+    # the history table, whatever the planner's statistics say during a first load.
     def _begins(self, latest: str) -> str:
         """When a new version of `m` begins: its source time when that is after `latest` (the
         key's latest version began then; NULL: none), else the sync time (a row created again
@@ -124,11 +126,14 @@ class HistorySql:
         return f"CASE WHEN {latest} IS NULL OR {start} > {latest} THEN {start} ELSE {synced} END"
 
     def _new_from(self) -> str:
-        latest = (
-            f"(SELECT max(p.{VALID_FROM}) FROM {self.history} AS p "  # noqa: S608
+        """A new version of `m` begins where the key's version closed by this page ended (see
+        `close_superseded`: never before the source time), else at the source time."""
+        start = self._source_time(self._param_moment("stamp"))
+        ended = (
+            f"(SELECT max(p.{VALID_TO}) FROM {self.history} AS p "  # noqa: S608
             f"WHERE p.{self.key} = m.{self.key})"
         )
-        return self._begins(latest)
+        return self._greatest(start, f"coalesce({ended}, {start})")
 
     def close_superseded(self) -> str:
         """Close the open version of each changed row whose version it no longer is."""
@@ -137,7 +142,8 @@ class HistorySql:
         return (
             f"UPDATE {self.history} AS h SET {VALID_TO} = {end}, "  # noqa: S608
             f"{seq} = :seq FROM {self.mirror} AS m "
-            f"WHERE m.{seq} = :seq AND h.{self.key} = m.{self.key} AND h.{VALID_TO} IS NULL "
+            f"WHERE {self._keys_in(f'h.{self.key}')} AND h.{VALID_TO} IS NULL "
+            f"AND m.{self.key} = h.{self.key} AND m.{seq} = :seq "
             f"AND (h.{OP} = 'delete' OR {self._distinct(f'h.{version}', f'm.{version}')})"
         )
 
@@ -150,8 +156,8 @@ class HistorySql:
         same = self._distinct(f"h.{version}", f"m.{version}", negate=True)
         return (
             f"UPDATE {self.history} AS h SET {sets} FROM {self.mirror} AS m "  # noqa: S608
-            f"WHERE m.{seq} = :seq AND h.{self.key} = m.{self.key} AND h.{VALID_TO} IS NULL "
-            f"AND h.{OP} = 'upsert' AND {same}"
+            f"WHERE {self._keys_in(f'h.{self.key}')} AND h.{VALID_TO} IS NULL "
+            f"AND m.{self.key} = h.{self.key} AND m.{seq} = :seq AND h.{OP} = 'upsert' AND {same}"
         )
 
     def open_changed(self) -> str:
@@ -161,7 +167,8 @@ class HistorySql:
         return (
             f"INSERT INTO {self.history} ({', '.join(self.columns)}, {self._tail}) "  # noqa: S608
             f"SELECT {values}, NULL, 'upsert', {self._param_moment('stamp')}, :seq "
-            f"FROM {self.mirror} AS m WHERE m.{seq} = :seq AND NOT EXISTS "
+            f"FROM {self.mirror} AS m WHERE {self._keys_in(f'm.{self.key}')} "
+            f"AND m.{seq} = :seq AND NOT EXISTS "
             f"(SELECT 1 FROM {self.history} AS o WHERE o.{self.key} = m.{self.key} "
             f"AND o.{VALID_TO} IS NULL)"
         )
