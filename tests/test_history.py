@@ -26,7 +26,7 @@ from sync.store.history import HistoryPlan, plan_history, prune_history, retenti
 from sync.store.layout import TableSchema
 from sync.store.migrate import upgrade
 from sync.store.mirror_tables import MirrorLayout, ensure_mirror
-from sync.store.writer import PageCounts, PageWrite, commit_page
+from sync.store.writer import PageCounts, PageWrite, commit_page, write_page
 from tests.cli import clean_env, run_cli
 from tests.test_config_cli import SECRET, base_config
 
@@ -432,3 +432,35 @@ async def test_concurrent_key_ranges_and_replays_keep_one_version_per_change(
         assert [v[4] is None for v in kept] == [False] * (len(kept) - 1) + [True], kept
         assert len(kept) == changes[n], kept
     assert sum(changes.values()) > RANGES * PER_RANGE + 20
+
+
+@pytest.mark.postgres
+async def test_postgres_the_same_page_in_two_open_transactions_is_one_version(
+    pg_url: str,
+) -> None:
+    """A page and its replay in two transactions open at once (a key range and a resync writing
+    the same rows): the second waits for the environment's lock, then finds the versions already
+    there and adds nothing."""
+    engine = create_engine(pg_url)
+    try:
+        await upgrade(engine)
+        await state.ensure(engine, ENV, "account", now=NOW)
+        layout = await mirror(engine)
+        page = PageWrite(rows=[row(1, "a", 1, t(1)), row(2, "b", 1, t(1))], synced_at=stamp(t(5)))
+        async with engine.connect() as conn_a, engine.connect() as conn_b:
+            tx_a = await conn_a.begin()
+            await write_page(conn_a, layout.writer, page, observed_at=stamp(t(5)))
+
+            async def replay() -> PageCounts:
+                async with conn_b.begin():
+                    return await write_page(conn_b, layout.writer, page, observed_at=stamp(t(6)))
+
+            task = asyncio.create_task(replay())
+            await asyncio.sleep(0.3)
+            assert not task.done()  # waiting for the environment's lock
+            await tx_a.commit()
+            counts = await asyncio.wait_for(task, 10)
+        assert counts.changed == 0
+        assert [v[:3] for v in await versions(engine)] == [(1, "a", 1), (2, "b", 1)]
+    finally:
+        await engine.dispose()
