@@ -232,6 +232,13 @@ async def test_versions_replays_and_a_point_in_time_read(engine: Any) -> None:
         (1, "a2", 2, web(t(15)), None, "upsert"),
     ]
     assert await as_of(engine, t(5)) == {1: "a"}
+    # When dvmirror recorded the open versions: the mirror rows' own stamp, in its format.
+    recorded = f"SELECT _dv_synced_at FROM {ref(engine)} WHERE _dv_valid_to IS NULL"
+    in_mirror = f"SELECT _dv_synced_at FROM {ref(engine, 'account')}"
+    async with engine.connect() as conn:
+        kept = sorted(str(r[0]) for r in await conn.execute(text(recorded)))
+        synced = sorted(str(r[0]) for r in await conn.execute(text(in_mirror)))
+    assert kept == synced
     assert await as_of(engine, t(16)) == {1: "a2", 2: "b"}
     assert await as_of(engine, t(0)) == {}
 

@@ -33,7 +33,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync.store.dialects import Dialect, TableWriter, dialect_for
-from sync.store.dialects.history_sql import HistorySql, create_history_sql, history_table
+from sync.store.dialects.history_sql import (
+    Flavour,
+    HistorySql,
+    create_history_sql,
+    history_table,
+)
 from sync.store.layout import SqlType
 from sync.store.writer import map_store_errors, patiently
 
@@ -78,7 +83,7 @@ def plan_history(
     return HistoryPlan(False, renamed, added)
 
 
-def _flavour(dialect: Dialect) -> Any:
+def _flavour(dialect: Dialect) -> Flavour:
     return "sqlite" if dialect.name == "sqlite" else "postgresql"
 
 

@@ -8,7 +8,8 @@ dvmirror recorded the version) and `_dv_commit_seq` (the commit that last wrote 
 Every statement is derived from the mirror table inside the page's transaction: the rows the
 page really changed are the ones carrying its commit number (store.commits), and a key whose
 mirror row is gone (or soft-deleted) is a deletion. Moments: PostgreSQL timestamptz; SQLite text
-in the Web API form `YYYY-MM-DDTHH:MM:SSZ` (so they compare as text with `modifiedon`).
+in the Web API form `YYYY-MM-DDTHH:MM:SSZ` (so they compare as text with `modifiedon`);
+`_dv_synced_at` as in the mirror.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class HistorySql:
         if self.flavour == "sqlite":
             return _SQLITE_MOMENT.format(f":{name}")
         return f"CAST(CAST(:{name} AS text) AS timestamptz)"  # asyncpg: a text parameter
+
+    def _param_stamp(self, name: str) -> str:
+        """A sync stamp as the mirror's `_dv_synced_at` stores it."""
+        return f":{name}" if self.flavour == "sqlite" else self._param_moment(name)
 
     def _greatest(self, a: str, b: str) -> str:
         return f"max({a}, {b})" if self.flavour == "sqlite" else f"GREATEST({a}, {b})"
@@ -166,7 +171,7 @@ class HistorySql:
         values = f"{self._copied('m')}, m.{quote_ident(VERSION_COLUMN)}, {self._new_from()}"
         return (
             f"INSERT INTO {self.history} ({', '.join(self.columns)}, {self._tail}) "  # noqa: S608
-            f"SELECT {values}, NULL, 'upsert', {self._param_moment('stamp')}, :seq "
+            f"SELECT {values}, NULL, 'upsert', {self._param_stamp('stamp')}, :seq "
             f"FROM {self.mirror} AS m WHERE {self._keys_in(f'm.{self.key}')} "
             f"AND m.{seq} = :seq AND NOT EXISTS "
             f"(SELECT 1 FROM {self.history} AS o WHERE o.{self.key} = m.{self.key} "
@@ -194,7 +199,7 @@ class HistorySql:
         values = f"{self._copied('h')}, h.{quote_ident(VERSION_COLUMN)}, h.{VALID_TO}"
         return (
             f"INSERT INTO {self.history} ({', '.join(self.columns)}, {self._tail}) "  # noqa: S608
-            f"SELECT {values}, NULL, 'delete', {self._param_moment('at')}, :seq "
+            f"SELECT {values}, NULL, 'delete', {self._param_stamp('at')}, :seq "
             f"FROM {self.history} AS h WHERE h.{seq} = :seq AND h.{OP} = 'upsert' "
             f"AND h.{VALID_TO} IS NOT NULL AND NOT EXISTS "
             f"(SELECT 1 FROM {self.history} AS o WHERE o.{self.key} = h.{self.key} "
@@ -219,7 +224,7 @@ class HistorySql:
         values = f"{self._copied('m')}, m.{quote_ident(VERSION_COLUMN)}, {start}"
         return (
             f"INSERT INTO {self.history} ({', '.join(self.columns)}, {self._tail}) "  # noqa: S608
-            f"SELECT {values}, NULL, 'upsert', {self._moment(f'm.{synced}')}, m.{seq} "
+            f"SELECT {values}, NULL, 'upsert', m.{synced}, m.{seq} "
             f"FROM {self.mirror} AS m WHERE m.{quote_ident(DELETED_COLUMN)} IS NULL"
         )
 
