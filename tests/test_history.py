@@ -84,9 +84,14 @@ async def _engine(store_url: str) -> AsyncIterator[Any]:
 
 
 async def mirror(
-    engine: Any, table: TableSchema | None = None, *, soft: bool = False, history: bool = True
+    engine: Any,
+    table: TableSchema | None = None,
+    *,
+    soft: bool = False,
+    history: bool = True,
+    now: datetime = NOW,
 ) -> MirrorLayout:
-    return await ensure_mirror(engine, ENV, table or schema(), soft=soft, now=NOW, history=history)
+    return await ensure_mirror(engine, ENV, table or schema(), soft=soft, now=now, history=history)
 
 
 async def commit(
@@ -354,6 +359,29 @@ async def test_turning_history_on_seeds_the_current_rows(engine: Any) -> None:
     await mirror(engine)  # again: nothing more
     await commit(engine, layout, t(20), rows=[row(1, "a", 1, t(1))])
     assert len(await versions(engine)) == 1
+
+
+async def test_history_turned_off_and_on_again_catches_up(engine: Any) -> None:
+    layout = await mirror(engine)
+    rows = [row(1, "a", 1, t(1)), row(2, "b", 1, t(1)), row(4, "d", 1, t(1))]
+    await commit(engine, layout, t(10), rows=rows)
+    plain = await mirror(engine, history=False)  # off: the mirror goes on alone
+    await commit(engine, plain, t(20), rows=[row(1, "a2", 2, t(15)), row(3, "c", 1, t(16))])
+    await commit(engine, plain, t(21), deleted_ids=[key(2)])
+    before = await versions(engine)
+    await mirror(engine, now=t(30))  # on again
+    found = await versions(engine)
+    assert found == [
+        (1, "a", 1, web(t(1)), web(t(15)), "upsert"),
+        (1, "a2", 2, web(t(15)), None, "upsert"),
+        (2, "b", 1, web(t(1)), web(t(30)), "upsert"),  # gone meanwhile: closed when caught up
+        (2, "b", 1, web(t(30)), None, "delete"),
+        (3, "c", 1, web(t(16)), None, "upsert"),
+        (4, "d", 1, web(t(1)), None, "upsert"),
+    ]
+    assert found != before
+    await mirror(engine, now=t(40))  # up to date: nothing more
+    assert await versions(engine) == found
 
 
 async def test_retention_prunes_ended_versions(engine: Any) -> None:

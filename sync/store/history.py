@@ -4,13 +4,14 @@ The model (one row per version of a key; the versions of a key never overlap):
 
 * A page row that really changed the mirror (it carries the page's commit number,
   store.commits) with a new `_dv_version` closes the key's open version (`_dv_valid_to`) and
-  opens a new `upsert` version, `_dv_valid_from` = the row's `modifiedon` (else the sync time),
-  never before the key's previous version began. The same version with other values (a column
-  added and filled) updates the open version in place: no new version.
+  opens a new `upsert` version, `_dv_valid_from` = the row's `modifiedon` (the sync time when
+  the table has none, or when it is not after the previous version's start). The same version
+  with other values (a column added and filled) updates the open version in place.
 * A row deleted at the source (a delta tombstone, a key-scan or a full pass's sweep, a verify
   repair; hard or soft deletes alike) closes the open version at the time dvmirror saw the
   deletion and opens a `delete` version holding the last values; a row created again later
   closes that one.
+* History turned off for a while and on again catches up when the table starts (`catch_up`).
 * A point-in-time read: `_dv_op = 'upsert' AND _dv_valid_from <= T AND (_dv_valid_to IS NULL OR
   _dv_valid_to > T)`.
 
@@ -32,6 +33,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from sync.logs import get_logger
+from sync.store.commits import take_number
 from sync.store.dialects import Dialect, TableWriter, dialect_for
 from sync.store.dialects.history_sql import (
     Flavour,
@@ -42,9 +45,12 @@ from sync.store.dialects.history_sql import (
 from sync.store.layout import SqlType
 from sync.store.writer import map_store_errors, patiently
 
+log = get_logger("dvmirror.history")
+
 __all__ = [
     "HistoryPlan",
     "HistoryWriter",
+    "catch_up",
     "existing_history_columns",
     "history_steps",
     "plan_history",
@@ -193,6 +199,51 @@ class HistoryWriter:
 
     async def count(self, conn: AsyncConnection) -> int:
         return await self.inner.count(conn)
+
+
+def history_behind(mirror_newest: int | None, history_newest: int | None) -> bool:
+    """Whether live mirror rows changed after the history's newest row: history was off for a
+    while (or the mirror was written without it). Pure."""
+    return mirror_newest is not None and mirror_newest > (history_newest or 0)
+
+
+async def catch_up(engine: AsyncEngine, writer: HistoryWriter, *, now: datetime) -> bool:
+    """History turned on again after a while off: every live mirror row changed meanwhile gets
+    its version (from its `modifiedon`, else now) and the versions of rows gone meanwhile are
+    closed. Two indexed `max()` reads when the history is up to date (every table start)."""
+    sql = writer.sql
+    dialect = dialect_for(engine)
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    async def newest(conn: AsyncConnection) -> tuple[int | None, int | None]:
+        mirror_newest, history_newest = (await conn.execute(text(sql.newest_numbers()))).one()
+        return mirror_newest, history_newest
+
+    async def attempt() -> bool:
+        async with engine.begin() as conn:
+            seq = await take_number(conn, writer.environment)  # PostgreSQL: the page lock
+            mirror_newest, history_newest = await newest(conn)
+            if not history_behind(mirror_newest, history_newest):
+                return False
+            params = {"stamp": stamp, "seq": seq, "since": history_newest or 0}
+            for statement in (
+                sql.close_superseded(catch_up=True),
+                sql.refresh_current(catch_up=True),
+                sql.open_changed(catch_up=True),
+            ):
+                await conn.execute(text(statement), params)
+            await conn.execute(text(sql.close_gone(by_ids=False)), {"at": stamp, "seq": seq})
+            await conn.execute(text(sql.open_deletions()), {"at": stamp, "seq": seq})
+        return True
+
+    with map_store_errors(writer.table, dialect, environment=writer.environment):
+        async with engine.connect() as conn:
+            if not history_behind(*await newest(conn)):
+                return False
+        caught = await patiently(attempt, environment=writer.environment, table=writer.table)
+    if caught:
+        log.info("history_caught_up", environment=writer.environment, table=writer.table)
+    return caught
 
 
 def retention_cutoff(now: datetime, retention_seconds: float) -> str:

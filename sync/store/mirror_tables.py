@@ -39,6 +39,7 @@ from sync.store.dialects import Dialect, TableWriter, dialect_for
 from sync.store.history import (
     HistoryPlan,
     HistoryWriter,
+    catch_up,
     existing_history_columns,
     history_steps,
     plan_history,
@@ -317,6 +318,7 @@ async def ensure_mirror(
     )
     if history:
         writer = HistoryWriter.wrap(writer, dialect, layout)
+        await catch_up(engine, writer, now=now)
     return MirrorLayout(name, writer, plan)
 
 

@@ -140,19 +140,27 @@ class HistorySql:
         )
         return self._greatest(start, f"coalesce({ended}, {start})")
 
-    def close_superseded(self) -> str:
+    def _changed(self, alias: str, *, catch_up: bool) -> str:
+        """The mirror rows `m` a statement covers: the page's changed rows (its keys, its
+        commit number), or for a catch-up every row changed after :since."""
+        seq, live = quote_ident(COMMIT_SEQ_COLUMN), f"m.{quote_ident(DELETED_COLUMN)} IS NULL"
+        if catch_up:  # soft-deleted rows are left to `close_gone`
+            return f"m.{seq} > :since AND {live}"
+        return f"{self._keys_in(f'{alias}.{self.key}')} AND m.{seq} = :seq AND {live}"
+
+    def close_superseded(self, *, catch_up: bool = False) -> str:
         """Close the open version of each changed row whose version it no longer is."""
         seq, version = quote_ident(COMMIT_SEQ_COLUMN), quote_ident(VERSION_COLUMN)
         end = self._begins(f"h.{VALID_FROM}")  # the open version is the key's latest
         return (
             f"UPDATE {self.history} AS h SET {VALID_TO} = {end}, "  # noqa: S608
             f"{seq} = :seq FROM {self.mirror} AS m "
-            f"WHERE {self._keys_in(f'h.{self.key}')} AND h.{VALID_TO} IS NULL "
-            f"AND m.{self.key} = h.{self.key} AND m.{seq} = :seq "
+            f"WHERE {self._changed('h', catch_up=catch_up)} AND h.{VALID_TO} IS NULL "
+            f"AND m.{self.key} = h.{self.key} "
             f"AND (h.{OP} = 'delete' OR {self._distinct(f'h.{version}', f'm.{version}')})"
         )
 
-    def refresh_current(self) -> str:
+    def refresh_current(self, *, catch_up: bool = False) -> str:
         """A changed row with the same version (a column added or refilled): its open version
         takes the new values in place; no new version."""
         seq, version = quote_ident(COMMIT_SEQ_COLUMN), quote_ident(VERSION_COLUMN)
@@ -161,19 +169,18 @@ class HistorySql:
         same = self._distinct(f"h.{version}", f"m.{version}", negate=True)
         return (
             f"UPDATE {self.history} AS h SET {sets} FROM {self.mirror} AS m "  # noqa: S608
-            f"WHERE {self._keys_in(f'h.{self.key}')} AND h.{VALID_TO} IS NULL "
-            f"AND m.{self.key} = h.{self.key} AND m.{seq} = :seq AND h.{OP} = 'upsert' AND {same}"
+            f"WHERE {self._changed('h', catch_up=catch_up)} AND h.{VALID_TO} IS NULL "
+            f"AND m.{self.key} = h.{self.key} AND h.{OP} = 'upsert' AND {same}"
         )
 
-    def open_changed(self) -> str:
+    def open_changed(self, *, catch_up: bool = False) -> str:
         """A new open version for each changed row without one (new, or just closed)."""
-        seq = quote_ident(COMMIT_SEQ_COLUMN)
         values = f"{self._copied('m')}, m.{quote_ident(VERSION_COLUMN)}, {self._new_from()}"
         return (
             f"INSERT INTO {self.history} ({', '.join(self.columns)}, {self._tail}) "  # noqa: S608
             f"SELECT {values}, NULL, 'upsert', {self._param_stamp('stamp')}, :seq "
-            f"FROM {self.mirror} AS m WHERE {self._keys_in(f'm.{self.key}')} "
-            f"AND m.{seq} = :seq AND NOT EXISTS "
+            f"FROM {self.mirror} AS m WHERE {self._changed('m', catch_up=catch_up)} "
+            f"AND NOT EXISTS "
             f"(SELECT 1 FROM {self.history} AS o WHERE o.{self.key} = m.{self.key} "
             f"AND o.{VALID_TO} IS NULL)"
         )
@@ -205,6 +212,20 @@ class HistorySql:
             f"(SELECT 1 FROM {self.history} AS o WHERE o.{self.key} = h.{self.key} "
             f"AND o.{VALID_TO} IS NULL)"
         )
+
+    # --- catching up -----------------------------------------------------------------------
+    def newest_numbers(self) -> str:
+        """The newest commit numbers of the mirror's live rows and of the history: with history
+        on all the time the history's is never lower (a live row's number is that of the page
+        that changed it, which wrote its version under the same number)."""
+        seq, deleted = quote_ident(COMMIT_SEQ_COLUMN), quote_ident(DELETED_COLUMN)
+        # ORDER BY … DESC LIMIT 1 walks the commit-number index backwards (a max() with a WHERE
+        # would scan a SQLite table).
+        newest_live = (
+            f"SELECT {seq} FROM {self.mirror} WHERE {deleted} IS NULL "  # noqa: S608
+            f"AND {seq} IS NOT NULL ORDER BY {seq} DESC LIMIT 1"
+        )
+        return f"SELECT ({newest_live}), (SELECT max({seq}) FROM {self.history})"  # noqa: S608
 
     # --- retention -------------------------------------------------------------------------
     def prune(self) -> str:
