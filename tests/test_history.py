@@ -382,6 +382,17 @@ async def test_history_turned_off_and_on_again_catches_up(engine: Any) -> None:
     assert found != before
     await mirror(engine, now=t(40))  # up to date: nothing more
     assert await versions(engine) == found
+    # Off again, and only a deletion meanwhile: the next full pass's sweep closes its version.
+    plain = await mirror(engine, history=False)
+    await commit(engine, plain, t(50), deleted_ids=[key(4)])
+    layout = await mirror(engine, now=t(60))
+    assert await versions(engine, 4) == [(4, "d", 1, web(t(1)), None, "upsert")]
+    live = [row(1, "a2", 2, t(15)), row(3, "c", 1, t(16))]
+    await commit(engine, layout, t(70), rows=live, sweep_before=stamp(t(70)))
+    assert await versions(engine, 4) == [
+        (4, "d", 1, web(t(1)), web(t(70)), "upsert"),
+        (4, "d", 1, web(t(70)), None, "delete"),
+    ]
 
 
 async def test_retention_prunes_ended_versions(engine: Any) -> None:
