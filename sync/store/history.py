@@ -151,7 +151,9 @@ class HistoryWriter:
         self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], stamp: str, seq: int
     ) -> int:
         upserted = await self.inner.upsert(conn, rows, stamp, seq)
-        if rows:
+        # A page that changed nothing (a full pass over unchanged rows, a replay) adds nothing:
+        # one indexed count instead of three statements.
+        if rows and await self.inner.changed(conn, seq):
             keys = self.sql.ids_param([str(row[0]) for row in rows])
             params = {"stamp": stamp, "seq": seq, "ids": keys}
             for statement in (
