@@ -120,8 +120,8 @@ class HistorySql:
         return ", ".join(f"{alias}.{c}" for c in self.columns)
 
     # --- a page's upserts (run right after the mirror's upsert) ----------------------------
-    # Each statement is bounded by the page's keys (:ids), so its cost follows the page, not
-    # the history table, whatever the planner's statistics say during a first load.
+    # Each statement starts from the page's changed mirror rows and looks their keys up in the
+    # history's indexes, so its cost follows the page, not the history table.
     def _begins(self, latest: str) -> str:
         """When a new version of `m` begins: its source time when that is after `latest` (the
         key's latest version began then; NULL: none), else the sync time (a row created again
@@ -140,13 +140,19 @@ class HistorySql:
         )
         return self._greatest(start, f"coalesce({ended}, {start})")
 
-    def _changed(self, alias: str, *, catch_up: bool) -> str:
-        """The mirror rows `m` a statement covers: the page's changed rows (its keys, its
-        commit number), or for a catch-up every row changed after :since."""
+    def _changed(self, *, catch_up: bool) -> str:
+        """The live mirror rows `m` a statement covers: the page's changed rows (they carry its
+        commit number; the index on it finds them), or for a catch-up every row changed after
+        :since. Soft-deleted rows are left to `close_gone`."""
         seq, live = quote_ident(COMMIT_SEQ_COLUMN), f"m.{quote_ident(DELETED_COLUMN)} IS NULL"
-        if catch_up:  # soft-deleted rows are left to `close_gone`
+        if catch_up:
             return f"m.{seq} > :since AND {live}"
-        return f"{self._keys_in(f'{alias}.{self.key}')} AND m.{seq} = :seq AND {live}"
+        return f"m.{seq} = :seq AND {live}"
+
+    def _unless_open(self) -> str:
+        """Skip a key that has an open version: the unique index on open versions decides, one
+        index probe per row (an anti-join may be planned as a scan per row)."""
+        return f"ON CONFLICT ({self.key}) WHERE {VALID_TO} IS NULL DO NOTHING"
 
     def close_superseded(self, *, catch_up: bool = False) -> str:
         """Close the open version of each changed row whose version it no longer is."""
@@ -155,7 +161,7 @@ class HistorySql:
         return (
             f"UPDATE {self.history} AS h SET {VALID_TO} = {end}, "  # noqa: S608
             f"{seq} = :seq FROM {self.mirror} AS m "
-            f"WHERE {self._changed('h', catch_up=catch_up)} AND h.{VALID_TO} IS NULL "
+            f"WHERE {self._changed(catch_up=catch_up)} AND h.{VALID_TO} IS NULL "
             f"AND m.{self.key} = h.{self.key} "
             f"AND (h.{OP} = 'delete' OR {self._distinct(f'h.{version}', f'm.{version}')})"
         )
@@ -169,7 +175,7 @@ class HistorySql:
         same = self._distinct(f"h.{version}", f"m.{version}", negate=True)
         return (
             f"UPDATE {self.history} AS h SET {sets} FROM {self.mirror} AS m "  # noqa: S608
-            f"WHERE {self._changed('h', catch_up=catch_up)} AND h.{VALID_TO} IS NULL "
+            f"WHERE {self._changed(catch_up=catch_up)} AND h.{VALID_TO} IS NULL "
             f"AND m.{self.key} = h.{self.key} AND h.{OP} = 'upsert' AND {same}"
         )
 
@@ -179,10 +185,8 @@ class HistorySql:
         return (
             f"INSERT INTO {self.history} ({', '.join(self.columns)}, {self._tail}) "  # noqa: S608
             f"SELECT {values}, NULL, 'upsert', {self._param_stamp('stamp')}, :seq "
-            f"FROM {self.mirror} AS m WHERE {self._changed('m', catch_up=catch_up)} "
-            f"AND NOT EXISTS "
-            f"(SELECT 1 FROM {self.history} AS o WHERE o.{self.key} = m.{self.key} "
-            f"AND o.{VALID_TO} IS NULL)"
+            f"FROM {self.mirror} AS m WHERE {self._changed(catch_up=catch_up)} "
+            f"{self._unless_open()}"
         )
 
     # --- deletions (run right after the mirror's delete or sweep) --------------------------
@@ -208,10 +212,31 @@ class HistorySql:
             f"INSERT INTO {self.history} ({', '.join(self.columns)}, {self._tail}) "  # noqa: S608
             f"SELECT {values}, NULL, 'delete', {self._param_stamp('at')}, :seq "
             f"FROM {self.history} AS h WHERE h.{seq} = :seq AND h.{OP} = 'upsert' "
-            f"AND h.{VALID_TO} IS NOT NULL AND NOT EXISTS "
-            f"(SELECT 1 FROM {self.history} AS o WHERE o.{self.key} = h.{self.key} "
-            f"AND o.{VALID_TO} IS NULL)"
+            f"AND h.{VALID_TO} IS NOT NULL {self._unless_open()}"
         )
+
+    # --- the planner (PostgreSQL) -----------------------------------------------------------
+    # A first load fills the mirror and its history faster than autovacuum analyzes them: with
+    # statistics from when they were nearly empty, the planner takes a page's 5,000 changed rows
+    # for one and scans the history once per row (seconds per page, growing with the table).
+    # The history statements are key lookups by construction, so for them alone the planner is
+    # told to use the indexes (nested loops over index scans); set back right after.
+    PLANNER_SETTINGS = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
+
+    @classmethod
+    def lookups_only(cls) -> str:
+        """PostgreSQL: the settings as they were (one row), switched off for the transaction."""
+        parts = [
+            f"current_setting('{name}') AS {name}, set_config('{name}', 'off', true)"
+            for name in cls.PLANNER_SETTINGS
+        ]
+        return f"SELECT {', '.join(parts)}"
+
+    @classmethod
+    def restore_planner(cls) -> str:
+        """PostgreSQL: put back the values `lookups_only` returned (binds named as settings)."""
+        parts = [f"set_config('{name}', :{name}, true)" for name in cls.PLANNER_SETTINGS]
+        return f"SELECT {', '.join(parts)}"
 
     # --- catching up -----------------------------------------------------------------------
     def newest_numbers(self) -> str:
