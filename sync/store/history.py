@@ -25,8 +25,7 @@ resync beside the delta) write one after another: each first takes the environme
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -156,25 +155,13 @@ class HistoryWriter:
         # one indexed count instead of three statements.
         if rows and await self.inner.changed(conn, seq):
             params = {"stamp": stamp, "seq": seq}
-            async with self._lookups(conn):
-                for statement in (
-                    self.sql.close_superseded(),
-                    self.sql.refresh_current(),
-                    self.sql.open_changed(),
-                ):
-                    await conn.execute(text(statement), params)
+            for statement in (
+                self.sql.close_superseded(),
+                self.sql.refresh_current(),
+                self.sql.open_changed(),
+            ):
+                await conn.execute(text(statement), params)
         return upserted
-
-    @asynccontextmanager
-    async def _lookups(self, conn: AsyncConnection) -> AsyncIterator[None]:
-        """PostgreSQL: the history statements plan as index lookups (HistorySql.lookups_only)."""
-        if self.sql.flavour != "postgresql":
-            yield
-            return
-        before = (await conn.execute(text(HistorySql.lookups_only()))).one()._mapping
-        yield
-        settings = {name: before[name] for name in HistorySql.PLANNER_SETTINGS}
-        await conn.execute(text(HistorySql.restore_planner()), settings)
 
     async def changed(self, conn: AsyncConnection, seq: int) -> int:
         return await self.inner.changed(conn, seq)
@@ -185,9 +172,8 @@ class HistoryWriter:
         params: dict[str, Any] = {"at": at, "seq": seq}
         if ids is not None:
             params["ids"] = self.sql.ids_param(ids)
-        async with self._lookups(conn):
-            await conn.execute(text(self.sql.close_gone(by_ids=ids is not None)), params)
-            await conn.execute(text(self.sql.open_deletions()), {"at": at, "seq": seq})
+        await conn.execute(text(self.sql.close_gone(by_ids=ids is not None)), params)
+        await conn.execute(text(self.sql.open_deletions()), {"at": at, "seq": seq})
 
     async def delete(
         self,

@@ -215,29 +215,6 @@ class HistorySql:
             f"AND h.{VALID_TO} IS NOT NULL {self._unless_open()}"
         )
 
-    # --- the planner (PostgreSQL) -----------------------------------------------------------
-    # A first load fills the mirror and its history faster than autovacuum analyzes them: with
-    # statistics from when they were nearly empty, the planner takes a page's 5,000 changed rows
-    # for one and scans the history once per row (seconds per page, growing with the table).
-    # The history statements are key lookups by construction, so for them alone the planner is
-    # told to use the indexes (nested loops over index scans); set back right after.
-    PLANNER_SETTINGS = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
-
-    @classmethod
-    def lookups_only(cls) -> str:
-        """PostgreSQL: the settings as they were (one row), switched off for the transaction."""
-        parts = [
-            f"current_setting('{name}') AS {name}, set_config('{name}', 'off', true)"
-            for name in cls.PLANNER_SETTINGS
-        ]
-        return f"SELECT {', '.join(parts)}"
-
-    @classmethod
-    def restore_planner(cls) -> str:
-        """PostgreSQL: put back the values `lookups_only` returned (binds named as settings)."""
-        parts = [f"set_config('{name}', :{name}, true)" for name in cls.PLANNER_SETTINGS]
-        return f"SELECT {', '.join(parts)}"
-
     # --- catching up -----------------------------------------------------------------------
     def newest_numbers(self) -> str:
         """The newest commit numbers of the mirror's live rows and of the history: with history
