@@ -62,6 +62,25 @@ class TableOptions(FrozenModel):
     columns: tuple[str, ...] | None = None
     deletes: Literal["hard", "soft"] = "hard"
     impersonate: str | None = None
+    # SCD type 2: keep `<table>__history` (sync.store.history); closed versions older than
+    # `history_retention` (seconds; "90d") are pruned by the daemon.
+    history: bool = False
+    history_retention: float | None = None
+
+    @field_validator("history_retention", mode="before")
+    @classmethod
+    def _retention(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_interval(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f'{value!r} is not an interval; write it like "90d"')
+        return value
+
+    @model_validator(mode="after")
+    def _retention_needs_history(self) -> TableOptions:
+        if self.history_retention is not None and not self.history:
+            raise ValueError("history_retention needs history = true")
+        return self
 
     @field_validator("columns")
     @classmethod

@@ -158,7 +158,12 @@ class TableJob:
         else:
             schema, self._counted = await discovery, None
         layout = await ensure_mirror(
-            self.store, env.name, schema, soft=self.options.deletes == "soft", now=now
+            self.store,
+            env.name,
+            schema,
+            soft=self.options.deletes == "soft",
+            now=now,
+            history=self.options.history,
         )
         cursor = stored.cursor
         if layout.drift.create and cursor.phase != "new":

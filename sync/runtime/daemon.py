@@ -38,6 +38,7 @@ from sync.runtime.scheduler import RELOAD_GRACE, Scheduler, sleep_or_stop
 from sync.runtime.wiring import Wiring
 from sync.store.checkpoints import statuses
 from sync.store.dialects.sqlite_maintenance import checkpoint_wal, wal_needs_checkpoint
+from sync.store.history import prune_history as prune_table_history
 from sync.store.open import open_store
 from sync.store.pruning import prune_history
 from sync.store.writer_lock import single_writer
@@ -281,6 +282,35 @@ class Daemon:
             return
         if pruned.runs or pruned.commits:
             log.info("run_history_pruned", runs=pruned.runs, commits=pruned.commits, kept_days=keep)
+        await self._prune_table_history(store)
+
+    async def _prune_table_history(self, store: AsyncEngine) -> None:
+        """History tables with a `history_retention`: drop the versions that ended before it."""
+        for _, env in self.config.environments():
+            for table, options in env.table_options.items():
+                if not options.history or options.history_retention is None:
+                    continue
+                retention = options.history_retention
+                try:
+                    pruned = await prune_table_history(
+                        store, env.name, table, retention, now=datetime.now(UTC)
+                    )
+                except Exception as exc:  # noqa: BLE001 - housekeeping never stops the daemon
+                    log.warning(
+                        "table_history_prune_failed",
+                        environment=env.name,
+                        table=table,
+                        error=str(exc),
+                    )
+                    continue
+                if pruned:
+                    log.info(
+                        "table_history_pruned",
+                        environment=env.name,
+                        table=table,
+                        versions=pruned,
+                        kept_seconds=retention,
+                    )
 
     async def _tick_until_stopped(self, store: AsyncEngine) -> None:
         interval = min(TICK_SECONDS, notify.watchdog_interval() or TICK_SECONDS)

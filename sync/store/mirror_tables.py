@@ -18,6 +18,9 @@ Drift rules (decided by the pure `plan_drift()`, applied by `ensure_mirror()` in
   the mirror never shows the old attribute's values as the new one's.
 * a mirror made before the change feed (no `_dv_commit_seq`) → the column and its index are
   added; its rows keep NULL there until they change (store.commits).
+
+With `history`, the history table (sync.store.history) follows the same drift in the same
+transaction: added columns are added, retyped ones renamed to the same `<col>__old_<type>`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.logs import get_logger
 from sync.store.control import mirror_columns
 from sync.store.dialects import Dialect, TableWriter, dialect_for
+from sync.store.history import (
+    HistoryPlan,
+    HistoryWriter,
+    catch_up,
+    existing_history_columns,
+    history_steps,
+    plan_history,
+)
 from sync.store.layout import COMMIT_SEQ_COLUMN, MirrorColumn, SqlType, TableSchema
 from sync.store.writer import execute_ddl, map_store_errors
 
@@ -242,14 +253,27 @@ def _ddl(
 
 
 async def ensure_mirror(
-    engine: AsyncEngine, environment: str, schema: TableSchema, *, soft: bool, now: datetime
+    engine: AsyncEngine,
+    environment: str,
+    schema: TableSchema,
+    *,
+    soft: bool,
+    now: datetime,
+    history: bool = False,
 ) -> MirrorLayout:
-    """Create or adapt the mirror table of `schema`; return how to write it."""
+    """Create or adapt the mirror table of `schema` (and with `history`, its history table, in
+    the same DDL transaction: sync.store.history); return how to write it."""
     dialect = dialect_for(engine)
     name = dialect.mirror_name(environment, schema.table)
+    layout = [(c.name, c.sql_type) for c in schema.columns]
     with map_store_errors(schema.table, dialect):
         async with engine.connect() as conn:
             existing = await dialect.existing_columns(conn, environment, schema.table)
+            history_columns = (
+                await existing_history_columns(conn, dialect, environment, schema.table)
+                if history
+                else None
+            )
     catalogue = await _catalogue(engine, environment, schema.table)
     plan = plan_drift(
         catalogue,
@@ -259,10 +283,13 @@ async def ensure_mirror(
     )
     # A mirror made before the change feed gets its `_dv_commit_seq` (NULL on old rows).
     feedless = existing is not None and COMMIT_SEQ_COLUMN not in existing
-    if plan.changed or feedless:
+    renames = [(t.column.name, t.kept_as) for t in plan.retyped]
+    history_plan = plan_history(history_columns, layout, renames) if history else HistoryPlan()
+    if plan.changed or feedless or history_plan.changed:
         steps = _ddl(dialect, environment, schema, plan, now)
         if feedless:
             steps = [*dialect.add_commit_seq(environment, schema.table), *steps]
+        steps += history_steps(dialect, environment, schema.table, layout, history_plan)
         await execute_ddl(engine, steps, table=schema.table, environment=environment)
         for change in plan.retyped:
             log.warning(
@@ -286,13 +313,12 @@ async def ensure_mirror(
                 revived=[c.name for c in plan.revived],
             )
     await _refresh_labels(engine, environment, schema)
-    writer = dialect.writer(
-        environment,
-        schema.table,
-        [(c.name, c.sql_type) for c in schema.columns],
-        plan.still_removed,
-        soft=soft,
+    writer: TableWriter = dialect.writer(
+        environment, schema.table, layout, plan.still_removed, soft=soft
     )
+    if history:
+        writer = HistoryWriter.wrap(writer, dialect, layout)
+        await catch_up(engine, writer, now=now)
     return MirrorLayout(name, writer, plan)
 
 

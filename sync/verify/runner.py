@@ -111,7 +111,12 @@ class TableVerifier:
         soft = options.deletes == "soft"
         if req.repair:  # only a repair writes rows: the mirror table must fit the schema
             self.layout = await ensure_mirror(
-                req.store, req.environment.name, self.schema, soft=soft, now=req.clock()
+                req.store,
+                req.environment.name,
+                self.schema,
+                soft=soft,
+                now=req.clock(),
+                history=options.history,
             )
         self.mirror = mirror_side.MirrorTable(
             req.environment.name, self.table, self.schema.primary_key, soft
