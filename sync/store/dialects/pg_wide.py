@@ -65,7 +65,7 @@ _VIEW_CAST: dict[str, str] = {
     "timestamp": "({} #>> '{{}}')::timestamptz",
     "date": "({} #>> '{{}}')::date",
     # [1, 2] → {1, 2}: a JSON array of integers is an integer[] literal in other brackets.
-    "choices": "translate({}::text, '[]', '{{}}')::integer[]",
+    "choices": "translate(({})::text, '[]', '{{}}')::integer[]",
     "integer": "({} #>> '{{}}')::integer",
     "bigint": "({} #>> '{{}}')::bigint",
     "boolean": "({} #>> '{{}}')::boolean",

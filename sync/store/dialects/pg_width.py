@@ -126,23 +126,33 @@ def plan_new_table(columns: Sequence[tuple[str, SqlType]], primary_key: str) -> 
     order = sorted(
         (s for s in slots if s.name != primary_key), key=lambda s: (-s.size, -s.align, s.name)
     )
-    moved: set[str] = set()
+    moved: list[str] = []
+
+    def without(names: Collection[str]) -> list[Slot]:
+        gone = set(names)
+        return [*(s for s in slots if s.name not in gone), *reserved, jsonb]
+
     while True:
-        kept = [s for s in slots if s.name not in moved]
-        layout = [*kept, *reserved, jsonb]
+        layout = without(moved)
         width = row_bytes(layout)
         if fits(layout) or len(moved) == len(order):
-            return OverflowPlan(frozenset(moved), True, fits(layout), width)
+            break
         # Move enough of the next columns to cover what is over, then measure again (padding
         # makes the saving of one column smaller than its size at times).
         over_bytes, over_count = width - MAX_TUPLE_BYTES, len(layout) - MAX_COLUMNS
-        for slot in order:
+        for slot in order[len(moved) :]:
             if over_bytes <= 0 and over_count <= 0:
                 break
-            if slot.name not in moved:
-                moved.add(slot.name)
-                over_bytes -= slot.size
-                over_count -= 1
+            moved.append(slot.name)
+            over_bytes -= slot.size
+            over_count -= 1
+    # A smaller null bitmap and alignment can save more than the sizes: take back what fits.
+    while moved:
+        if not fits(without(moved[:-1])):
+            break
+        moved.pop()
+    layout = without(moved)
+    return OverflowPlan(frozenset(moved), True, fits(layout), row_bytes(layout))
 
 
 def plan_existing_table(
