@@ -20,10 +20,11 @@ from sync.store import checkpoints as state
 from sync.store.checkpoints import TableState
 from sync.store.connect import create_engine
 from sync.store.dialects.pg_width import Slot, fits, slot_of
+from sync.store.dialects.postgres import POSTGRES
 from sync.store.layout import SqlType, TableSchema
 from sync.store.migrate import upgrade
-from sync.store.mirror_tables import MirrorLayout, ensure_mirror
-from sync.store.writer import PageCounts, PageWrite, commit_page
+from sync.store.mirror_tables import DriftPlan, MirrorLayout, _ddl, ensure_mirror
+from sync.store.writer import PageCounts, PageWrite, commit_page, execute_ddl
 
 pytestmark = pytest.mark.postgres
 
@@ -272,7 +273,8 @@ async def test_drift_adds_columns_to_the_overflow_once_the_row_is_full_and_keeps
     assert [t.column.name for t in second.drift.retyped] == [moved]
     after = await table_columns(pg_url)
     assert after[: len(before)] == before  # nothing moved out of the table or into it
-    assert "new_added_when" not in after and "new_added_money" not in after
+    assert "new_added_money" not in after  # 24 bytes: no room left
+    assert "new_added_when" in after  # a date (4 bytes) still fits in what the row has left
     page = row_of(drifted, K2, 1, 'W/"2"')
     await commit(engine, second, T1, page)
     got = await view_rows(pg_url)
@@ -295,3 +297,34 @@ async def test_a_table_that_fits_has_no_overflow_and_no_view(engine: Any, pg_url
     await commit(engine, layout, T0, row_of(table, K1, 0, 'W/"1"'))
     views = await fetch(pg_url, "SELECT viewname FROM pg_views WHERE schemaname = $1", ENV)
     assert views == []
+
+
+async def test_a_table_made_too_wide_before_overflow_existed_gives_its_widest_columns_to_it(
+    engine: Any, pg_url: str
+) -> None:
+    """An older dvmirror created every column (CREATE TABLE accepts it) and then parked the
+    table: only rows with enough NULLs were written. Now the widest columns move, values and
+    all, into `_dv_overflow`, and full rows are written."""
+    table = wide_schema(1200, FIXED_KINDS)
+    legacy = _ddl(POSTGRES, ENV, table, DriftPlan(create=True, added=table.columns), NOW)
+    await execute_ddl(engine, legacy, table="account")
+    sparse = list(row_of(table, K1, 0, 'W/"1"'))
+    sparse[400:] = [None] * (len(sparse) - 401) + [sparse[-1]]  # few values: the row fits
+    old_layout = MirrorLayout(
+        "contoso_prod.account",
+        POSTGRES.writer(
+            ENV, "account", [(c.name, c.sql_type) for c in table.columns], (), soft=False
+        ),
+        DriftPlan(),
+    )
+    await commit(engine, old_layout, T0, tuple(sparse))
+    with pytest.raises(Exception, match="row is too big"):  # what parked it
+        await commit(engine, old_layout, T0, row_of(table, K2, 1, 'W/"2"'))
+    layout = await ensure_mirror(engine, ENV, table, soft=False, now=NOW)
+    physical = await table_columns(pg_url)
+    assert "_dv_overflow" in physical and len(physical) < len(table.columns)
+    full = row_of(table, K2, 1, 'W/"2"')
+    await commit(engine, layout, T1, full)
+    got = await view_rows(pg_url)
+    assert_view_holds(table, got[K1], tuple(sparse))
+    assert_view_holds(table, got[K2], full)

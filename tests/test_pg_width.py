@@ -111,8 +111,17 @@ def test_a_column_in_overflow_stays_there_and_a_small_addition_can_still_be_a_co
     assert plan.overflow == {"old_a", "old_b"} and not plan.add_overflow_column
 
 
-def test_an_existing_table_already_too_wide_is_reported() -> None:
+def test_an_existing_table_too_wide_gives_up_its_widest_columns_but_never_the_key() -> None:
+    """A table made before overflow existed, whose rows PostgreSQL refuses."""
     physical = [slot_of("accountid", "uuid"), *RESERVED]
-    physical += [slot_of(n, t) for n, t in columns("timestamp", 1100)]
-    plan = plan_existing_table(physical, (), [("flag", "boolean")])
-    assert not plan.fits and plan.overflow == {"flag"}
+    physical += [slot_of(n, t) for n, t in columns("timestamp", 1000)]
+    physical += [slot_of(n, t) for n, t in columns("uuid", 20, "u")]
+    fixed = {"accountid", *(n for n, _, _ in RESERVED_WIDTHS)}
+    plan = plan_existing_table(physical, (), [("flag", "boolean")], fixed=fixed)
+    assert plan.fits and plan.add_overflow_column
+    assert {f"u{i:04d}" for i in range(20)} <= set(plan.evicted)  # the widest go first
+    assert not fixed & set(plan.evicted)
+    assert set(plan.evicted) <= plan.overflow
+    # A table that fits is left alone.
+    small = plan_existing_table(physical[:100], (), [], fixed=fixed)
+    assert small.evicted == () and small.fits

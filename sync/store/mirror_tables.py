@@ -276,7 +276,8 @@ async def ensure_mirror(
     # A mirror made before the change feed gets its `_dv_commit_seq` (NULL on old rows).
     feedless = existing is not None and COMMIT_SEQ_COLUMN not in existing
     overflow = await _overflow(engine, environment, schema, plan, catalogue)
-    if plan.changed or feedless:
+    # (A table made too wide before overflow existed changes even without drift.)
+    if plan.changed or feedless or overflow.before:
         steps = _ddl(dialect, environment, schema, plan, now, overflow=overflow)
         if feedless:
             steps = [*dialect.add_commit_seq(environment, schema.table), *steps]

@@ -78,7 +78,10 @@ def key_literal(name: str) -> str:
     return "'" + quote_ident(name)[1:-1] + "'"
 
 
-def json_value(sql_type: SqlType, value: str) -> str:
+def json_value(sql_type: SqlType, value: str, *, typed: bool = False) -> str:
+    """The JSON value of a parameter's text `value`, or (`typed`) of a column of the table."""
+    if typed and sql_type == "choices":  # already integer[]
+        return value
     return _JSON_VALUE[sql_type].format(value)
 
 
@@ -121,7 +124,7 @@ def view_name(table: str) -> str:
 async def physical_slots(conn: AsyncConnection, environment: str, table: str) -> list[Slot] | None:
     """Every attribute of the table in order (dropped ones too: they still count), or None."""
     result = await conn.exec_driver_sql(
-        "SELECT a.attname, a.attlen, a.attalign, a.attisdropped "
+        "SELECT a.attname, a.attlen, a.attalign::text, a.attisdropped "
         "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') AND a.attnum > 0 "
@@ -219,12 +222,17 @@ async def plan_wide(conn: AsyncConnection, request: WideRequest) -> Overflow:
         # A retyped column in overflow: its old values move to the archive's key, and the
         # column itself is placed again like a new one.
         renamed = frozenset(c for c, _ in request.retyped if c in was)
-        plan = plan_existing_table(slots, was - renamed, request.added)
+        # A table too wide as it is may give up columns, never its key or reserved ones (nor a
+        # column being renamed for a type change).
+        fixed = {request.primary_key, *RESERVED_COLUMNS, *(c for c, _ in request.retyped)}
+        plan = plan_existing_table(slots, was - renamed, request.added, fixed=fixed)
         stored = set(plan.overflow) | {k for c, k in request.retyped if c in renamed}
-        physical = [s.name for s in slots if not s.dropped and s.name != OVERFLOW_COLUMN]
+        gone = {*plan.evicted, OVERFLOW_COLUMN}
+        physical = [s.name for s in slots if not s.dropped and s.name not in gone]
         physical = [dict(request.retyped).get(n, n) for n in physical]
         physical += [c for c, _ in request.added if c not in plan.overflow]
-        before = [_move_key(target, c, k) for c, k in request.retyped if c in renamed]
+        before = _evict(target, plan.evicted, request.catalogue)
+        before += [_move_key(target, c, k) for c, k in request.retyped if c in renamed]
     if not plan.fits:
         log.warning(
             "wide_table_over_limit",
@@ -253,6 +261,28 @@ async def plan_wide(conn: AsyncConnection, request: WideRequest) -> Overflow:
         rebuild=bool(request.retyped),
     )
     return Overflow(frozenset(stored), tuple(before), tuple(after), renamed)
+
+
+def _evict(target: str, columns: Sequence[str], types: Mapping[str, str]) -> list[str]:
+    """Move the values of `columns` into the overflow (NULL in the same update, so no row
+    grows) and drop the columns."""
+    if not columns:
+        return []
+    log.warning("wide_table_columns_evicted", table=target, columns=len(columns))
+    ov = quote_ident(OVERFLOW_COLUMN)
+    pairs = [(c, json_value(_sql_type(types.get(c)), quote_ident(c), typed=True)) for c in columns]
+    cleared = ", ".join(f"{quote_ident(c)} = NULL" for c in columns)
+    packed = merged(pack(pairs), ov, columns)
+    drops = ", ".join(f"DROP COLUMN {quote_ident(c)}" for c in columns)
+    return [
+        f"UPDATE {target} SET {ov} = {packed}, {cleared}",  # noqa: S608
+        f"ALTER TABLE {target} {drops}",
+    ]
+
+
+def _sql_type(name: str | None) -> SqlType:
+    known: dict[str, SqlType] = {t: t for t in _JSON_VALUE}
+    return known.get(name or "", "text")
 
 
 def _move_key(target: str, column: str, kept_as: str) -> str:

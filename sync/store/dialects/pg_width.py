@@ -112,6 +112,9 @@ class OverflowPlan:
     add_overflow_column: bool  # _dv_overflow must be added to the table
     fits: bool  # False: the table passes a limit even with every movable column in overflow
     width: int  # worst-case row bytes of the planned table
+    # Columns of an existing table too wide for its rows (made before dvmirror had overflow):
+    # their values move into the overflow and the columns are dropped.
+    evicted: tuple[str, ...] = ()
 
 
 def plan_new_table(columns: Sequence[tuple[str, SqlType]], primary_key: str) -> OverflowPlan:
@@ -159,17 +162,44 @@ def plan_existing_table(
     physical: Sequence[Slot],
     overflow: Collection[str],
     added: Sequence[tuple[str, SqlType]],
+    *,
+    fixed: Collection[str] = (),
 ) -> OverflowPlan:
     """The layout after schema drift: `physical` is the table as it is (every attribute, in
     order), `overflow` the columns already kept in `_dv_overflow`, `added` the new columns in
     order. Existing columns stay where they are; each new column is appended to the table while
     the row still fits, and otherwise goes to overflow (adding `_dv_overflow` when it is first
-    needed)."""
+    needed).
+
+    A table that does not fit as it is (made by a dvmirror without overflow, its rows refused
+    since) has its widest columns evicted into the overflow, except the `fixed` ones (the key,
+    the reserved columns); a dropped column still counts toward MAX_COLUMNS."""
     layout = list(physical)
     moved = set(overflow)
     has_jsonb = any(s.name == OVERFLOW_COLUMN and not s.dropped for s in layout)
     add_jsonb = False
     jsonb = Slot(OVERFLOW_COLUMN, *VARLENA)
+    evicted: list[str] = []
+    if not fits(layout if has_jsonb else [*layout, jsonb]):
+        if not has_jsonb:
+            layout.append(jsonb)
+            has_jsonb = add_jsonb = True
+        keep = {*fixed, OVERFLOW_COLUMN}
+        order = sorted(
+            (s for s in layout if not s.dropped and s.name not in keep),
+            key=lambda s: (-s.size, -s.align, s.name),
+        )
+        while order and not fits(layout):
+            over = row_bytes(layout) - MAX_TUPLE_BYTES
+            if over <= 0:  # too many columns: dropping them would not lower the count
+                break
+            while order and over > 0:  # enough of the widest to cover what is over
+                slot = order.pop(0)
+                evicted.append(slot.name)
+                over -= slot.size
+            gone = set(evicted)
+            layout = [Slot(s.name, s.size, s.align, s.dropped or s.name in gone) for s in layout]
+        moved.update(evicted)
     for name, sql_type in added:
         candidate = [*layout, slot_of(name, sql_type)]
         if not has_jsonb:  # room must stay for _dv_overflow, should a later column need it
@@ -183,4 +213,6 @@ def plan_existing_table(
             layout = candidate
         else:
             moved.add(name)
-    return OverflowPlan(frozenset(moved), add_jsonb, fits(layout), row_bytes(layout))
+    return OverflowPlan(
+        frozenset(moved), add_jsonb, fits(layout), row_bytes(layout), tuple(evicted)
+    )
