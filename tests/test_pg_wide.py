@@ -19,6 +19,7 @@ from sync.mirror.typemap import build_schema
 from sync.store import checkpoints as state
 from sync.store.checkpoints import TableState
 from sync.store.connect import create_engine
+from sync.store.dialects.pg_wide import _view_sql, view_name
 from sync.store.dialects.pg_width import Slot, fits, slot_of
 from sync.store.dialects.postgres import POSTGRES
 from sync.store.layout import SqlType, TableSchema
@@ -328,3 +329,21 @@ async def test_a_table_made_too_wide_before_overflow_existed_gives_its_widest_co
     got = await view_rows(pg_url)
     assert_view_holds(table, got[K1], tuple(sparse))
     assert_view_holds(table, got[K2], full)
+
+
+def test_the_view_keeps_its_columns_in_place_and_is_not_made_past_1664_columns() -> None:
+    """Plain values: PostgreSQL lets a view gain columns only at its end, and a SELECT list
+    holds at most 1,664 entries."""
+    physical = ["accountid", "name", "new_added"]
+    overflow = {"wide_a": "numeric", "wide_b": "choices"}
+    current = ["accountid", "name", "wide_a", "wide_b"]
+    create, comment = _view_sql(ENV, "account", physical, overflow, current, rebuild=False)
+    select = create.split(" AS SELECT ", 1)[1]
+    assert select.index('"wide_b"') < select.index('"new_added"')  # appended, not inserted
+    assert """("_dv_overflow" ->> 'wide_a')::numeric AS "wide_a",""" in select
+    assert comment.startswith("COMMENT ON VIEW")
+    rebuilt = _view_sql(ENV, "account", physical, overflow, current, rebuild=True)
+    assert rebuilt[0].startswith("DROP VIEW")
+    many = {f"c{i}": "bigint" for i in range(1700)}
+    assert _view_sql(ENV, "account", physical, many, [], rebuild=False) == []
+    assert view_name("a" * 60) != "a" * 63 and len(view_name("a" * 60)) <= 63

@@ -57,19 +57,20 @@ _JSON_VALUE: dict[SqlType, str] = {
     "boolean": "{}",
     "float": "{}",
 }
-# The view's expression of a key `{}` (a `_dv_overflow -> 'name'` jsonb value).
+# The view's expression of a key: `{text}` is `_dv_overflow ->> 'name'` (the value as text),
+# `{json}` is `_dv_overflow -> 'name'` (as jsonb).
 _VIEW_CAST: dict[str, str] = {
-    "text": "({} #>> '{{}}')",
-    "uuid": "({} #>> '{{}}')::uuid",
-    "numeric": "({} #>> '{{}}')::numeric",
-    "timestamp": "({} #>> '{{}}')::timestamptz",
-    "date": "({} #>> '{{}}')::date",
+    "text": "({text})",
+    "uuid": "({text})::uuid",
+    "numeric": "({text})::numeric",
+    "timestamp": "({text})::timestamptz",
+    "date": "({text})::date",
     # [1, 2] → {1, 2}: a JSON array of integers is an integer[] literal in other brackets.
-    "choices": "translate(({})::text, '[]', '{{}}')::integer[]",
-    "integer": "({} #>> '{{}}')::integer",
-    "bigint": "({} #>> '{{}}')::bigint",
-    "boolean": "({} #>> '{{}}')::boolean",
-    "float": "({} #>> '{{}}')::double precision",
+    "choices": "translate(({json})::text, '[]', '{{}}')::integer[]",
+    "integer": "({text})::integer",
+    "bigint": "({text})::bigint",
+    "boolean": "({text})::boolean",
+    "float": "({text})::double precision",
 }
 
 
@@ -86,9 +87,10 @@ def json_value(sql_type: SqlType, value: str, *, typed: bool = False) -> str:
 
 
 def view_cast(sql_type: str, name: str) -> str:
-    """`<key of _dv_overflow>` as the column's type (an unknown type stays text)."""
-    element = f"{quote_ident(OVERFLOW_COLUMN)} -> {key_literal(name)}"
-    return _VIEW_CAST.get(sql_type, _VIEW_CAST["text"]).format(element)
+    """`(_dv_overflow ->> 'name')::type`: a key as the column's type (unknown types stay text)."""
+    column, key = quote_ident(OVERFLOW_COLUMN), key_literal(name)
+    template = _VIEW_CAST.get(sql_type, _VIEW_CAST["text"])
+    return template.format(text=f"{column} ->> {key}", json=f"{column} -> {key}")
 
 
 def pack(pairs: Sequence[tuple[str, str]]) -> str:
@@ -258,7 +260,11 @@ async def plan_wide(conn: AsyncConnection, request: WideRequest) -> Overflow:
         physical,
         _overflow_types(request, stored),
         current_view,
-        rebuild=bool(request.retyped),
+        # A view column cannot change its type in place; a column deleted and created again
+        # with the same type keeps its place.
+        rebuild=any(
+            request.catalogue.get(c) != dict(request.columns).get(c) for c, _ in request.retyped
+        ),
     )
     return Overflow(frozenset(stored), tuple(before), tuple(after), renamed)
 
