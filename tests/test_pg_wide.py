@@ -15,6 +15,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
+from sync.errors import StoreError
 from sync.mirror.typemap import build_schema
 from sync.store import checkpoints as state
 from sync.store.checkpoints import TableState
@@ -347,3 +348,41 @@ def test_the_view_keeps_its_columns_in_place_and_is_not_made_past_1664_columns()
     many = {f"c{i}": "bigint" for i in range(1700)}
     assert _view_sql(ENV, "account", physical, many, [], rebuild=False) == []
     assert view_name("a" * 60) != "a" * 63 and len(view_name("a" * 60)) <= 63
+
+
+async def test_views_of_a_data_team_survive_drift_and_a_type_change_says_what_blocks_it(
+    engine: Any, pg_url: str
+) -> None:
+    table = wide_schema(1200)
+    await ensure_mirror(engine, ENV, table, soft=False, now=NOW)
+    conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute(
+            f'CREATE VIEW "{ENV}".team AS SELECT accountid, new_col0001 FROM "{ENV}".account__wide'
+        )
+    finally:
+        await conn.close()
+    grown = wide_schema(1200, new_added_money="Money")
+    await ensure_mirror(engine, ENV, grown, soft=False, now=NOW)  # the view gains a column
+    assert "new_added_money" in {
+        r[0]
+        for r in await fetch(
+            pg_url,
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1",
+            "account__wide",
+        )
+    }
+    money = next(c for c in grown.columns if c.name == "new_col0001")
+    assert money.sql_type == "numeric"
+    retyped = TableSchema(
+        grown.table,
+        grown.entity_set,
+        grown.primary_key,
+        True,
+        tuple(
+            c.__class__(c.name, c.source_key, "text", c.attribute, "String") if c is money else c
+            for c in grown.columns
+        ),
+    )
+    with pytest.raises(StoreError, match="other objects depend on it"):
+        await ensure_mirror(engine, ENV, retyped, soft=False, now=NOW)
