@@ -99,3 +99,7 @@ def test_a_table_too_wide_for_postgres_rows_is_mirrored_whole_through_its_view(
     assert written[0][0] > 0  # the churned rows carry the new columns' values
     status = cli(config, "status", "--json")
     assert '"parked": true' not in status
+    # dbt reads the table through the view, where every catalogued column exists.
+    sources = cli(config, "dbt-sources", "--env", ENV)
+    assert f'identifier: "{TABLE}__wide"' in sources
+    assert '"new_measured_cost"' in sources
