@@ -246,7 +246,9 @@ async def plan_wide(conn: AsyncConnection, request: WideRequest) -> Overflow:
     if not stored:
         return Overflow()
     if plan.add_overflow_column:
-        before.insert(0, f"ALTER TABLE {target} ADD COLUMN {quote_ident(OVERFLOW_COLUMN)} jsonb")
+        before.insert(
+            0, f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {quote_ident(OVERFLOW_COLUMN)} jsonb"
+        )
         before.append(
             f"COMMENT ON COLUMN {target}.{quote_ident(OVERFLOW_COLUMN)} IS 'dvmirror: the "
             f"columns this row has no room for, typed; read them through the view "
@@ -254,18 +256,18 @@ async def plan_wide(conn: AsyncConnection, request: WideRequest) -> Overflow:
         )
         log.info("wide_table_overflow", environment=environment, table=table, columns=len(stored))
     current_view = [] if slots is None else await view_columns(conn, environment, table)
-    after = _view_sql(
-        environment,
-        table,
-        physical,
-        _overflow_types(request, stored),
-        current_view,
-        # A view column cannot change its type in place; a column deleted and created again
-        # with the same type keeps its place.
-        rebuild=any(
-            request.catalogue.get(c) != dict(request.columns).get(c) for c, _ in request.retyped
-        ),
+    # A view column cannot change its type in place (a column deleted and created again with
+    # the same type keeps its place), and a column the view reads cannot be dropped.
+    rebuild = bool(plan.evicted) or any(
+        request.catalogue.get(c) != dict(request.columns).get(c) for c, _ in request.retyped
     )
+    if plan.evicted and current_view:
+        before.insert(
+            0, f"DROP VIEW IF EXISTS {quote_ident(environment)}.{quote_ident(view_name(table))}"
+        )
+        current_view = []
+    types = _overflow_types(request, stored)
+    after = _view_sql(environment, table, physical, types, current_view, rebuild=rebuild)
     return Overflow(frozenset(stored), tuple(before), tuple(after), renamed)
 
 
