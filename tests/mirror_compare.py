@@ -89,7 +89,11 @@ def _postgres_rows(url: str, env: str, table: str) -> list[dict[str, Any]] | Non
     async def fetch() -> list[dict[str, Any]] | None:
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
-            rows = await conn.fetch(f'SELECT * FROM "{env}"."{table}"')
+            # A wide table keeps some columns in `_dv_overflow`: read it as data teams do,
+            # through the view that unpacks them (store.dialects.pg_wide).
+            wide = await conn.fetchval("SELECT to_regclass($1)", f'"{env}"."{table}__wide"')
+            name = f"{table}__wide" if wide else table
+            rows = await conn.fetch(f'SELECT * FROM "{env}"."{name}"')
         except asyncpg.UndefinedTableError:
             return None
         finally:

@@ -3,9 +3,10 @@
 One source per environment, named after it: on PostgreSQL its schema is the environment's, each
 table its logical name; on SQLite the schema is `main` and each table `<env>__<table>` (the mirror
 naming contract). Columns come from the column catalogue (dv_mirror_columns, live columns only)
-with the Dataverse display name and description as their description; the key gets `not_null`
-and `unique`; freshness is on `_dv_synced_at`, warn after 2 and error after 6 sync intervals.
-The YAML is written here (block style, every string JSON-quoted, which YAML reads as is).
+with the Dataverse display name and description as their description (a PostgreSQL table with
+columns in `_dv_overflow` is read through its `__wide` view: `identifier`); the key gets
+`not_null` and `unique`; freshness is on `_dv_synced_at`, warn after 2 and error after 6 sync
+intervals. The YAML is written here (block style, every string JSON-quoted, which YAML reads as is).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sync.config.model import Config, Environment
 from sync.errors import ConfigError
 from sync.store.control import mirror_columns
+from sync.store.dialects.pg_wide import view_name
 from sync.store.dialects.sqlite import mirror_table_name
 from sync.store.layout import COMMIT_SEQ_COLUMN, DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN
 from sync.store.open import open_store
@@ -51,8 +54,10 @@ def build_sources(
     *,
     postgres: bool,
     soft_tables: Iterable[str] = (),
+    wide_tables: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The sources.yml document, from catalogue rows (pure)."""
+    """The sources.yml document, from catalogue rows (pure). `wide_tables`: PostgreSQL tables
+    with columns in `_dv_overflow` → the view that shows them all, which dbt then reads."""
     by_table: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_table.setdefault(row["table_name"], []).append(row)
@@ -79,13 +84,14 @@ def build_sources(
         )
         if table in soft:
             entries.append({"name": DELETED_COLUMN, "description": "deleted at the source (UTC)"})
-        tables.append(
-            {
-                "name": table if postgres else mirror_table_name(environment.name, table),
-                "description": f"Dataverse table {table} of {environment.url}",
-                "columns": entries,
-            }
-        )
+        described: dict[str, Any] = {
+            "name": table if postgres else mirror_table_name(environment.name, table),
+            "description": f"Dataverse table {table} of {environment.url}",
+            "columns": entries,
+        }
+        if table in (wide_tables or {}):  # store.dialects.pg_wide
+            described["identifier"] = (wide_tables or {})[table]
+        tables.append(described)
     source = {
         "name": environment.name,
         "schema": environment.name if postgres else "main",
@@ -129,6 +135,21 @@ def _scalar(value: Any) -> str:
     return orjson.dumps(str(value)).decode()
 
 
+async def _wide_views(conn: AsyncConnection, environment: str, tables: set[str]) -> dict[str, str]:
+    """The PostgreSQL tables that have a `__wide` view (columns in `_dv_overflow`)."""
+    if conn.dialect.name != "postgresql":
+        return {}
+    result = await conn.execute(
+        text(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :schema AND c.relkind = 'v'"
+        ),
+        {"schema": environment},
+    )
+    views = {str(r[0]) for r in result}
+    return {t: view_name(t) for t in tables if view_name(t) in views}
+
+
 async def run_dbt_sources(config: Config, env_name: str) -> str:
     environment = next((e for _, e in config.environments() if e.name == env_name), None)
     if environment is None:
@@ -141,6 +162,7 @@ async def run_dbt_sources(config: Config, env_name: str) -> str:
         )
         async with engine.connect() as conn:
             rows = [dict(r._mapping) for r in await conn.execute(query)]
+            wide = await _wide_views(conn, env_name, {r["table_name"] for r in rows})
     finally:
         await engine.dispose()
     fixed = environment.fixed_tables
@@ -148,6 +170,10 @@ async def run_dbt_sources(config: Config, env_name: str) -> str:
         rows = [r for r in rows if r["table_name"] in fixed]
     soft = [t for t, o in environment.table_options.items() if o.deletes == "soft"]
     document = build_sources(
-        environment, rows, postgres=config.settings.store.postgres, soft_tables=soft
+        environment,
+        rows,
+        postgres=config.settings.store.postgres,
+        soft_tables=soft,
+        wide_tables=wide,
     )
     return to_yaml(document) + "\n"

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.logs import get_logger
 from sync.store.control import mirror_columns
-from sync.store.dialects import Dialect, TableWriter, dialect_for
+from sync.store.dialects import Dialect, Overflow, TableWriter, WideRequest, dialect_for
 from sync.store.history import (
     HistoryPlan,
     HistoryWriter,
@@ -194,23 +194,37 @@ def _catalogue_row(
 
 
 def _ddl(
-    dialect: Dialect, environment: str, schema: TableSchema, plan: DriftPlan, now: datetime
+    dialect: Dialect,
+    environment: str,
+    schema: TableSchema,
+    plan: DriftPlan,
+    now: datetime,
+    *,
+    overflow: Overflow | None = None,
 ) -> list[Any]:
+    """`overflow`: the columns kept out of the table's own (PostgreSQL's wide rows), with the
+    DDL of the overflow column and its view (store.dialects.pg_wide)."""
     table = schema.table
+    wide = overflow or Overflow()
     where = and_(mirror_columns.c.environment == environment, mirror_columns.c.table_name == table)
     steps: list[Any] = []
     if plan.create:
-        layout: list[tuple[str, SqlType]] = [(c.name, c.sql_type) for c in schema.columns]
+        layout: list[tuple[str, SqlType]] = [
+            (c.name, c.sql_type) for c in schema.columns if c.name not in wide.columns
+        ]
         steps += dialect.create_table(environment, table, schema.primary_key, layout)
+        steps += wide.before
         steps.append(delete(mirror_columns).where(where))
         steps.append(
             insert(mirror_columns).values(
                 [_catalogue_row(environment, table, c, now) for c in schema.columns]
             )
         )
-        return steps
+        return [*steps, *wide.after]
+    steps += wide.before
     for column in plan.added:
-        steps.append(dialect.add_column(environment, table, column.name, column.sql_type))
+        if column.name not in wide.columns:
+            steps.append(dialect.add_column(environment, table, column.name, column.sql_type))
         steps.append(insert(mirror_columns).values(_catalogue_row(environment, table, column, now)))
     for gone in plan.removed:
         steps.append(
@@ -240,8 +254,10 @@ def _ddl(
         )
     for change in plan.retyped:
         column = change.column
-        steps.append(dialect.rename_column(environment, table, column.name, change.kept_as))
-        steps.append(dialect.add_column(environment, table, column.name, column.sql_type))
+        if column.name not in wide.renamed:  # else its old values moved inside the overflow
+            steps.append(dialect.rename_column(environment, table, column.name, change.kept_as))
+        if column.name not in wide.columns:
+            steps.append(dialect.add_column(environment, table, column.name, column.sql_type))
         steps.append(
             update(mirror_columns)
             .where(where, mirror_columns.c.column_name == column.name)
@@ -249,7 +265,7 @@ def _ddl(
         )
         row = _catalogue_row(environment, table, column, now) | {"type_changed_at": now}
         steps.append(insert(mirror_columns).values(row))
-    return steps
+    return [*steps, *wide.after]
 
 
 async def ensure_mirror(
@@ -285,8 +301,10 @@ async def ensure_mirror(
     feedless = existing is not None and COMMIT_SEQ_COLUMN not in existing
     renames = [(t.column.name, t.kept_as) for t in plan.retyped]
     history_plan = plan_history(history_columns, layout, renames) if history else HistoryPlan()
-    if plan.changed or feedless or history_plan.changed:
-        steps = _ddl(dialect, environment, schema, plan, now)
+    overflow = await _overflow(engine, environment, schema, plan, catalogue)
+    # (A table made too wide before overflow existed changes even without drift.)
+    if plan.changed or feedless or history_plan.changed or overflow.before:
+        steps = _ddl(dialect, environment, schema, plan, now, overflow=overflow)
         if feedless:
             steps = [*dialect.add_commit_seq(environment, schema.table), *steps]
         steps += history_steps(dialect, environment, schema.table, layout, history_plan)
@@ -314,12 +332,42 @@ async def ensure_mirror(
             )
     await _refresh_labels(engine, environment, schema)
     writer: TableWriter = dialect.writer(
-        environment, schema.table, layout, plan.still_removed, soft=soft
+        environment,
+        schema.table,
+        layout,
+        plan.still_removed,
+        soft=soft,
+        overflow=overflow.columns,
     )
     if history:
         writer = HistoryWriter.wrap(writer, dialect, layout)
         await catch_up(engine, writer, now=now)
     return MirrorLayout(name, writer, plan)
+
+
+async def _overflow(
+    engine: AsyncEngine,
+    environment: str,
+    schema: TableSchema,
+    plan: DriftPlan,
+    catalogue: Mapping[str, CatalogueEntry],
+) -> Overflow:
+    """Where the dialect keeps the columns its rows have no room for (PostgreSQL's
+    `_dv_overflow`; store.dialects.pg_wide), as the table will be after `plan`."""
+    request = WideRequest(
+        environment,
+        schema.table,
+        schema.primary_key,
+        [(c.name, c.sql_type) for c in schema.columns],
+        {name: entry.sql_type for name, entry in catalogue.items()},
+        added=[(c.name, c.sql_type) for c in (*plan.added, *(t.column for t in plan.retyped))],
+        retyped=[(t.column.name, t.kept_as) for t in plan.retyped],
+        create=plan.create,
+    )
+    dialect = dialect_for(engine)
+    with map_store_errors(schema.table, dialect):
+        async with engine.connect() as conn:
+            return await dialect.plan_overflow(conn, request)
 
 
 async def _refresh_labels(engine: AsyncEngine, environment: str, schema: TableSchema) -> None:

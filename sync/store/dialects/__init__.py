@@ -13,7 +13,8 @@ page transaction, its retries, the control tables through SQLAlchemy Core) is th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sqlalchemy.engine import make_url
@@ -27,6 +28,31 @@ from sync.store.layout import SqlType
 # table parks and retries until space is freed), the table passes a limit of the store (it parks
 # until fewer columns are mirrored), or the store failed.
 Failure = Literal["data", "busy", "transient", "full", "limit", "store"]
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """Columns a dialect keeps outside the table's own columns (PostgreSQL's `_dv_overflow`
+    jsonb, for a row too wide: store.dialects.pg_wide), and the DDL that goes with them."""
+
+    columns: frozenset[str] = frozenset()  # catalogued columns stored as keys of the overflow
+    before: tuple[str, ...] = ()  # DDL before the drift's own (the overflow column, key moves)
+    after: tuple[str, ...] = ()  # DDL after it (the view that unpacks the overflow)
+    renamed: frozenset[str] = frozenset()  # retyped columns whose old values moved in overflow
+
+
+@dataclass(frozen=True)
+class WideRequest:
+    """What the drift of one table changes, in the terms the overflow plan needs."""
+
+    environment: str
+    table: str
+    primary_key: str
+    columns: Sequence[tuple[str, SqlType]]  # the live columns in row order, the key first
+    catalogue: Mapping[str, str]  # every catalogued column (before this drift) → its type
+    added: Sequence[tuple[str, SqlType]] = ()  # new columns, and retyped ones under the new type
+    retyped: Sequence[tuple[str, str]] = ()  # (column, kept_as): the old values move
+    create: bool = False
 
 
 class TableWriter(Protocol):
@@ -123,8 +149,14 @@ class Dialect(Protocol):
         removed: Sequence[str],
         *,
         soft: bool,
+        overflow: frozenset[str] = frozenset(),
     ) -> TableWriter:
-        """`columns` in row-tuple order, primary key first; `removed` columns are written NULL."""
+        """`columns` in row-tuple order, primary key first; `removed` columns are written NULL;
+        `overflow` columns go to the overflow (`Overflow.columns`)."""
+        ...
+
+    async def plan_overflow(self, conn: AsyncConnection, request: WideRequest) -> Overflow:
+        """Which columns of a table being created or drifting have no room in its rows."""
         ...
 
     def same_storage(self, old: str, new: SqlType) -> bool:

@@ -25,7 +25,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from sync.config.values import CONTROL_SCHEMA
-from sync.store.dialects import Failure, guid_order_text
+from sync.store.dialects import Failure, Overflow, WideRequest, guid_order_text
+from sync.store.dialects.pg_wide import json_value, merged, pack, plan_wide
+from sync.store.dialects.pg_width import OVERFLOW_COLUMN
 from sync.store.identifiers import quote_ident
 from sync.store.layout import (
     COMMIT_SEQ_COLUMN,
@@ -115,7 +117,9 @@ class PostgresTable:
         removed: Sequence[str],
         *,
         soft: bool,
+        overflow: frozenset[str] = frozenset(),
     ) -> PostgresTable:
+        """`overflow`: columns written as keys of `_dv_overflow` (store.dialects.pg_wide)."""
         target = f"{quote_ident(environment)}.{quote_ident(table)}"
         primary_key, key_type = columns[0]
         # $1 … $n: one array per column, then the raw ETags, the page's stamp, its commit number.
@@ -123,25 +127,36 @@ class PostgresTable:
         etags = len(columns) + 1
         arrays.append(f"${etags}::text[]")
         aliases = [f"c{i}" for i in range(len(columns))] + ["etag"]
-        values = [_convert(t, f"u.c{i}") for i, (_, t) in enumerate(columns)]
+        stored = [(i, c, t) for i, (c, t) in enumerate(columns) if c not in overflow]
+        values = [_convert(t, f"u.c{i}") for i, _, t in stored]
         values += [
             "split_part(u.etag, '\"', 2)::bigint",  # W/"12345" → 12345
             f"${etags + 1}::text::timestamptz",
             "NULL",
-            *(["NULL"] * len(removed)),
+            *(["NULL"] * len([c for c in removed if c not in overflow])),
         ]
-        names = [c for c, _ in columns] + [VERSION_COLUMN, SYNCED_COLUMN, DELETED_COLUMN]
-        names += list(removed)
-        updates = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in names[1:])
+        names = [c for _, c, _ in stored] + [VERSION_COLUMN, SYNCED_COLUMN, DELETED_COLUMN]
+        names += [c for c in removed if c not in overflow]
+        new = {c: f"excluded.{quote_ident(c)}" for c in names[1:]}
+        packed = [
+            (c, json_value(t, f"u.c{i}")) for i, (c, t) in enumerate(columns) if c in overflow
+        ]
+        if overflow:  # a removed column in overflow is written as an absent key (NULL)
+            names.append(OVERFLOW_COLUMN)
+            values.append(pack(packed) if packed else "NULL")
+            ov = quote_ident(OVERFLOW_COLUMN)
+            written = [c for c, _ in packed] + [c for c in removed if c in overflow]
+            new[OVERFLOW_COLUMN] = merged(f"excluded.{ov}", f"t.{ov}", written)
+        updates = ", ".join(f"{quote_ident(c)} = {new[c]}" for c in names[1:])
         # The commit number changes only when the stored values do (store.commits).
-        kept = [quote_ident(c) for c in names[1:] if c != SYNCED_COLUMN]
-        old = ", ".join(f"t.{c}" for c in kept)
-        new = ", ".join(f"excluded.{c}" for c in kept)
+        kept = [c for c in names[1:] if c != SYNCED_COLUMN]
+        old = ", ".join(f"t.{quote_ident(c)}" for c in kept)
+        changed = ", ".join(new[c] for c in kept)
         seq = quote_ident(COMMIT_SEQ_COLUMN)
         names.append(COMMIT_SEQ_COLUMN)
         values.append(f"${etags + 2}::bigint")
         updates += (
-            f", {seq} = CASE WHEN ROW({old}) IS DISTINCT FROM ROW({new}) "
+            f", {seq} = CASE WHEN ROW({old}) IS DISTINCT FROM ROW({changed}) "
             f"THEN excluded.{seq} ELSE t.{seq} END"
         )
         upsert = (
@@ -349,8 +364,14 @@ class PostgresDialect:
         removed: Sequence[str],
         *,
         soft: bool,
+        overflow: frozenset[str] = frozenset(),
     ) -> PostgresTable:
-        return PostgresTable.build(environment, table, columns, removed, soft=soft)
+        return PostgresTable.build(
+            environment, table, columns, removed, soft=soft, overflow=overflow
+        )
+
+    async def plan_overflow(self, conn: AsyncConnection, request: WideRequest) -> Overflow:
+        return await plan_wide(conn, request)
 
     def same_storage(self, old: str, new: SqlType) -> bool:
         return False

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from sync.errors import ConfigError
-from sync.store.dialects import Failure, guid_order_text
+from sync.store.dialects import Failure, Overflow, WideRequest, guid_order_text
 from sync.store.dialects.sqlite_turns import StoreEngine
 from sync.store.identifiers import quote_ident, stamp_literal
 from sync.store.layout import (
@@ -341,9 +341,13 @@ class SqliteDialect:
         removed: Sequence[str],
         *,
         soft: bool,
+        overflow: frozenset[str] = frozenset(),  # never: a SQLite row has no width limit
     ) -> SqliteTable:
         names = [name for name, _ in columns]
         return SqliteTable.build(environment, table, names[0], names, removed, soft=soft)
+
+    async def plan_overflow(self, conn: AsyncConnection, request: WideRequest) -> Overflow:
+        return Overflow()  # a SQLite row holds up to 1 GB; the table up to 2,000 columns
 
     def same_storage(self, old: str, new: SqlType) -> bool:
         return (old, new) in _SAME_STORAGE
