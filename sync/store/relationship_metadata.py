@@ -1,8 +1,8 @@
 """The `relationshipmetadata` table: one row per mirrored N:N, so that joins are mechanical.
 
 Named like a mirror table (`<env>__relationshipmetadata` on SQLite, `<env>.relationshipmetadata`
-on PostgreSQL). Its rows are rewritten in one transaction when the set of mirrored N:N changes;
-an unchanged set writes nothing.
+on PostgreSQL); created once the environment mirrors an N:N. Its rows are rewritten in one
+transaction when the set of mirrored N:N changes; an unchanged set writes nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ async def _stored(conn: AsyncConnection, ref: str) -> list[Row]:
 async def write_relationship_metadata(
     engine: AsyncEngine, environment: str, rows: Sequence[Row]
 ) -> bool:
-    """Create the table if needed and make its rows `rows`; True when they changed."""
+    """Create the table if needed and make its rows `rows`; True when they changed. An
+    environment without any N:N gets no table (one that had some keeps it, emptied)."""
     dialect = dialect_for(engine)
     ref = dialect.table_ref(environment, TABLE)
     wanted = sorted(rows)
@@ -63,6 +64,8 @@ async def write_relationship_metadata(
 
     async def attempt() -> bool:
         async with engine.begin() as conn:
+            if not wanted and await dialect.existing_columns(conn, environment, TABLE) is None:
+                return False  # no N:N, and never any: no table either
             for statement in _ddl(dialect.name == "postgresql", environment, ref):
                 await conn.exec_driver_sql(statement)
             if await _stored(conn, ref) == wanted:
@@ -75,13 +78,3 @@ async def write_relationship_metadata(
     with map_store_errors(TABLE, dialect, database=database_of(engine), environment=environment):
         return await patiently(attempt, environment=environment, table=TABLE)
 
-
-async def read_relationship_metadata(engine: AsyncEngine, environment: str) -> list[Row]:
-    """The stored rows (none when the table does not exist yet)."""
-    ref = dialect_for(engine).table_ref(environment, TABLE)
-    with map_store_errors(TABLE, dialect_for(engine), environment=environment):
-        async with engine.connect() as conn:
-            try:
-                return await _stored(conn, ref)
-            except Exception:  # noqa: BLE001 - a missing table reads as empty
-                return []
