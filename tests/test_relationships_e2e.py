@@ -8,6 +8,7 @@ whose vanished rows become deletions in `_dv_deletions`."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from io import StringIO
@@ -264,6 +265,21 @@ def test_none_and_an_explicit_list(sim: dict[str, Any], tmp_path: Path) -> None:
         "relationshipmetadata",
     }
     compare.assert_converged(sim, database_of(listed_url), ENV, "new_account_opportunity")
+
+    # The N:N tables are mirrored as configured: status, dbt sources and resync know them.
+    status = run_cli("--config", path, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    (env,) = json.loads(status.stdout)["environments"]
+    shown_tables = {t["table"]: t["configured"] for t in env["tables"]}
+    assert shown_tables["new_account_contact"] is True
+    assert shown_tables["new_account_opportunity"] is True
+    sources = run_cli("--config", path, "dbt-sources", "--env", ENV)
+    assert sources.returncode == 0, sources.stderr
+    assert f'name: "{ENV}__new_account_opportunity"' in sources.stdout
+    queued = run_cli("--config", path, "resync", "--env", ENV, "--table", "new_account_contact")
+    assert queued.returncode == 0, queued.stderr
+    refused = run_cli("--config", path, "resync", "--env", ENV, "--table", "new_contact_project")
+    assert refused.returncode == 2 and "is not mirrored" in refused.stderr
 
 
 def test_tables_command_names_the_key_scanned_nn(sim: dict[str, Any], tmp_path: Path) -> None:

@@ -78,3 +78,15 @@ async def write_relationship_metadata(
     with map_store_errors(TABLE, dialect, database=database_of(engine), environment=environment):
         return await patiently(attempt, environment=environment, table=TABLE)
 
+
+async def intersect_tables(engine: AsyncEngine, environment: str) -> tuple[str, ...]:
+    """The intersect tables the environment mirrors now, from its `relationshipmetadata`
+    (none before the table exists): a configured list of tables does not name them, yet
+    they are mirrored as configured (`relationships`)."""
+    dialect = dialect_for(engine)
+    with map_store_errors(TABLE, dialect, environment=environment):
+        async with engine.connect() as conn:
+            if await dialect.existing_columns(conn, environment, TABLE) is None:
+                return ()
+            rows = await _stored(conn, dialect.table_ref(environment, TABLE))
+    return tuple(sorted({row[1] for row in rows}))
