@@ -317,3 +317,34 @@ def test_a_bad_relationships_setting_is_one_line_and_exit_2(
     err = checked.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert str(path) in err and "relationships" in err and message in err
+
+
+def test_the_daemon_keeps_nn_tables_equal_to_the_source_under_churn(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """`dvmirror run`: associations and disassociations reach the mirror, through the delta
+    link of a change-tracked intersect table and the reconcile-interval key read of one
+    without change tracking."""
+    from tests.daemonproc import DaemonProcess, wait_until
+
+    store_url = f"sqlite+aiosqlite:///{tmp_path / 'mirror.db'}"
+    extra = 'interval = "1s"\nreconcile_interval = "2s"'
+    path = tmp_path / "dvmirror.toml"
+    path.write_text(config_text(sim, tmp_path, store_url, extra))
+    assert run_cli("--config", path, "migrate").returncode == 0
+    database = database_of(store_url)
+    daemon = DaemonProcess.start(path, tmp_path / "daemon.log")
+    tracked, scanned = "new_account_contact", "new_contact_project"
+    try:
+        for table in (tracked, scanned):
+            wait_until(lambda t=table: not compare.differences(sim, database, ENV, t), what=table)
+        churn(sim, tracked, 31, deletes=2)
+        churn(sim, tracked, 32, creates=3)
+        churn(sim, scanned, 33, deletes=2)
+        churn(sim, scanned, 34, creates=3)
+        for table in (tracked, scanned):
+            wait_until(lambda t=table: not compare.differences(sim, database, ENV, t), what=table)
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    assert {r[0] for r in relationship_rows(store_url)} == set(AUTO)
