@@ -138,3 +138,56 @@ def test_an_intersect_table_without_change_tracking_refuses_tracking() -> None:
     assert status == 400 and body["error"]["code"] == "0x80072492"
     status, body = get(env, "new_account_contactset", "$select=accountid,contactid")
     assert status == 200 and len(body["value"]) == 3
+
+
+class Source:
+    """A Web API answering ManyToManyRelationships from a dict (a test double of the client's
+    one `get` the discovery uses); it records the URLs asked for."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.urls: list[str] = []
+
+    async def get(self, url: str, *, table: str | None = None, headers: Any = None) -> Any:
+        self.urls.append(url)
+        return self.answers[str(table)]
+
+
+def environment(relationships: Any = "auto") -> Any:
+    from sync.config.model import Environment
+
+    return Environment(
+        name="e",
+        url="https://org.crm.dynamics.com",
+        tables=["account", "contact"],
+        relationships=relationships,
+    )
+
+
+def test_discovery_asks_each_table_and_a_hostile_answer_leaves_the_tables_alone() -> None:
+    import asyncio
+
+    from sync.mirror.relationships import M2M_SELECT, with_relationships
+
+    good = Source({"account": {"value": [ITEM]}, "contact": {"value": [ITEM]}})
+    tables, plan = asyncio.run(
+        with_relationships(good, None, environment(), ("account", "contact"))
+    )
+    assert tables == ("account", "contact", "new_account_contact")
+    assert len(plan.relationships) == 1
+    assert good.urls == [
+        f"https://org.crm.dynamics.com/api/data/v9.2/EntityDefinitions(LogicalName='{t}')"
+        f"/ManyToManyRelationships?$select={M2M_SELECT}"
+        for t in ("account", "contact")
+    ]
+    hostile = Source(
+        {"account": {"value": [{**ITEM, "Entity1LogicalName": "a b"}]}, "contact": {"value": []}}
+    )
+    tables, plan = asyncio.run(
+        with_relationships(hostile, None, environment(), ("account", "contact"))
+    )
+    assert tables == ("account", "contact")
+    assert plan.warnings and "not a safe identifier" in plan.warnings[0]
+    none = Source({})
+    tables, _ = asyncio.run(with_relationships(none, None, environment("none"), ("account",)))
+    assert tables == ("account",) and none.urls == []
