@@ -22,7 +22,7 @@ from sync.config.model import Environment
 from sync.dataverse.odata import api_url
 from sync.errors import AuthError, DvmirrorError, HostileResponseError, LeaseLostError
 from sync.logs import get_logger
-from sync.mirror.discovery import JsonSource, _entity_path, _values
+from sync.mirror.discovery import JsonSource, _entity_path, _values, resolve_tables
 from sync.mirror.typemap import SAFE_COLUMN
 from sync.store.relationship_metadata import write_relationship_metadata
 
@@ -176,3 +176,24 @@ async def with_relationships(
         if await write_relationship_metadata(store, environment.name, rows):
             log.info("relationship_metadata_written", environment=environment.name, rows=len(rows))
     return (*tables, *(t for t in plan.tables if t not in tables)), plan
+
+
+def resolved_at_run_time(environment: Environment) -> bool:
+    """Its tables come from rules or "all", or N:N tables join its list: the daemon resolves
+    them again every interval."""
+    return environment.fixed_tables is None or environment.relationships != "none"
+
+
+async def mirrored_tables(
+    client: JsonSource, store: AsyncEngine | None, environment: Environment
+) -> tuple[str, ...]:
+    """The tables the environment mirrors now: its list, or what its rules resolve to (a named
+    table left out is logged), and the intersect tables of their N:N."""
+    tables = environment.fixed_tables
+    if tables is None:
+        found = await resolve_tables(client, environment.url, environment.tables)
+        for warning in found.warnings:
+            log.warning("table_not_mirrored", environment=environment.name, reason=warning)
+        tables = found.tables
+    with_nn, _ = await with_relationships(client, store, environment, tables)
+    return with_nn

@@ -23,10 +23,9 @@ from sync.errors import AuthError, DvmirrorError, LeaseLostError
 from sync.governor.gate import Governor
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
-from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import PageProgress, TableJob
-from sync.mirror.relationships import with_relationships
+from sync.mirror.relationships import mirrored_tables, resolved_at_run_time
 from sync.mirror.runner import run_cycle
 from sync.runtime.metrics import Metrics
 from sync.runtime.resync import ResyncWork, pass_is_current
@@ -144,7 +143,7 @@ class EnvironmentGroup:
                 group.create_task(self._verify(client), name=f"{self.name}/verify")
                 for table in tables:
                     self._start_loop(client, group, table)
-                if self.rediscovers:
+                if resolved_at_run_time(self.environment):
                     group.create_task(
                         self._rediscover(client, group), name=f"{self.name}/rediscover"
                     )
@@ -215,14 +214,8 @@ class EnvironmentGroup:
             return True
         return False
 
-    @property
-    def rediscovers(self) -> bool:
-        """Tables come from rules or "all", or N:N join them: resolved again every interval."""
-        env = self.environment
-        return env.fixed_tables is None or env.relationships != "none"
-
     async def _tables(self, client: ExactClient) -> tuple[str, ...] | None:
-        if not self.rediscovers:
+        if not resolved_at_run_time(self.environment):
             return self.environment.fixed_tables
         attempts = 0
         while not self.stopping.is_set():
@@ -241,15 +234,7 @@ class EnvironmentGroup:
         return None
 
     async def _resolve(self, client: ExactClient) -> tuple[str, ...]:
-        tables = self.environment.fixed_tables
-        if tables is None:
-            found = await resolve_tables(client, self.environment.url, self.environment.tables)
-            for warning in found.warnings:
-                log.warning("table_not_mirrored", environment=self.name, reason=warning)
-            tables = found.tables
-        # ...and the intersect tables of their N:N (sync.mirror.relationships)
-        with_nn, _ = await with_relationships(client, self.store, self.environment, tables)
-        return with_nn
+        return await mirrored_tables(client, self.store, self.environment)
 
     async def _rediscover(self, client: ExactClient, group: asyncio.TaskGroup) -> None:
         """Resolve the table rules again every interval: a table that now matches (say, added
@@ -258,10 +243,7 @@ class EnvironmentGroup:
         while not await sleep_or_stop(self.stopping, self.environment.interval):
             try:
                 tables = await self._resolve(client)
-            except LeaseLostError as exc:
-                self.lease_lost(exc)
-                return
-            except DvmirrorError as exc:
+            except DvmirrorError as exc:  # a lost lease also stops the table loops
                 log.warning("table_rediscovery_failed", environment=self.name, error=exc.message)
                 continue
             for table in sorted(self.active_tables - set(tables)):
