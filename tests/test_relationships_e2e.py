@@ -299,6 +299,15 @@ def test_tables_command_names_the_key_scanned_nn(sim: dict[str, Any], tmp_path: 
         "new_project.new_projectid; key scan every reconcile_interval: no change tracking)"
     ) in shown.stdout.splitlines()
     assert "N:N relationship table(s): 3" in shown.stdout
+    # With "all", the intersect tables are left out of the tables and come as N:N.
+    text = config_text(sim, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    tables = ", ".join(f'"{t}"' for t in TABLES)
+    (tmp_path / "dvmirror.toml").write_text(text.replace(f"tables = [{tables}]", 'tables = "all"'))
+    shown = run_cli("--config", tmp_path / "dvmirror.toml", "tables", "--env", ENV)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"{ENV}: 4 table(s) mirrored" and "left out" not in shown.stdout
+    assert "N:N relationship table(s): 4" in lines
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from sync.commands.check import CHECK_RETRY
 from sync.config.model import Config, Environment
@@ -87,6 +88,9 @@ async def run_tables(config: Config, env_name: str) -> list[str]:
             mirrored = environment.fixed_tables or found.tables
             plan = await plan_relationships(client, environment, mirrored)
             tracked = await _tracked(client, environment.url, plan.tables)
+        # An intersect table "all" leaves out is still mirrored when its N:N is.
+        left_out = {t: why for t, why in found.left_out.items() if t not in plan.tables}
+        found = replace(found, left_out=left_out)
         return render(environment, found) + render_relationships(plan, tracked)
     known = ", ".join(e.name for _, e in config.environments())
     raise ConfigError(f"no environment named {env_name!r} (known: {known})")
