@@ -102,8 +102,8 @@ def choose(
     setting: str | tuple[str, ...], found: Iterable[Relationship], mirrored: Collection[str]
 ) -> RelationshipPlan:
     """The N:N to mirror: "auto" those between mirrored tables, a list those named, "none"
-    none. A named one that is not found gets a warning; an intersect table that is already
-    mirrored as a table is not mirrored twice (nor one of the N:N, whose table may be listed)."""
+    none. A named one that is not found gets a warning. (An intersect table also listed in
+    `tables` is mirrored once: `with_relationships` adds only the tables not listed.)"""
     if setting == "none":
         return NONE
     unique = {r.schema_name: r for r in found}
@@ -142,12 +142,7 @@ async def plan_relationships(
     if setting == "none" or not tables:
         return NONE
     found = await asyncio.gather(*(relationships_of(client, environment.url, t) for t in tables))
-    plan = choose(setting, [r for each in found for r in each], set(tables))
-    intersect = set(plan.tables) & set(tables)
-    if intersect:  # listed as a table too: it is mirrored once, as that table
-        kept = tuple(r for r in plan.relationships if r.intersect_table not in intersect)
-        plan = RelationshipPlan(kept, plan.warnings)
-    return plan
+    return choose(setting, [r for each in found for r in each], set(tables))
 
 
 async def with_relationships(
