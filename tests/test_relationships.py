@@ -191,3 +191,19 @@ def test_discovery_asks_each_table_and_a_hostile_answer_leaves_the_tables_alone(
     none = Source({})
     tables, _ = asyncio.run(with_relationships(none, None, environment("none"), ("account",)))
     assert tables == ("account",) and none.urls == []
+
+
+def test_a_cast_without_attributes_of_its_type_still_knows_its_properties() -> None:
+    """An intersect table has no DateTime column; the cast's properties still exist (empty)."""
+    env = model()
+    status, body = get(
+        env,
+        "EntityDefinitions(LogicalName='new_account_contact')/Attributes/"
+        "Microsoft.Dynamics.CRM.DateTimeAttributeMetadata",
+        "$select=LogicalName,Format,DateTimeBehavior",
+    )
+    assert status == 200 and body["value"] == []
+    status, body = get(
+        env, "EntityDefinitions(LogicalName='new_account_contact')/Attributes", "$select=Nope"
+    )
+    assert status == 400
