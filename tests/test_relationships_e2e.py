@@ -238,6 +238,26 @@ def test_a_key_scanned_intersect_table_waits_for_its_reconcile_interval(
     compare.assert_converged(sim, database_of(store_url), ENV, "new_contact_project")
 
 
+def console_tables(config: Config) -> set[str]:
+    """The tables the web console's environment page lists (its read model, no browser)."""
+    from datetime import UTC, datetime
+
+    from sync.console import figures, queries
+    from sync.store.open import open_store
+
+    async def read() -> dict[str, Any]:
+        engine = await open_store(config, migrate=False)
+        try:
+            return await queries.control_rows(engine, since=datetime(2000, 1, 1, tzinfo=UTC))
+        finally:
+            await engine.dispose()
+
+    raw = asyncio.run(read())
+    ((tenant, env),) = config.environments()
+    entry = figures.environment_entry(config, tenant, env, raw, datetime.now(UTC))
+    return {t["table"] for t in entry["tables"]}
+
+
 def test_none_and_an_explicit_list(sim: dict[str, Any], tmp_path: Path) -> None:
     none_dir, listed_dir = tmp_path / "none", tmp_path / "listed"
     none_dir.mkdir()
@@ -282,6 +302,7 @@ def test_none_and_an_explicit_list(sim: dict[str, Any], tmp_path: Path) -> None:
     sources = run_cli("--config", path, "dbt-sources", "--env", ENV)
     assert sources.returncode == 0, sources.stderr
     assert f'name: "{ENV}__new_account_opportunity"' in sources.stdout
+    assert {"new_account_contact", "new_account_opportunity"} <= console_tables(listed)
     queued = run_cli("--config", path, "resync", "--env", ENV, "--table", "new_account_contact")
     assert queued.returncode == 0, queued.stderr
     refused = run_cli("--config", path, "resync", "--env", ENV, "--table", "new_contact_project")
