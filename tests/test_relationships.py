@@ -188,6 +188,10 @@ def test_discovery_asks_each_table_and_a_hostile_answer_leaves_the_tables_alone(
     )
     assert tables == ("account", "contact")
     assert plan.warnings and "not a safe identifier" in plan.warnings[0]
+    with pytest.raises(HostileResponseError):  # a rediscovery keeps the set it has instead
+        asyncio.run(
+            with_relationships(hostile, None, environment(), ("account", "contact"), tolerant=False)
+        )
     none = Source({})
     tables, _ = asyncio.run(with_relationships(none, None, environment("none"), ("account",)))
     assert tables == ("account",) and none.urls == []

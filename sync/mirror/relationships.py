@@ -150,16 +150,20 @@ async def with_relationships(
     store: AsyncEngine | None,
     environment: Environment,
     tables: Sequence[str],
+    *,
+    tolerant: bool = True,
 ) -> tuple[tuple[str, ...], RelationshipPlan]:
     """`tables` plus the intersect tables of their N:N, and the plan; `relationshipmetadata`
     is brought up to date when a `store` is given. A failed discovery (not an auth error)
     leaves the tables as they are, with a warning: they still sync, and the next discovery
-    tries again."""
+    tries again. Not `tolerant`, it raises (a rediscovery keeps the set it has)."""
     try:
         plan = await plan_relationships(client, environment, tables)
     except (AuthError, LeaseLostError):
         raise
     except DvmirrorError as exc:
+        if not tolerant:
+            raise
         log.warning(
             "relationships_discovery_failed", environment=environment.name, error=exc.message
         )
@@ -180,15 +184,20 @@ def resolved_at_run_time(environment: Environment) -> bool:
 
 
 async def mirrored_tables(
-    client: JsonSource, store: AsyncEngine | None, environment: Environment
+    client: JsonSource,
+    store: AsyncEngine | None,
+    environment: Environment,
+    *,
+    tolerant: bool = True,
 ) -> tuple[str, ...]:
     """The tables the environment mirrors now: its list, or what its rules resolve to (a named
-    table left out is logged), and the intersect tables of their N:N."""
+    table left out is logged), and the intersect tables of their N:N (`tolerant`: see
+    `with_relationships`)."""
     tables = environment.fixed_tables
     if tables is None:
         found = await resolve_tables(client, environment.url, environment.tables)
         for warning in found.warnings:
             log.warning("table_not_mirrored", environment=environment.name, reason=warning)
         tables = found.tables
-    with_nn, _ = await with_relationships(client, store, environment, tables)
+    with_nn, _ = await with_relationships(client, store, environment, tables, tolerant=tolerant)
     return with_nn

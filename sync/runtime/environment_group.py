@@ -233,8 +233,10 @@ class EnvironmentGroup:
                     break
         return None
 
-    async def _resolve(self, client: ExactClient) -> tuple[str, ...]:
-        return await mirrored_tables(client, self.store, self.environment)
+    async def _resolve(self, client: ExactClient, *, again: bool = False) -> tuple[str, ...]:
+        """The tables now; a failed N:N discovery at start leaves them out until the next
+        resolution, and `again` keeps the set in place (no N:N table dropped for a blip)."""
+        return await mirrored_tables(client, self.store, self.environment, tolerant=not again)
 
     async def _rediscover(self, client: ExactClient, group: asyncio.TaskGroup) -> None:
         """Resolve the table rules again every interval: a table that now matches (say, added
@@ -242,7 +244,7 @@ class EnvironmentGroup:
         its mirror kept."""
         while not await sleep_or_stop(self.stopping, self.environment.interval):
             try:
-                tables = await self._resolve(client)
+                tables = await self._resolve(client, again=True)
             except DvmirrorError as exc:  # a lost lease also stops the table loops
                 log.warning("table_rediscovery_failed", environment=self.name, error=exc.message)
                 continue
