@@ -42,6 +42,11 @@ PRIMARY = {
 }
 
 
+def primary_of(table: str) -> str:
+    """The primary key of a simulated table (an intersect table's is `<intersect>id`)."""
+    return PRIMARY.get(table, f"{table}id")
+
+
 def database_path(store_url: str) -> Path:
     """The SQLite file of a `sqlite+aiosqlite:///…` store URL."""
     return Path(store_url.split("///", 1)[1])
@@ -109,7 +114,7 @@ def mirror_rows(database: Path | str, env: str, table: str) -> dict[str, dict[st
         found = _postgres_rows(database, env, table)
         if found is None:
             return None
-        return {str(r[PRIMARY[table]]): r for r in found}
+        return {str(r[primary_of(table)]): r for r in found}
     with sqlite3.connect(database, timeout=10) as conn:
         conn.row_factory = sqlite3.Row
         try:
@@ -118,7 +123,7 @@ def mirror_rows(database: Path | str, env: str, table: str) -> dict[str, dict[st
             if "no such table" in str(exc):
                 return None
             raise
-    return {r[PRIMARY[table]]: dict(r) for r in rows}
+    return {r[primary_of(table)]: dict(r) for r in rows}
 
 
 def same(mirrored: Any, source: Any, *, postgres: bool = False) -> bool:
@@ -155,7 +160,7 @@ def differences(
     if mirrored is None:
         return [f"{env}/{table}: no mirror table yet"]
     live = {k: v for k, v in mirrored.items() if v.get("_dv_deleted_at") is None}
-    key = PRIMARY[table]
+    key = primary_of(table)
     wanted = {row[key] for row in source}
     problems = []
     if set(live) != wanted:

@@ -31,7 +31,7 @@ def test_all_skips_virtual_private_intersect_and_unaddressable_tables_quietly() 
     assert found.left_out == {
         "new_virtualthing": "virtual table (its rows live in an external source)",
         "new_secret": "private table (IsPrivate)",
-        "new_account_contact": "intersect table of an N:N relationship (not supported yet)",
+        "new_account_contact": "intersect table of an N:N relationship (mirrored only through `relationships`)",
         "new_nowebapi": "no Web API entity set: RetrieveMultiple cannot read it",
     }
     assert found.warnings == ()  # nothing was named, so nothing is said

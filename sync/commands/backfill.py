@@ -36,6 +36,7 @@ from sync.logs import get_logger
 from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import JobResult, PageProgress, TableJob, Until
+from sync.mirror.relationships import with_relationships
 from sync.mirror.runner import run_job
 from sync.runtime.leases import command_leases
 from sync.runtime.looplag import LoopLagWatch
@@ -73,6 +74,7 @@ class Selection:
     tenant: Tenant
     environment: Environment
     tables: tuple[str, ...] | None  # None: "all", listed from metadata at run time
+    named: bool = False  # one table named with --table: no N:N tables beside it
 
 
 def select(config: Config, env: str | None, table: str | None) -> list[Selection]:
@@ -88,7 +90,7 @@ def select(config: Config, env: str | None, table: str | None) -> list[Selection
                     f"table {table!r} is not configured in environment {environment.name}"
                 )
             tables = (table,)
-        chosen.append(Selection(tenant, environment, tables))
+        chosen.append(Selection(tenant, environment, tables, named=table is not None))
     if not chosen:
         known = ", ".join(e.name for _, e in config.environments())
         raise ConfigError(f"no environment named {env!r} (known: {known})")
@@ -126,6 +128,8 @@ async def _environment(
                 for warning in found.warnings:
                     log.warning("table_not_mirrored", environment=environment.name, reason=warning)
                 tables = found.tables
+            if not chosen.named:  # and the intersect tables of their N:N
+                tables, _ = await with_relationships(client, store, environment, tables)
         except DvmirrorError as exc:
             return [
                 JobResult(environment.name, "*", False, exc.message, isinstance(exc, AuthError))

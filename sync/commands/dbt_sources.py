@@ -26,6 +26,7 @@ from sync.store.dialects.pg_wide import view_name
 from sync.store.dialects.sqlite import mirror_table_name
 from sync.store.layout import COMMIT_SEQ_COLUMN, DELETED_COLUMN, SYNCED_COLUMN, VERSION_COLUMN
 from sync.store.open import open_store
+from sync.store.relationship_metadata import intersect_tables
 
 WARN_INTERVALS, ERROR_INTERVALS = 2, 6
 
@@ -163,11 +164,12 @@ async def run_dbt_sources(config: Config, env_name: str) -> str:
         async with engine.connect() as conn:
             rows = [dict(r._mapping) for r in await conn.execute(query)]
             wide = await _wide_views(conn, env_name, {r["table_name"] for r in rows})
+        intersect = await intersect_tables(engine, env_name)  # mirrored through relationships
     finally:
         await engine.dispose()
     fixed = environment.fixed_tables
     if fixed is not None:
-        rows = [r for r in rows if r["table_name"] in fixed]
+        rows = [r for r in rows if r["table_name"] in fixed or r["table_name"] in intersect]
     soft = [t for t, o in environment.table_options.items() if o.deletes == "soft"]
     document = build_sources(
         environment,

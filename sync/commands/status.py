@@ -36,6 +36,7 @@ from sync.store.control import (
     sync_state,
 )
 from sync.store.open import open_store, redact_url
+from sync.store.relationship_metadata import intersect_tables
 from sync.store.requests import ResyncRequest, recent_query, request_from_row
 from sync.store.table_status import initial_sync_state
 from sync.store.verify_runs import latest_query as verify_latest
@@ -171,6 +172,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
     """The status document: configured environments first (in file order), then leftovers."""
     states, recent, latest = (_by_table(rows[k]) for k in ("state", "recent", "latest"))
     ranged = _by_table(rows.get("ranges", []))
+    intersect = rows.get("intersect", [])
     known_envs = {row["name"]: row for row in rows["environments"]}
     owners = {row["resource"]: row for row in rows.get("leases", [])}
     # The change feed's newest number per environment (0: nothing committed yet).
@@ -207,6 +209,7 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
         # With tables = "all" the table list is discovered at run time: show what has state.
         # (likewise for include/exclude/solutions rules)
         listed = list(env.fixed_tables or ())
+        listed += [r["table_name"] for r in intersect if r["environment"] == env.name]
         entries = tables_of(env.name, listed)
         if env.fixed_tables is None:
             for entry in entries:
@@ -295,6 +298,12 @@ async def run_status(
     engine = await open_store(config)
     try:
         rows = await read_control_rows(engine, since=now - RECENT_WINDOW)
+        rows["intersect"] = [  # mirrored through `relationships`, not named in `tables`
+            {"environment": env.name, "table_name": table}
+            for _, env in config.environments()
+            if env.fixed_tables is not None and env.relationships != "none"
+            for table in await intersect_tables(engine, env.name)
+        ]
     finally:
         await engine.dispose()
     report = build_report(config, rows, now)

@@ -1,16 +1,23 @@
 """`dvmirror tables --env E`: the tables the environment's rules resolve to right now, why each
 other matched table is left out, and which resolved tables fall back to a watermark (no change
-tracking). Reads metadata only (one EntityDefinitions list, two small queries per solution)."""
+tracking), then the N:N intersect tables mirrored beside them. Reads metadata only (one
+EntityDefinitions list, two small queries per solution, one N:N query per table)."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from sync.commands.check import CHECK_RETRY
 from sync.config.model import Config, Environment
 from sync.dataverse.auth import TokenProviders
 from sync.dataverse.client import DataverseClient
+from sync.dataverse.odata import api_url
 from sync.errors import ConfigError
 from sync.governor.gate import Governor
 from sync.mirror.discovery import resolve_tables
+from sync.mirror.relationships import RelationshipPlan, plan_relationships
 from sync.mirror.table_rules import Resolution
 
 
@@ -36,6 +43,33 @@ def render(environment: Environment, found: Resolution) -> list[str]:
     return lines
 
 
+def render_relationships(plan: RelationshipPlan, tracked: Mapping[str, bool]) -> list[str]:
+    """The N:N tables mirrored beside the tables, and how each is kept up to date."""
+    lines = [f"N:N relationship table(s): {len(plan.relationships)}"] if plan.relationships else []
+    for r in plan.relationships:
+        how = (
+            "change tracking"
+            if tracked.get(r.intersect_table)
+            else "key scan every reconcile_interval: no change tracking"
+        )
+        lines.append(
+            f"  {r.intersect_table}  ({r.schema_name}: {r.entity1}.{r.entity1_attribute} ↔ "
+            f"{r.entity2}.{r.entity2_attribute}; {how})"
+        )
+    return lines + [f"warning: {w}" for w in plan.warnings]
+
+
+async def _tracked(client: DataverseClient, url: str, tables: Sequence[str]) -> dict[str, bool]:
+    async def one(table: str) -> bool:
+        document = await client.get(
+            api_url(url, f"EntityDefinitions(LogicalName='{table}')?$select=ChangeTrackingEnabled"),
+            table=table,
+        )
+        return isinstance(document, Mapping) and document.get("ChangeTrackingEnabled") is True
+
+    return dict(zip(tables, await asyncio.gather(*map(one, tables)), strict=True))
+
+
 async def run_tables(config: Config, env_name: str) -> list[str]:
     for tenant, environment in config.environments():
         if environment.name != env_name:
@@ -51,6 +85,12 @@ async def run_tables(config: Config, env_name: str) -> list[str]:
         )
         async with client:
             found = await resolve_tables(client, environment.url, environment.tables)
-        return render(environment, found)
+            mirrored = environment.fixed_tables or found.tables
+            plan = await plan_relationships(client, environment, mirrored)
+            tracked = await _tracked(client, environment.url, plan.tables)
+        # An intersect table "all" leaves out is still mirrored when its N:N is.
+        left_out = {t: why for t, why in found.left_out.items() if t not in plan.tables}
+        found = replace(found, left_out=left_out)
+        return render(environment, found) + render_relationships(plan, tracked)
     known = ", ".join(e.name for _, e in config.environments())
     raise ConfigError(f"no environment named {env_name!r} (known: {known})")

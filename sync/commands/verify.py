@@ -27,6 +27,7 @@ from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
 from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import TableJob
+from sync.mirror.relationships import with_relationships
 from sync.mirror.runner import run_job
 from sync.runtime.leases import command_leases
 from sync.runtime.wiring import Wiring
@@ -86,6 +87,8 @@ async def _environment(
                 chosen.tables
                 or (await resolve_tables(client, environment.url, environment.tables)).tables
             )
+            if not chosen.named:  # and the N:N tables beside them (no metadata written here)
+                tables, _ = await with_relationships(client, None, environment, tables)
         except AuthError:
             raise
         except DvmirrorError as exc:

@@ -141,6 +141,29 @@ class TableRules(FrozenModel):
 
 
 SOLUTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A relationship's SchemaName, e.g. "new_account_contact" or "accountleads_association".
+RELATIONSHIP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+
+
+def check_relationships(value: Any) -> Any:
+    """`relationships = "auto" | "none" | ["SchemaName", ...]`, one clear error otherwise."""
+    if value in ("auto", "none"):
+        return value
+    if not isinstance(value, list | tuple):
+        raise ValueError(
+            'write relationships as "auto", "none" or a list of N:N SchemaNames, '
+            'e.g. ["new_account_contact"]'
+        )
+    if not value:
+        raise ValueError('list at least one relationship SchemaName, or write "none"')
+    seen: set[str] = set()
+    for name in value:
+        if not isinstance(name, str) or not RELATIONSHIP_NAME.match(name):
+            raise ValueError(f"{name!r} is not a relationship SchemaName")
+        if name in seen:
+            raise ValueError(f"relationship {name!r} is listed twice")
+        seen.add(name)
+    return tuple(value)
 
 
 class Environment(FrozenModel):
@@ -166,6 +189,14 @@ class Environment(FrozenModel):
     split_rows: int = Field(default=200_000, ge=1)
     range_workers: int = Field(default=8, ge=1, le=CONCURRENT_REQUESTS_PER_USER)
     table_options: dict[str, TableOptions] = Field(default_factory=dict)
+    # N:N intersect tables (sync.mirror.relationships): "auto" mirrors every N:N between the
+    # mirrored tables, "none" none, a list the relationships of those SchemaNames.
+    relationships: Literal["auto", "none"] | tuple[str, ...] = "auto"
+
+    @field_validator("relationships", mode="before")
+    @classmethod
+    def _relationships(cls, value: Any) -> Any:
+        return check_relationships(value)
 
     @field_validator("name")
     @classmethod

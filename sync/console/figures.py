@@ -121,9 +121,13 @@ def environment_entry(
     now: dt.datetime,
 ) -> dict[str, Any]:
     rows = {k: _by_table(raw[k]) for k in ("state", "recent", "ranges", "verify")}
-    tables = [
-        table_entry(env, tenant, config, t, rows=rows, now=now) for t in _tables_of(env, rows)
+    listed = _tables_of(env, rows)
+    listed += [  # the N:N tables mirrored beside a list (relationships)
+        r["table_name"]
+        for r in raw.get("intersect", [])
+        if r["environment"] == env.name and r["table_name"] not in listed
     ]
+    tables = [table_entry(env, tenant, config, t, rows=rows, now=now) for t in listed]
     known = {row["name"]: row for row in raw["environments"]}.get(env.name)
     budgets = {row["tenant"]: row for row in raw["budgets"]}
     budget = _budget(tenant, budgets, now)

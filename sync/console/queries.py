@@ -23,6 +23,7 @@ from sync.store.control import (
     run_history,
     sync_state,
 )
+from sync.store.relationship_metadata import intersect_tables
 from sync.store.verify_runs import latest_query as verify_latest
 from sync.store.verify_runs import recent_query as verify_recent
 
@@ -59,7 +60,7 @@ async def control_rows(
         func.sum(key_ranges.c.rows).label("rows"),
     ).group_by(key_ranges.c.environment, key_ranges.c.table_name)
     async with engine.connect() as conn:
-        return {
+        found = {
             "state": _rows(await conn.execute(select(sync_state))),
             "recent": _rows(await conn.execute(recent)),
             "ranges": _rows(await conn.execute(ranges)),
@@ -68,6 +69,14 @@ async def control_rows(
             "leases": _rows(await conn.execute(select(leases))),
             "verify": _rows(await conn.execute(verify_latest())),
         }
+    # The N:N tables each environment mirrors beside its list (its relationshipmetadata).
+    names = sorted({str(row["environment"]) for row in found["state"]})
+    found["intersect"] = [
+        {"environment": name, "table_name": table}
+        for name in names
+        for table in await intersect_tables(engine, name)
+    ]
+    return found
 
 
 async def table_rows(

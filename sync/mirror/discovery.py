@@ -20,7 +20,7 @@ from sync.mirror.typemap import SAFE_COLUMN as TABLE_NAME
 from sync.mirror.typemap import build_schema
 from sync.store.layout import TableSchema
 
-ENTITY_SELECT = "LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnabled"
+ENTITY_SELECT = "LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnabled,IsIntersect"
 # MetadataId comes with every metadata item anyway; named here because drift relies on it.
 ATTRIBUTE_SELECT = (
     "MetadataId,LogicalName,AttributeType,AttributeTypeName,IsValidForRead,"

@@ -122,6 +122,7 @@ class TableJob:
         self.total_estimate: int | None = None
         self.pages = self.upserted = self.deleted = 0
         self.reconcile = False
+        self.idle = False  # nothing to read this cycle (see prepare)
         self._attempts = 0
         # A parallel key-range full pass (sync.mirror.ranged): its stored ranges, or `split`
         # when one is to start (a big table whose full pass has not begun).
@@ -187,6 +188,16 @@ class TableJob:
         self._shapers = (RowShaper(schema), RowShaper(keys_schema, keep_rows=True))
         if not schema.change_tracking and self.reconcile_every is not None:
             self.reconcile = cur.reconcile_due(cursor, now=now, every=self.reconcile_every)
+        # An intersect table without change tracking has nothing to filter on: its full read
+        # (keys only: its columns are its keys) runs every reconcile interval, not every cycle.
+        self.idle = (
+            schema.intersect
+            and not schema.change_tracking
+            and self.reconcile_every is not None
+            and cursor.phase == "watermark"
+            and cursor.next_link is None
+            and not self.reconcile
+        )
 
     async def plan_ranges(self, *, widened: bool = False) -> None:
         """Find a ranged pass under way, or decide whether a full pass about to start splits."""
@@ -255,6 +266,8 @@ class TableJob:
 
     async def step(self) -> bool:
         """Fetch and commit one page. True while the current cycle has more pages."""
+        if self.idle:
+            return False
         assert self.schema is not None
         assert self.layout is not None
         assert self._shapers is not None

@@ -58,7 +58,7 @@ def unmirrorable(info: TableInfo) -> str | None:
     if info.is_private:
         return "private table (IsPrivate)"
     if info.is_intersect:
-        return "intersect table of an N:N relationship (not supported yet)"
+        return "intersect table of an N:N relationship (mirrored only through `relationships`)"
     if not info.entity_set:
         return "no Web API entity set: RetrieveMultiple cannot read it"
     return None

@@ -268,4 +268,12 @@ def build_schema(
         raise HostileResponseError(
             f"table {table}: column names collide: {', '.join(duplicates)}", table=table
         )
-    return TableSchema(table, entity_set, primary, change_tracking, all_columns, tuple(skipped))
+    return TableSchema(
+        table,
+        entity_set,
+        primary,
+        change_tracking,
+        all_columns,
+        tuple(skipped),
+        intersect=entity.get("IsIntersect") is True,
+    )

@@ -23,9 +23,9 @@ from sync.errors import AuthError, DvmirrorError, LeaseLostError
 from sync.governor.gate import Governor
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
-from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import PageProgress, TableJob
+from sync.mirror.relationships import mirrored_tables, resolved_at_run_time
 from sync.mirror.runner import run_cycle
 from sync.runtime.metrics import Metrics
 from sync.runtime.resync import ResyncWork, pass_is_current
@@ -143,7 +143,7 @@ class EnvironmentGroup:
                 group.create_task(self._verify(client), name=f"{self.name}/verify")
                 for table in tables:
                     self._start_loop(client, group, table)
-                if self.environment.fixed_tables is None:
+                if resolved_at_run_time(self.environment):
                     group.create_task(
                         self._rediscover(client, group), name=f"{self.name}/rediscover"
                     )
@@ -215,12 +215,15 @@ class EnvironmentGroup:
         return False
 
     async def _tables(self, client: ExactClient) -> tuple[str, ...] | None:
-        if self.environment.fixed_tables is not None:
+        if not resolved_at_run_time(self.environment):
             return self.environment.fixed_tables
         attempts = 0
         while not self.stopping.is_set():
             try:
                 return await self._resolve(client)
+            except LeaseLostError as exc:  # writing relationshipmetadata found it lost
+                self.lease_lost(exc)
+                return None
             except DvmirrorError as exc:
                 attempts += 1
                 log.error("table_list_failed", environment=self.name, error=exc.message)
@@ -230,11 +233,10 @@ class EnvironmentGroup:
                     break
         return None
 
-    async def _resolve(self, client: ExactClient) -> tuple[str, ...]:
-        found = await resolve_tables(client, self.environment.url, self.environment.tables)
-        for warning in found.warnings:
-            log.warning("table_not_mirrored", environment=self.name, reason=warning)
-        return found.tables
+    async def _resolve(self, client: ExactClient, *, again: bool = False) -> tuple[str, ...]:
+        """The tables now; a failed N:N discovery at start leaves them out until the next
+        resolution, and `again` keeps the set in place (no N:N table dropped for a blip)."""
+        return await mirrored_tables(client, self.store, self.environment, tolerant=not again)
 
     async def _rediscover(self, client: ExactClient, group: asyncio.TaskGroup) -> None:
         """Resolve the table rules again every interval: a table that now matches (say, added
@@ -242,8 +244,8 @@ class EnvironmentGroup:
         its mirror kept."""
         while not await sleep_or_stop(self.stopping, self.environment.interval):
             try:
-                tables = await self._resolve(client)
-            except DvmirrorError as exc:
+                tables = await self._resolve(client, again=True)
+            except DvmirrorError as exc:  # a lost lease also stops the table loops
                 log.warning("table_rediscovery_failed", environment=self.name, error=exc.message)
                 continue
             for table in sorted(self.active_tables - set(tables)):

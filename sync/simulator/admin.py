@@ -103,7 +103,7 @@ class AdminServer:
     def _table(self, request: web.Request) -> tuple[EnvironmentRuntime, str]:
         runtime = self._env(request)
         table = request.match_info["table"]
-        if table not in {t.name for t in runtime.spec.tables}:
+        if table not in runtime.model.tables:  # the scenario's tables and intersect tables
             raise AdminError(404, f"environment {runtime.name!r} has no table {table!r}")
         return runtime, table
 
@@ -253,7 +253,7 @@ class AdminServer:
         if len(body) != 1 or next(iter(body)) not in ("add", "remove"):
             raise AdminError(400, 'send {"add": "<table>"} or {"remove": "<table>"}')
         action, table = next(iter(body.items()))
-        if table not in {t.name for t in runtime.spec.tables}:
+        if table not in runtime.model.tables:  # the scenario's tables and intersect tables
             raise AdminError(404, f"environment {runtime.name!r} has no table {table!r}")
         call = partial(runtime.model.solutions.change, name, table, add=action == "add")
         return _json({"solution": name, "tables": await runtime.run_model(call)})

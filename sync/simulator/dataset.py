@@ -131,9 +131,16 @@ class VersionCounter:
 class Table:
     """One simulated table: template + spec + overlay of changes since start."""
 
-    def __init__(self, spec: TableSpec, ctx: GenContext, version_offset: int) -> None:
+    def __init__(
+        self,
+        spec: TableSpec,
+        ctx: GenContext,
+        version_offset: int,
+        *,
+        template: TableTemplate | None = None,  # one not among the templates (an intersect)
+    ) -> None:
         self.spec = spec
-        self.template: TableTemplate = TEMPLATES[spec.name]
+        self.template: TableTemplate = template or TEMPLATES[spec.name]
         self.name = spec.name
         self.ctx = ctx
         self.attributes: list[AttributeDef] = list(self.template.attributes)

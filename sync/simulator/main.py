@@ -111,6 +111,7 @@ async def _serve(spec: Scenario, scenario_path: Path, directory: Path) -> None:
                     _seed(spec.seed, env.name),
                     retention_days=env.change_tracking_retention_days,
                     solutions=env.solutions,
+                    relationships=env.relationships,
                 ),
                 protection=ServiceProtection(env.limits, stamp_uncertainty=stalls.uncertainty),
                 faults=FaultInjector(env.faults, _seed(spec.seed, f"faults:{env.name}")),

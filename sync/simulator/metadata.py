@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sync.simulator.attributes import CHOICE_TYPES, AttributeDef
+from sync.simulator.attributes import CHOICE_TYPES, METADATA_CLASS, AttributeDef
 from sync.simulator.dataset import Table
 from sync.simulator.filters import Node, evaluate, parse_filter, properties
 from sync.simulator.odata import Query, parse_select
@@ -183,6 +183,14 @@ def _type_properties(attr: AttributeDef) -> dict[str, Any]:  # noqa: PLR0911 - p
     return {}
 
 
+def _cast_properties(cast: str | None) -> set[str]:
+    """The properties of a cast's type (`…/Attributes/Microsoft.Dynamics.CRM.<Kind>…`)."""
+    kinds = [k for k, c in METADATA_CLASS.items() if cast == f"Microsoft.Dynamics.CRM.{c}"]
+    if not kinds:
+        return set()
+    return set(_type_properties(AttributeDef("x", kinds[0], "", "")))
+
+
 def option_set(attr: AttributeDef) -> dict[str, Any] | None:
     """The OptionSet of a choice or Yes/No column (for ``$expand=OptionSet``)."""
 
@@ -348,6 +356,7 @@ class MetadataView:
         attrs = table.metadata_attributes()
         records = [attribute_definition(table, a, n) for n, a in enumerate(attrs, start=1)]
         known = {key for record in records for key in record} | {"OptionSet", "GlobalOptionSet"}
+        known |= _cast_properties(cast)  # a cast's properties exist with no attribute of it
         _check_names(select, known, "AttributeMetadata")
         node = _parse_filter(filter_text, known, "AttributeMetadata")
         out = []

@@ -122,6 +122,11 @@ def _respond(
 
 
 def _check_tracking(table: Table, query: Query) -> None:
+    if not table.spec.change_tracking and table.spec.intersect:  # reference 4.4
+        raise bad_request(
+            f"Change tracking is not enabled for the related entities of {table.name}.",
+            "0x80072492",
+        )
     if not table.spec.change_tracking:
         raise bad_request(f"Entity {table.name} isn't enabled for change tracking.", "0x80072491")
     for option in TRACKING_FORBIDDEN:

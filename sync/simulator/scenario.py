@@ -31,6 +31,7 @@ from sync.simulator.dataset import TableSpec
 from sync.simulator.faults import EntraFaultRates, FaultRates
 from sync.simulator.identities import AppAssignmentSpec, RoleValue, UserSpec, check_assignments
 from sync.simulator.protection import Limits
+from sync.simulator.relationships import RelationshipSpec, check_relationships
 from sync.simulator.solutions import SolutionSpec
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -116,6 +117,7 @@ class EnvironmentSpec(_Frozen):
     )
     tables: tuple[TableSpec, ...] = Field(min_length=1)
     solutions: tuple[SolutionSpec, ...] = ()
+    relationships: tuple[RelationshipSpec, ...] = ()
 
     @field_validator("interval", "reconcile_interval")
     @classmethod
@@ -137,6 +139,7 @@ class EnvironmentSpec(_Frozen):
                         f"solution {solution.unique_name!r} holds {table!r}, which is not a "
                         f"table of environment {self.name!r}"
                     )
+        check_relationships(self.name, {t.name: t.rows for t in self.tables}, self.relationships)
         return self
 
 

@@ -45,7 +45,14 @@ import orjson
 
 from sync.simulator.aggregate import count_rows
 from sync.simulator.csdl import XML_CONTENT_TYPE, csdl_document
-from sync.simulator.dataset import HOSTILE_KINDS, Table, TableSpec, VersionCounter, build_tables
+from sync.simulator.dataset import (
+    BASE_VERSION,
+    HOSTILE_KINDS,
+    Table,
+    TableSpec,
+    VersionCounter,
+    build_tables,
+)
 from sync.simulator.keyorder import key_ordered_rows
 from sync.simulator.metadata import MetadataView, attribute_definition, metadata_id
 from sync.simulator.odata import Preferences, Query, parse_preferences, parse_query
@@ -59,6 +66,7 @@ from sync.simulator.protocol import (
     not_found_segment,
 )
 from sync.simulator.reads import ReadContext, count_collection, read_collection, read_single
+from sync.simulator.relationships import Relationships, RelationshipSpec
 from sync.simulator.render import plain_row
 from sync.simulator.solutions import Solutions, SolutionSpec
 
@@ -85,10 +93,14 @@ class DataverseModel:
         clock: Callable[[], float] = time.time,
         top_policy: str = "top_wins",
         solutions: Sequence[SolutionSpec] = (),
+        relationships: Sequence[RelationshipSpec] = (),
     ) -> None:
         if top_policy not in ("top_wins", "top_ignored"):
             raise ValueError("top_policy must be 'top_wins' or 'top_ignored'")
         self.tables, first_version = build_tables(tables, seed)
+        self.relationships, first_version = Relationships.build(
+            relationships, self.tables, first_version, BASE_VERSION
+        )
         self.counter = VersionCounter(first_version)
         self.initial_version = first_version
         self.seed = seed
@@ -144,6 +156,9 @@ class DataverseModel:
         if path == "$metadata":
             return self._metadata(query, prefs)
         if path.startswith("EntityDefinitions"):
+            many_to_many = self.relationships.handle(path, query, base)
+            if many_to_many is not None:
+                return many_to_many
             return MetadataView(self.tables, base).handle(path, query)
         if path in ("solutions", "solutioncomponents"):
             return self.solutions.handle(path, query, base)
@@ -247,15 +262,17 @@ class DataverseModel:
     def churn(
         self, table: str, *, creates: int, updates: int, deletes: int, seed: int
     ) -> dict[str, int]:
-        """Create/update/delete rows deterministically; returns counts and the new version."""
-        return self._table(table).churn(
-            self.counter,
-            int(self.clock()),
-            creates=creates,
-            updates=updates,
-            deletes=deletes,
-            seed=seed,
+        """Create/update/delete rows deterministically; returns counts and the new version.
+        On an intersect table, creates associate and deletes disassociate; deleted rows of a
+        related table take their associations with them."""
+        now = int(self.clock())
+        counts = self._table(table).churn(
+            self.counter, now, creates=creates, updates=updates, deletes=deletes, seed=seed
         )
+        if counts.get("deleted"):
+            self.relationships.cascade(table, self.counter, now)
+            counts["version"] = self.counter.value
+        return counts
 
     def add_column(self, table: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         """Add a column at runtime; returns its attribute metadata (ValueError for a bad spec)."""

@@ -64,6 +64,9 @@ class TableSchema:
     columns: tuple[MirrorColumn, ...]  # primary key first
     skipped: tuple[str, ...] = ()
     numeric_keys: tuple[str, ...] = field(init=False)
+    # The intersect table of an N:N (IsIntersect): without change tracking it is read in
+    # full, keys only, every reconcile interval (sync.mirror.relationships).
+    intersect: bool = False
 
     def __post_init__(self) -> None:
         keys = tuple(c.source_key for c in self.columns if c.sql_type == "numeric")

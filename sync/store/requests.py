@@ -31,6 +31,7 @@ from sync.store.checkpoints import TableState, checkpoint_statements, statuses, 
 from sync.store.control import resync_requests, sync_state
 from sync.store.dialects import dialect_for
 from sync.store.leases import token_stamp
+from sync.store.relationship_metadata import intersect_tables
 from sync.store.writer import database_of, map_store_errors, patiently, write_control
 
 State = Literal["requested", "running", "done", "failed"]
@@ -44,7 +45,7 @@ async def unmirrored(engine: AsyncEngine, environment: Environment, table: str) 
     typo must not queue a request that no run will ever serve."""
     fixed = environment.fixed_tables
     if fixed is not None:
-        if table in fixed:
+        if table in fixed or table in await intersect_tables(engine, environment.name):
             return None
         return (
             f"table {table!r} is not mirrored in environment {environment.name} "

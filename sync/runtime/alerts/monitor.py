@@ -47,7 +47,7 @@ def view_of(group: EnvironmentGroup) -> EnvironmentView:
     # Rules and "all": the tables resolved now, once discovery ran (a table dropped from a
     # solution keeps its state row but is not watched for lag any more).
     tables = group.environment.fixed_tables
-    if tables is None and group.active_tables:
+    if group.active_tables:  # resolved (and the N:N tables beside a list), once discovery ran
         tables = tuple(sorted(group.active_tables))
     return EnvironmentView(
         name=group.name,
