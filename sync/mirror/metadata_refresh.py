@@ -1,0 +1,192 @@
+"""Refresh an environment's metadata tables: once per discovery, cheap when nothing changed.
+
+Per mirrored table, only the casts of the attribute types its mirrored columns have (all sent at
+once, through the environment's client and so its governor), plus ManyToOneRelationships when it
+has lookups. The rows (sync.mirror.option_metadata) are hashed per metadata table; only a table
+whose hash differs from the stored one is rewritten (store.metadata_tables), and when an
+option's label in the application user's language changed, the mirror's `<col>__label` values
+are updated in the same transaction: relabelling is a metadata change only, no row's
+versionnumber moves, so change tracking would never bring the new label (reference 13).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync.dataverse.odata import api_url
+from sync.errors import AuthError, DvmirrorError, HostileResponseError, TableError
+from sync.logs import get_logger
+from sync.mirror import option_metadata as om
+from sync.mirror.discovery import JsonSource
+from sync.mirror.job import JobResult
+from sync.mirror.typemap import SAFE_COLUMN
+from sync.store.control import mirror_columns
+from sync.store.dialects import dialect_for
+from sync.store.metadata_tables import LabelFix, read_rows, rewrite, stored_hashes
+from sync.store.writer import map_store_errors
+
+log = get_logger(__name__)
+LABEL_TABLES = (om.OPTIONSET, om.GLOBAL_OPTIONSET, om.STATE, om.STATUS)
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    changed: tuple[str, ...]  # the metadata tables rewritten
+    labels_fixed: int  # mirror rows whose `<col>__label` changed
+    requests: int
+
+
+async def catalogued(
+    engine: AsyncEngine, environment: str, tables: Sequence[str]
+) -> dict[str, list[om.MirroredAttribute]]:
+    """The mirrored attributes of each table that has a mirror (from dv_mirror_columns)."""
+    query = select(
+        mirror_columns.c.table_name,
+        mirror_columns.c.column_name,
+        mirror_columns.c.attribute_type,
+        mirror_columns.c.display_name,
+        mirror_columns.c.description,
+    ).where(
+        and_(
+            mirror_columns.c.environment == environment,
+            mirror_columns.c.table_name.in_(list(tables)),
+            mirror_columns.c.removed_at.is_(None),
+        )
+    )
+    with map_store_errors("metadata", dialect_for(engine), environment=environment):
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+    by_table: dict[str, list[tuple[str, str, str | None, str | None]]] = {}
+    for r in rows:
+        by_table.setdefault(r.table_name, []).append(
+            (r.column_name, r.attribute_type, r.display_name, r.description)
+        )
+    return {t: om.mirrored_attributes(c) for t, c in sorted(by_table.items())}
+
+
+def _values(document: Any, table: str, what: str) -> list[Mapping[str, Any]]:
+    items = document.get("value") if isinstance(document, Mapping) else None
+    if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+        raise HostileResponseError(
+            f"table {table}: the {what} answer has no list of objects", table=table
+        )
+    return items
+
+
+async def fetch_source(
+    client: JsonSource,
+    environment_url: str,
+    table: str,
+    attributes: Sequence[om.MirroredAttribute],
+) -> tuple[om.TableSource, int]:
+    """One table's metadata answers, and how many requests they took."""
+    if not SAFE_COLUMN.fullmatch(table):
+        raise TableError(f"{table!r} is not a table logical name", table=table)
+    path = f"EntityDefinitions(LogicalName='{table}')"
+    kinds = om.casts_needed(attributes)
+    urls = [api_url(environment_url, f"{path}/Attributes/{om.cast_query(k)}") for k in kinds]
+    lookups = "Lookup" in kinds
+    if lookups:
+        urls.append(api_url(environment_url, f"{path}/{om.MANY_TO_ONE_QUERY}"))
+    answers = await asyncio.gather(*(client.get(url, table=table) for url in urls))
+    casts = {k: _values(a, table, f"{k} attributes") for k, a in zip(kinds, answers, strict=False)}
+    many_to_one = _values(answers[-1], table, "ManyToOneRelationships") if lookups else []
+    return om.TableSource(table, tuple(attributes), casts, many_to_one), len(urls)
+
+
+def label_fixes(
+    old: Mapping[str, list[om.Row]],
+    new: Mapping[str, list[om.Row]],
+    attributes: Mapping[str, Sequence[om.MirroredAttribute]],
+) -> list[LabelFix]:
+    """The mirror label updates that follow from a change of the option rows. Pure."""
+    kinds = {(t, a.name): a.kind for t, attrs in attributes.items() for a in attrs}
+    fixes = []
+    for change in om.relabels(om.user_labels(dict(old)), om.user_labels(dict(new)), kinds):
+        recompute = (
+            partial(om.multi_select_label, labels=dict(change.labels))
+            if change.multi_select
+            else None
+        )
+        fixes.append(LabelFix(change.table, change.column, dict(change.changed), recompute))
+    return fixes
+
+
+async def refresh_environment(
+    client: JsonSource,
+    store: AsyncEngine,
+    *,
+    environment: str,
+    environment_url: str,
+    tables: Sequence[str],
+    now: datetime,
+) -> RefreshResult:
+    """Bring the environment's metadata tables up to date with the source."""
+    attributes = await catalogued(store, environment, tables)
+    fetched = await asyncio.gather(
+        *(fetch_source(client, environment_url, t, a) for t, a in attributes.items())
+    )
+    sources = [source for source, _ in fetched]
+    requests = sum(n for _, n in fetched)
+    rows = om.all_rows(sources)
+    digests = {name: om.rows_hash(table_rows) for name, table_rows in rows.items()}
+    stored = await stored_hashes(store, environment)
+    changed = tuple(name for name in om.TABLES if stored.get(name) != digests[name])
+    if not changed:
+        return RefreshResult((), 0, requests)
+    old = {
+        name: await read_rows(store, environment, name) if name in changed else rows[name]
+        for name in LABEL_TABLES
+    }
+    fixes = label_fixes(old, rows, attributes)
+    fixed = await rewrite(
+        store,
+        environment,
+        {name: (rows[name], digests[name]) for name in changed},
+        fixes,
+        now=now,
+    )
+    log.info(
+        "metadata_tables_refreshed",
+        environment=environment,
+        tables=list(changed),
+        labels_fixed=fixed,
+        requests=requests,
+    )
+    return RefreshResult(changed, fixed, requests)
+
+
+async def refresh_after_run(
+    client: JsonSource,
+    store: AsyncEngine,
+    *,
+    environment: str,
+    environment_url: str,
+    tables: Sequence[str],
+    now: datetime,
+) -> list[JobResult]:
+    """For one-shot commands: refresh once the tables ran; a failure is one failed result
+    (`<env>/metadata: …`, exit code 1), the previous metadata rows kept."""
+    if not tables:
+        return []
+    try:
+        await refresh_environment(
+            client,
+            store,
+            environment=environment,
+            environment_url=environment_url,
+            tables=tables,
+            now=now,
+        )
+    except DvmirrorError as exc:
+        log.warning("metadata_tables_failed", environment=environment, error=exc.message)
+        return [JobResult(environment, "metadata", False, exc.message, isinstance(exc, AuthError))]
+    return []

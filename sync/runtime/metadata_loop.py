@@ -1,0 +1,68 @@
+"""The daemon's metadata refresh for one environment (sync.mirror.metadata_refresh).
+
+It runs with the environment's discovery cadence: every `interval`, but at most once per
+`MIN_REFRESH_SECONDS` (each refresh costs a few small metadata requests per table), and at once
+when a table has a mirror the last refresh did not cover (its first cycle just made it). A
+refresh whose hashes are unchanged writes nothing. A failure is logged and the previous rows
+stay; the next tick tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync.config.model import Environment
+from sync.errors import DvmirrorError, LeaseLostError
+from sync.logs import get_logger
+from sync.mirror.discovery import JsonSource
+from sync.mirror.metadata_refresh import catalogued, refresh_environment
+
+log = get_logger(__name__)
+MIN_REFRESH_SECONDS = 300.0
+
+
+async def _stopped(stopping: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=max(0.0, seconds))
+    except TimeoutError:
+        return False
+    return True
+
+
+async def run_metadata_loop(
+    *,
+    store: AsyncEngine,
+    client: JsonSource,
+    environment: Environment,
+    tables: Callable[[], Sequence[str]],  # the tables mirrored now (rules are rediscovered)
+    stopping: asyncio.Event,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Refresh until stopped; LeaseLostError passes out (the group stops)."""
+    tick = min(environment.interval, MIN_REFRESH_SECONDS)
+    covered: set[str] = set()
+    last: float | None = None
+    while not await _stopped(stopping, tick):
+        try:
+            mirrored = set(await catalogued(store, environment.name, sorted(tables())))
+            due = last is None or clock() - last >= max(environment.interval, MIN_REFRESH_SECONDS)
+            if not mirrored or not (due or mirrored - covered):
+                continue
+            await refresh_environment(
+                client,
+                store,
+                environment=environment.name,
+                environment_url=environment.url,
+                tables=sorted(mirrored),
+                now=datetime.now(UTC),
+            )
+            covered, last = mirrored, clock()
+        except LeaseLostError:
+            raise
+        except DvmirrorError as exc:
+            log.warning("metadata_tables_failed", environment=environment.name, error=exc.message)
