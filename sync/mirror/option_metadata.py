@@ -136,8 +136,10 @@ def _hostile(table: str, what: str) -> HostileResponseError:
     )
 
 
-def _labels(value: Any, table: str) -> list[tuple[bool, int, str]]:
-    """(is the user's, language code, text) of every LocalizedLabels entry, one per language."""
+def _labels(value: Any, table: str) -> list[tuple[int, int, str]]:
+    """(1 if it is the user's language else 0, language code, text) of every LocalizedLabels
+    entry, one per language. 0/1 rather than a boolean, as Synapse's bit: `= 1` works in SQLite
+    and PostgreSQL alike."""
     if value is None:
         return []
     if not isinstance(value, Mapping):
@@ -147,14 +149,14 @@ def _labels(value: Any, table: str) -> list[tuple[bool, int, str]]:
     entries = value.get("LocalizedLabels") or []
     if not isinstance(entries, list):
         raise _hostile(table, "LocalizedLabels is not a list")
-    out: dict[int, tuple[bool, int, str]] = {}
+    out: dict[int, tuple[int, int, str]] = {}
     for entry in entries:
         if not isinstance(entry, Mapping):
             raise _hostile(table, "a LocalizedLabels entry is not an object")
         language, text = entry.get("LanguageCode"), entry.get("Label")
         if type(language) is not int or not isinstance(text, str):
             raise _hostile(table, "a LocalizedLabels entry has no LanguageCode or Label")
-        out.setdefault(language, (language == user_language, language, text[:MAX_LABEL]))
+        out.setdefault(language, (int(language == user_language), language, text[:MAX_LABEL]))
     return sorted(out.values(), key=lambda e: e[1])
 
 

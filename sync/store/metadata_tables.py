@@ -17,7 +17,6 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
     Column,
     Integer,
     MetaData,
@@ -45,7 +44,7 @@ SHAPES: dict[str, tuple[tuple[tuple[str, Any], ...], tuple[str, ...]]] = {
             ("entityname", Text),
             ("optionsetname", Text),
             ("option", Integer),
-            ("isuserlocalizedlabel", Boolean),
+            ("isuserlocalizedlabel", Integer),
             ("localizedlabellanguagecode", Integer),
             ("localizedlabel", Text),
         ),
@@ -57,7 +56,7 @@ SHAPES: dict[str, tuple[tuple[tuple[str, Any], ...], tuple[str, ...]]] = {
             ("optionsetname", Text),
             ("globaloptionsetname", Text),
             ("option", Integer),
-            ("isuserlocalizedlabel", Boolean),
+            ("isuserlocalizedlabel", Integer),
             ("localizedlabellanguagecode", Integer),
             ("localizedlabel", Text),
         ),
@@ -67,7 +66,7 @@ SHAPES: dict[str, tuple[tuple[tuple[str, Any], ...], tuple[str, ...]]] = {
         (
             ("entityname", Text),
             ("state", Integer),
-            ("isuserlocalizedlabel", Boolean),
+            ("isuserlocalizedlabel", Integer),
             ("localizedlabellanguagecode", Integer),
             ("localizedlabel", Text),
         ),
@@ -78,7 +77,7 @@ SHAPES: dict[str, tuple[tuple[tuple[str, Any], ...], tuple[str, ...]]] = {
             ("entityname", Text),
             ("state", Integer),
             ("status", Integer),
-            ("isuserlocalizedlabel", Boolean),
+            ("isuserlocalizedlabel", Integer),
             ("localizedlabellanguagecode", Integer),
             ("localizedlabel", Text),
         ),
