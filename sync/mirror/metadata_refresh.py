@@ -12,8 +12,9 @@ versionnumber moves, so change tracking would never bring the new label (referen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -81,25 +82,71 @@ def _values(document: Any, table: str, what: str) -> list[Mapping[str, Any]]:
     return items
 
 
+MANY_TO_ONE = "ManyToOneRelationships"
+# Lookup targets, relationships, precision and max length change only with the schema: a daemon
+# reads them again when the table's mirrored columns change, or after this long.
+STRUCTURE_MAX_AGE = 3600.0
+
+
+@dataclass
+class StructureCache:
+    """The daemon's answers to the structural requests, per table and cast, with the mirrored
+    attributes they were read for and when (the option casts, which carry the labels, are read
+    at every refresh)."""
+
+    clock: Callable[[], float] = time.monotonic
+    answers: dict[tuple[str, str], tuple[tuple[om.MirroredAttribute, ...], float, Any]] = field(
+        default_factory=dict
+    )
+
+    def get(self, table: str, kind: str, attributes: tuple[om.MirroredAttribute, ...]) -> Any:
+        found = self.answers.get((table, kind))
+        if found is None or found[0] != attributes or self.clock() - found[1] > STRUCTURE_MAX_AGE:
+            return None
+        return found[2]
+
+    def put(
+        self, table: str, kind: str, attributes: tuple[om.MirroredAttribute, ...], answer: Any
+    ) -> None:
+        self.answers[(table, kind)] = (attributes, self.clock(), answer)
+
+
 async def fetch_source(
     client: JsonSource,
     environment_url: str,
     table: str,
     attributes: Sequence[om.MirroredAttribute],
+    cache: StructureCache | None = None,
 ) -> tuple[om.TableSource, int]:
-    """One table's metadata answers, and how many requests they took."""
+    """One table's metadata answers (all requests at once), and how many requests they took."""
     if not SAFE_COLUMN.fullmatch(table):
         raise TableError(f"{table!r} is not a table logical name", table=table)
     path = f"EntityDefinitions(LogicalName='{table}')"
     kinds = om.casts_needed(attributes)
-    urls = [api_url(environment_url, f"{path}/Attributes/{om.cast_query(k)}") for k in kinds]
-    lookups = "Lookup" in kinds
-    if lookups:
-        urls.append(api_url(environment_url, f"{path}/{om.MANY_TO_ONE_QUERY}"))
-    answers = await asyncio.gather(*(client.get(url, table=table) for url in urls))
-    casts = {k: _values(a, table, f"{k} attributes") for k, a in zip(kinds, answers, strict=False)}
-    many_to_one = _values(answers[-1], table, "ManyToOneRelationships") if lookups else []
-    return om.TableSource(table, tuple(attributes), casts, many_to_one), len(urls)
+    if "Lookup" in kinds:
+        kinds.append(MANY_TO_ONE)
+    attrs = tuple(attributes)
+    known = {
+        k: cache.get(table, k, attrs)
+        for k in kinds
+        if cache is not None and k not in om.OPTION_KINDS
+    }
+    known = {k: v for k, v in known.items() if v is not None}
+    wanted = [k for k in kinds if k not in known]
+
+    def url(kind: str) -> str:
+        tail = om.MANY_TO_ONE_QUERY if kind == MANY_TO_ONE else f"Attributes/{om.cast_query(kind)}"
+        return api_url(environment_url, f"{path}/{tail}")
+
+    answers = await asyncio.gather(*(client.get(url(k), table=table) for k in wanted))
+    fetched = {k: _values(a, table, f"{k} answer") for k, a in zip(wanted, answers, strict=True)}
+    if cache is not None:
+        for kind, items in fetched.items():
+            if kind not in om.OPTION_KINDS:
+                cache.put(table, kind, attrs, items)
+    values = known | fetched
+    many_to_one = values.pop(MANY_TO_ONE, [])
+    return om.TableSource(table, attrs, values, many_to_one), len(wanted)
 
 
 def label_fixes(
@@ -128,11 +175,12 @@ async def refresh_environment(
     environment_url: str,
     tables: Sequence[str],
     now: datetime,
+    cache: StructureCache | None = None,
 ) -> RefreshResult:
     """Bring the environment's metadata tables up to date with the source."""
     attributes = await catalogued(store, environment, tables)
     fetched = await asyncio.gather(
-        *(fetch_source(client, environment_url, t, a) for t, a in attributes.items())
+        *(fetch_source(client, environment_url, t, a, cache) for t, a in attributes.items())
     )
     sources = [source for source, _ in fetched]
     requests = sum(n for _, n in fetched)

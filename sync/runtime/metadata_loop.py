@@ -20,7 +20,7 @@ from sync.config.model import Environment
 from sync.errors import DvmirrorError, LeaseLostError
 from sync.logs import get_logger
 from sync.mirror.discovery import JsonSource
-from sync.mirror.metadata_refresh import catalogued, refresh_environment
+from sync.mirror.metadata_refresh import StructureCache, catalogued, refresh_environment
 
 log = get_logger(__name__)
 MIN_REFRESH_SECONDS = 300.0
@@ -46,6 +46,7 @@ async def run_metadata_loop(
     """Refresh until stopped; LeaseLostError passes out (the group stops)."""
     tick = min(environment.interval, MIN_REFRESH_SECONDS)
     covered: set[str] = set()
+    cache = StructureCache(clock=clock)
     last: float | None = None
     while not await _stopped(stopping, tick):
         try:
@@ -60,6 +61,7 @@ async def run_metadata_loop(
                 environment_url=environment.url,
                 tables=sorted(mirrored),
                 now=datetime.now(UTC),
+                cache=cache,
             )
             covered, last = mirrored, clock()
         except LeaseLostError:
