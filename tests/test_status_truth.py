@@ -26,7 +26,10 @@ def _sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def _config(sim: dict[str, Any], directory: Path) -> Path:
     config = Path(sim["config_file"]).read_text()
-    config = config.replace('name = "count_env"', 'name = "count_env"\npage_size = 2', 1)
+    # Only the table's own requests: the metadata tables' refresh is the environment's.
+    config = config.replace(
+        'name = "count_env"', 'name = "count_env"\npage_size = 2\nmetadata_tables = false', 1
+    )
     config = config.replace(str(Path(sim["state_dir"]) / "dvmirror"), str(directory))
     path = directory / "dvmirror.toml"
     path.write_text(config)

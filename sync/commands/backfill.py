@@ -155,7 +155,7 @@ async def _environment(
             store,
             environment=environment.name,
             environment_url=environment.url,
-            tables=[r.table for r in results if r.ok],
+            tables=[r.table for r in results if r.ok] if environment.metadata_tables else [],
             now=datetime.now(UTC),
         )
     return results

@@ -147,6 +147,9 @@ class Environment(FrozenModel):
     split_rows: int = Field(default=200_000, ge=1)
     range_workers: int = Field(default=8, ge=1, le=CONCURRENT_REQUESTS_PER_USER)
     table_options: dict[str, TableOptions] = Field(default_factory=dict)
+    # The Synapse-style metadata tables (optionsetmetadata, …; sync.mirror.metadata_refresh):
+    # a few small metadata requests per table and discovery; false leaves them out.
+    metadata_tables: bool = True
 
     @field_validator("name")
     @classmethod

@@ -142,7 +142,8 @@ class EnvironmentGroup:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch_resyncs(tables), name=f"{self.name}/resync")
                 group.create_task(self._verify(client), name=f"{self.name}/verify")
-                group.create_task(self._metadata(client), name=f"{self.name}/metadata")
+                if self.environment.metadata_tables:
+                    group.create_task(self._metadata(client), name=f"{self.name}/metadata")
                 for table in tables:
                     self._start_loop(client, group, table)
                 if self.environment.fixed_tables is None:
