@@ -26,6 +26,18 @@ log = get_logger(__name__)
 MIN_REFRESH_SECONDS = 300.0
 
 
+def refresh_due(
+    mirrored: set[str], covered: set[str], last: float | None, now: float, interval: float
+) -> bool:
+    """Whether to refresh now: a table has a mirror the last refresh did not cover, or the
+    last one is `max(interval, MIN_REFRESH_SECONDS)` old. Pure."""
+    if not mirrored:
+        return False
+    if mirrored - covered or last is None:
+        return True
+    return now - last >= max(interval, MIN_REFRESH_SECONDS)
+
+
 async def _stopped(stopping: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(stopping.wait(), timeout=max(0.0, seconds))
@@ -51,8 +63,7 @@ async def run_metadata_loop(
     while not await _stopped(stopping, tick):
         try:
             mirrored = set(await catalogued(store, environment.name, sorted(tables())))
-            due = last is None or clock() - last >= max(environment.interval, MIN_REFRESH_SECONDS)
-            if not mirrored or not (due or mirrored - covered):
+            if not refresh_due(mirrored, covered, last, clock(), environment.interval):
                 continue
             await refresh_environment(
                 client,
