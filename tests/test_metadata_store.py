@@ -118,6 +118,29 @@ async def test_refresh_writes_once_and_a_malformed_answer_keeps_the_rows(store_u
             now=NOW,
         )
         assert again.changed == ()
+        # A run of another table only (`backfill --table contact`) leaves account's rows be.
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(mirror_columns).values(
+                    environment=ENV,
+                    table_name="contact",
+                    column_name="contactid",
+                    attribute_type="Uniqueidentifier",
+                    sql_type="uuid",
+                    added_at=NOW,
+                )
+            )
+        other = await refresh_environment(
+            source,
+            engine,
+            environment=ENV,
+            environment_url="https://x",
+            tables=["contact"],
+            now=NOW,
+        )
+        assert len(other.changed) == 6  # contact's first hashes, even of no rows
+        assert await read_rows(engine, ENV, "optionsetmetadata") == rows
+        assert len(await read_rows(engine, ENV, "attributemetadata")) == 3
 
         hostile = FakeSource(
             {
@@ -139,7 +162,7 @@ async def test_refresh_writes_once_and_a_malformed_answer_keeps_the_rows(store_u
         assert await read_rows(engine, ENV, "optionsetmetadata") == rows
         async with engine.connect() as conn:
             hashes = (await conn.execute(select(metadata_hashes.c.row_count))).all()
-        assert len(hashes) == 6
+        assert len(hashes) == 12
     finally:
         await engine.dispose()
 

@@ -38,6 +38,7 @@ LEFT JOIN dbo.OptionsetMetadata AS m
  AND m.LocalizedLabelLanguageCode = {language}
 ORDER BY a.accountid
 """
+HASHES = "SELECT metadata_table, entityname, refreshed_at FROM dv_metadata_hashes ORDER BY 1, 2"
 SYNAPSE_STATUS = """
 SELECT a.accountid, s.LocalizedLabel
 FROM dbo.account AS a
@@ -212,8 +213,8 @@ def test_relabel_updates_labels_without_touching_rows(
     assert sync_once(config)[0] == 0
     account, project = table(store_url, "account"), table(store_url, "new_project")
     versions_before = rows(store_url, f"SELECT accountid, _dv_version FROM {account} ORDER BY 1")
-    refreshed = rows(store_url, "SELECT metadata_table, refreshed_at FROM dv_metadata_hashes")
-    assert len(refreshed) == 6
+    refreshed = rows(store_url, HASHES)
+    assert len(refreshed) == 12  # six metadata tables, two Dataverse tables
 
     path = f"/environments/{env}/tables"
     admin(
@@ -260,18 +261,19 @@ def test_relabel_updates_labels_without_touching_rows(
     assert all(r[2] == "Farming (Deutsch)" for r in german if r[1] == 2)
 
     # Nothing changed at the source: no metadata table is rewritten.
-    after_relabel = rows(store_url, "SELECT metadata_table, refreshed_at FROM dv_metadata_hashes")
+    after_relabel = rows(store_url, HASHES)
     assert sync_once(config)[0] == 0
-    assert (
-        rows(store_url, "SELECT metadata_table, refreshed_at FROM dv_metadata_hashes")
-        == after_relabel
-    )
+    assert rows(store_url, HASHES) == after_relabel
     changed = {
-        t
-        for (t, at), (_, before) in zip(sorted(after_relabel), sorted(refreshed), strict=True)
+        (name, entity)
+        for (name, entity, at), (*_, before) in zip(after_relabel, refreshed, strict=True)
         if at != before
     }
-    assert changed == {"optionsetmetadata", "statusmetadata"}
+    assert changed == {
+        ("optionsetmetadata", "account"),
+        ("optionsetmetadata", "new_project"),
+        ("statusmetadata", "account"),
+    }
 
 
 def _values(stored: Any) -> list[int]:

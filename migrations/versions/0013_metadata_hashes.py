@@ -1,7 +1,7 @@
 """metadata hashes: dv_metadata_hashes
 
 The Synapse-style metadata tables of each environment (optionsetmetadata, statemetadata, …) are
-rewritten only when the hash of their rows changes; this keeps that hash per table.
+rewritten, per Dataverse table, only when the hash of its rows changes; this keeps those hashes.
 
 Revision ID: 0013
 Revises: 0012
@@ -24,11 +24,12 @@ def upgrade() -> None:
         "dv_metadata_hashes",
         sa.Column("environment", sa.String(length=63), nullable=False),
         sa.Column("metadata_table", sa.String(length=63), nullable=False),
+        sa.Column("entityname", sa.String(length=128), nullable=False),
         sa.Column("source_hash", sa.String(length=64), nullable=False),
         sa.Column("row_count", sa.Integer(), nullable=False),
         sa.Column("refreshed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint(
-            "environment", "metadata_table", name=op.f("pk_dv_metadata_hashes")
+            "environment", "metadata_table", "entityname", name=op.f("pk_dv_metadata_hashes")
         ),
     )
 

@@ -185,31 +185,34 @@ async def refresh_environment(
     sources = [source for source, _ in fetched]
     requests = sum(n for _, n in fetched)
     rows = om.all_rows(sources)
-    digests = {name: om.rows_hash(table_rows) for name, table_rows in rows.items()}
+    parts: dict[tuple[str, str], list[om.Row]] = {
+        (name, table): [] for name in om.TABLES for table in attributes
+    }
+    for name, table_rows in rows.items():
+        for row in table_rows:
+            parts[(name, row[0])].append(row)
+    digests = {part: om.rows_hash(part_rows) for part, part_rows in parts.items()}
     stored = await stored_hashes(store, environment)
-    changed = tuple(name for name in om.TABLES if stored.get(name) != digests[name])
+    changed = {part: (parts[part], d) for part, d in digests.items() if stored.get(part) != d}
     if not changed:
         return RefreshResult((), 0, requests)
+    names = tuple(name for name in om.TABLES if any(part[0] == name for part in changed))
+    entities = sorted({entity for _, entity in changed})
     old = {
-        name: await read_rows(store, environment, name) if name in changed else rows[name]
+        name: await read_rows(store, environment, name, entities) if name in names else rows[name]
         for name in LABEL_TABLES
     }
     fixes = label_fixes(old, rows, attributes)
-    fixed = await rewrite(
-        store,
-        environment,
-        {name: (rows[name], digests[name]) for name in changed},
-        fixes,
-        now=now,
-    )
+    fixed = await rewrite(store, environment, changed, fixes, now=now)
     log.info(
         "metadata_tables_refreshed",
         environment=environment,
-        tables=list(changed),
+        tables=list(names),
+        entities=entities,
         labels_fixed=fixed,
         requests=requests,
     )
-    return RefreshResult(changed, fixed, requests)
+    return RefreshResult(names, fixed, requests)
 
 
 async def refresh_after_run(

@@ -306,13 +306,14 @@ alert_deliveries = Table(
     Column("failures", BigInteger, nullable=False, server_default="0"),
 )
 
-# Per environment and metadata table (store.metadata_tables): the hash of the rows it holds, so
-# discovery rewrites a table only when its source changed.
+# Per environment, metadata table (store.metadata_tables) and Dataverse table: the hash of its
+# rows there, so a refresh rewrites only what changed at the source.
 metadata_hashes = Table(
     "dv_metadata_hashes",
     metadata,
     Column("environment", String(63), primary_key=True),
     Column("metadata_table", String(63), primary_key=True),
+    Column("entityname", String(128), primary_key=True),
     Column("source_hash", String(64), nullable=False),
     Column("row_count", Integer, nullable=False),
     Column("refreshed_at", DateTime(timezone=True), nullable=False),

@@ -2,10 +2,11 @@
 
 Named like the mirror tables: `<environment>__optionsetmetadata` on SQLite, schema
 `<environment>`, table `optionsetmetadata` on PostgreSQL; columns are Synapse Link's names in
-lower case (sync.mirror.option_metadata builds the rows). A table is rewritten whole — delete,
-insert, its new hash in `dv_metadata_hashes` — and only when its hash changed; every table that
-changed in one refresh, and the `<col>__label` fixes of the mirror tables, commit in one
-transaction, so a reader never sees half a refresh.
+lower case (sync.mirror.option_metadata builds the rows). The rows of one Dataverse table in one
+metadata table are rewritten together — delete, insert, their new hash in `dv_metadata_hashes` —
+and only when that hash changed; other tables' rows stay (a table no longer mirrored keeps them,
+as it keeps its mirror). Everything that changed in one refresh, and the `<col>__label` fixes of
+the mirror tables, commit in one transaction, so a reader never sees half a refresh.
 """
 
 from __future__ import annotations
@@ -145,19 +146,31 @@ class LabelFix:
     recompute: Callable[[str], str | None] | None = None
 
 
-async def stored_hashes(engine: AsyncEngine, environment: str) -> dict[str, str]:
-    query = select(metadata_hashes.c.metadata_table, metadata_hashes.c.source_hash).where(
-        metadata_hashes.c.environment == environment
-    )
+Part = tuple[str, str]  # (metadata table, entityname)
+
+
+async def stored_hashes(engine: AsyncEngine, environment: str) -> dict[Part, str]:
+    query = select(
+        metadata_hashes.c.metadata_table,
+        metadata_hashes.c.entityname,
+        metadata_hashes.c.source_hash,
+    ).where(metadata_hashes.c.environment == environment)
     with map_store_errors("metadata", dialect_for(engine), environment=environment):
         async with engine.connect() as conn:
-            return {r.metadata_table: r.source_hash for r in await conn.execute(query)}
+            return {
+                (r.metadata_table, r.entityname): r.source_hash for r in await conn.execute(query)
+            }
 
 
-async def read_rows(engine: AsyncEngine, environment: str, name: str) -> list[Row]:
-    """The rows a metadata table holds now ([] when it does not exist yet)."""
+async def read_rows(
+    engine: AsyncEngine, environment: str, name: str, entities: Sequence[str] | None = None
+) -> list[Row]:
+    """The rows a metadata table holds now, of `entities` or all ([] before it exists)."""
     dialect = dialect_for(engine)
     table = tables_for(dialect.name, environment)[name]
+    query = select(table)
+    if entities is not None:
+        query = query.where(table.c.entityname.in_(list(entities)))
     with map_store_errors("metadata", dialect, environment=environment):
         async with engine.connect() as conn:
             exists = await conn.run_sync(
@@ -165,7 +178,7 @@ async def read_rows(engine: AsyncEngine, environment: str, name: str) -> list[Ro
             )
             if not exists:
                 return []
-            return [tuple(r) for r in await conn.execute(select(table))]
+            return [tuple(r) for r in await conn.execute(query)]
 
 
 async def _create(conn: AsyncConnection, dialect: str, environment: str) -> None:
@@ -224,37 +237,38 @@ async def _fix_labels(conn: AsyncConnection, environment: str, fixes: Sequence[L
 async def rewrite(
     engine: AsyncEngine,
     environment: str,
-    changed: Mapping[str, tuple[Sequence[Row], str]],
+    changed: Mapping[Part, tuple[Sequence[Row], str]],
     fixes: Sequence[LabelFix],
     *,
     now: datetime,
 ) -> int:
-    """Rewrite the `changed` metadata tables (name → rows and their hash) and fix the mirror's
-    labels, in one transaction; the number of mirror rows whose label changed."""
+    """Rewrite the `changed` parts ((metadata table, entityname) → rows and their hash) and fix
+    the mirror's labels, in one transaction; the number of mirror rows whose label changed."""
     dialect = dialect_for(engine)
     tables = tables_for(dialect.name, environment)
 
     async def attempt() -> int:
         async with engine.begin() as conn:
             await _create(conn, dialect.name, environment)
-            for name, (rows, digest) in changed.items():
+            for (name, entity), (rows, digest) in sorted(changed.items()):
                 table = tables[name]
-                await conn.execute(delete(table))
+                await conn.execute(delete(table).where(table.c.entityname == entity))
                 if rows:
                     keys = [c.name for c in table.columns]
-                    await conn.execute(
-                        insert(table), [dict(zip(keys, r, strict=True)) for r in rows]
-                    )
+                    values = [dict(zip(keys, r, strict=True)) for r in rows]
+                    await conn.execute(insert(table), values)
                 await conn.execute(
                     delete(metadata_hashes).where(
                         metadata_hashes.c.environment == environment,
                         metadata_hashes.c.metadata_table == name,
+                        metadata_hashes.c.entityname == entity,
                     )
                 )
                 await conn.execute(
                     insert(metadata_hashes).values(
                         environment=environment,
                         metadata_table=name,
+                        entityname=entity,
                         source_hash=digest,
                         row_count=len(rows),
                         refreshed_at=now,
