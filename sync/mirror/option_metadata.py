@@ -240,7 +240,7 @@ def target_rows(sources: Iterable[TableSource]) -> list[Row]:
                 raise _hostile(table, f"the Targets of {column} are not a list of names")
             for target in targets:
                 attribute = referenced.get((column, target))
-                shown = attribute if isinstance(attribute, str) else None
+                shown = attribute[:128] if isinstance(attribute, str) else None
                 rows.setdefault((table, column, target), (table, column, target[:128], shown))
     return sorted(rows.values(), key=_order)
 
