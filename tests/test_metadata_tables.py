@@ -7,6 +7,7 @@ both: each relabels only its own options)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -19,6 +20,8 @@ from sync.commands.sync_once import run_sync_once
 from sync.config.loading import load_config
 from sync.config.model import Config
 from tests.cli import clean_env
+from tests.daemonproc import DaemonProcess, EnvSpec, wait_until
+from tests.daemonproc import write_config as daemon_config
 from tests.mirror_compare import _store_url, database_of, query  # noqa: F401
 from tests.simfixtures import _no_ca_env, admin, running_simulator, user_stats  # noqa: F401
 
@@ -279,3 +282,34 @@ def test_relabel_updates_labels_without_touching_rows(
 def _values(stored: Any) -> list[int]:
     """A multi-select value from SQLite (`1,3`) or PostgreSQL (an integer array)."""
     return list(stored) if isinstance(stored, list) else [int(v) for v in str(stored).split(",")]
+
+
+def test_daemon_fills_the_metadata_tables_once_the_mirrors_exist(
+    sim: dict[str, Any], tmp_path: Path
+) -> None:
+    """`dvmirror run` refreshes the metadata tables per environment, as soon as a table has its
+    mirror; a SIGTERM still exits 0."""
+    config = daemon_config(sim, tmp_path, {"meta_lite": EnvSpec(TABLES, interval="1s")})
+    daemon = DaemonProcess.start(config, tmp_path / "daemon.log")
+    database = tmp_path / "mirror.db"
+    try:
+        wait_until(
+            lambda: (
+                {
+                    entity
+                    for (entity,) in query(
+                        database, "SELECT DISTINCT entityname FROM meta_lite__optionsetmetadata"
+                    )
+                }
+                == set(TABLES)
+                if daemon.named("metadata_tables_refreshed")
+                else False
+            ),
+            timeout=60,
+            what="metadata rows of both tables",
+        )
+        daemon.send(signal.SIGTERM)
+        assert daemon.process.wait(60) == 0
+    finally:
+        daemon.kill()
+    assert not daemon.named("metadata_tables_failed")
