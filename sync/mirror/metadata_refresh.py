@@ -2,8 +2,11 @@
 
 Per mirrored table, only the casts of the attribute types its mirrored columns have (all sent at
 once, through the environment's client and so its governor), plus ManyToOneRelationships when it
-has lookups. The rows (sync.mirror.option_metadata) are hashed per metadata table; only a table
-whose hash differs from the stored one is rewritten (store.metadata_tables), and when an
+has lookups; a daemon passes a StructureCache, so that the structural answers (lookup targets,
+relationships, precision, max length) are read again only when the table's mirrored columns
+change, or hourly. The rows (sync.mirror.option_metadata) are hashed per metadata table and
+Dataverse table; only rows whose hash differs from the stored one are rewritten
+(store.metadata_tables), and when an
 option's label in the application user's language changed, the mirror's `<col>__label` values
 are updated in the same transaction: relabelling is a metadata change only, no row's
 versionnumber moves, so change tracking would never bring the new label (reference 13).
