@@ -4,8 +4,8 @@ It runs with the environment's discovery cadence: every `interval`, but at most 
 `MIN_REFRESH_SECONDS` (each refresh costs a few small metadata requests per table), and at once
 when a table has a mirror the last refresh did not cover (its first cycle just made it). The
 option casts are read at every refresh, the structural answers only when a table's columns change
-or hourly (StructureCache). A refresh whose hashes are unchanged writes nothing. A failure is logged and the previous rows
-stay; the next tick tries again.
+or hourly (StructureCache). A refresh whose hashes are unchanged writes nothing. A failure is
+logged and the previous rows stay; the next tick tries again.
 """
 
 from __future__ import annotations
