@@ -5,7 +5,7 @@ It runs with the environment's discovery cadence: every `interval`, but at most 
 when a table has a mirror the last refresh did not cover (its first cycle just made it). The
 option casts are read at every refresh, the structural answers only when a table's columns change
 or hourly (StructureCache). A refresh whose hashes are unchanged writes nothing. A failure is
-logged and the previous rows stay; the next tick tries again.
+logged and the previous rows stay; the next refresh is due on the cadence.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ async def run_metadata_loop(
             mirrored = set(await catalogued(store, environment.name, sorted(tables())))
             if not refresh_due(mirrored, covered, last, clock(), environment.interval):
                 continue
+            # A failed refresh is tried again on the cadence, not at every tick.
+            covered, last = mirrored, clock()
             await refresh_environment(
                 client,
                 store,
@@ -75,7 +77,6 @@ async def run_metadata_loop(
                 now=datetime.now(UTC),
                 cache=cache,
             )
-            covered, last = mirrored, clock()
         except LeaseLostError:
             raise
         except DvmirrorError as exc:
