@@ -313,3 +313,31 @@ def test_daemon_fills_the_metadata_tables_once_the_mirrors_exist(
     finally:
         daemon.kill()
     assert not daemon.named("metadata_tables_failed")
+
+
+def test_malformed_option_set_keeps_the_rows_and_fails_the_run(
+    sim: dict[str, Any], tmp_path: Path, store_url: str
+) -> None:
+    """Option values that are not integers: the tables still sync, the metadata rows stay as
+    they were, and the run says `<env>/metadata: …` with exit code 1."""
+    env = env_for(store_url)
+    config = write_config(sim, tmp_path, store_url)
+    assert sync_once(config)[0] == 0
+    options = table(store_url, "optionsetmetadata")
+    before = rows(store_url, f"SELECT * FROM {options} ORDER BY 1, 2, 3, 5")
+    hostile = f"/environments/{env}/tables/account/hostile"
+    admin(sim, "POST", hostile, {"kind": "bad_option_set"})
+    try:
+        code, output = sync_once(config)
+    finally:
+        admin(sim, "POST", hostile, {"kind": None})
+    assert code == 1, output
+    assert f"{env}/metadata: table account: an option's Value is not a 32-bit integer" in output
+    assert rows(store_url, f"SELECT * FROM {options} ORDER BY 1, 2, 3, 5") == before
+    [(error,)] = rows(
+        store_url,
+        f"SELECT last_error FROM dv_sync_state WHERE environment = '{env}' "
+        "AND table_name = 'account'",
+    )
+    assert error is None  # the table itself synced
+    assert sync_once(config)[0] == 0

@@ -338,7 +338,7 @@ class MetadataView:
                 continue
             projected = _project(record, select)
             if "OptionSet" in expand:
-                projected["OptionSet"] = option_set(attr)
+                projected["OptionSet"] = option_set(attr, hostile=table.hostile == "bad_option_set")
             if "GlobalOptionSet" in expand:
                 projected["GlobalOptionSet"] = global_option_set(attr)
             out.append(projected)

@@ -67,9 +67,10 @@ def _option(attr: AttributeDef, option: Option) -> dict[str, Any]:
     return out
 
 
-def option_set(attr: AttributeDef) -> dict[str, Any] | None:
+def option_set(attr: AttributeDef, *, hostile: bool = False) -> dict[str, Any] | None:
     """The OptionSet of a choice or Yes/No column (for ``$expand=OptionSet``); a column bound to
-    a global option set shows that one (``IsGlobal`` true, its ``Name``)."""
+    a global option set shows that one (``IsGlobal`` true, its ``Name``). `hostile` (the
+    table's ``bad_option_set`` fault) sends the option values as strings."""
     if attr.attribute_type == "Boolean":
         false, true = attr.options
         return {
@@ -85,7 +86,10 @@ def option_set(attr: AttributeDef) -> dict[str, Any] | None:
             "OptionSetType": kind,
             "IsGlobal": attr.global_option_set is not None,
             "Name": attr.global_option_set or attr.logical_name,
-            "Options": [_option(attr, o) for o in attr.options],
+            "Options": [
+                {**_option(attr, o), "Value": str(o.value)} if hostile else _option(attr, o)
+                for o in attr.options
+            ],
         }
     return None
 
