@@ -26,10 +26,12 @@ def _sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def _config(sim: dict[str, Any], directory: Path) -> Path:
     config = Path(sim["config_file"]).read_text()
-    # No N:N discovery: it is the environment's request, not the table's, and this test
-    # matches the table's own requests with every request the simulator served.
+    # Only the table's own requests: N:N discovery and the metadata tables' refresh are the
+    # environment's, and this test matches them with every request the simulator served.
     config = config.replace(
-        'name = "count_env"', 'name = "count_env"\npage_size = 2\nrelationships = "none"', 1
+        'name = "count_env"',
+        'name = "count_env"\npage_size = 2\nrelationships = "none"\nmetadata_tables = false',
+        1,
     )
     config = config.replace(str(Path(sim["state_dir"]) / "dvmirror"), str(directory))
     path = directory / "dvmirror.toml"

@@ -36,6 +36,7 @@ from sync.logs import get_logger
 from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import JobResult, PageProgress, TableJob, Until
+from sync.mirror.metadata_refresh import refresh_after_run
 from sync.mirror.relationships import with_relationships
 from sync.mirror.runner import run_job
 from sync.runtime.leases import command_leases
@@ -152,6 +153,15 @@ async def _environment(
                 )
 
         results.extend(await asyncio.gather(*(one(table) for table in tables)))
+        # The Synapse-style metadata tables of the tables that ran (sync.mirror.metadata_refresh).
+        results += await refresh_after_run(
+            client,
+            store,
+            environment=environment.name,
+            environment_url=environment.url,
+            tables=[r.table for r in results if r.ok] if environment.metadata_tables else [],
+            now=datetime.now(UTC),
+        )
     return results
 
 

@@ -198,6 +198,10 @@ class Environment(FrozenModel):
     def _relationships(cls, value: Any) -> Any:
         return check_relationships(value)
 
+    # The Synapse-style metadata tables (optionsetmetadata, …; sync.mirror.metadata_refresh):
+    # a few small metadata requests per table and discovery; false leaves them out.
+    metadata_tables: bool = True
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:

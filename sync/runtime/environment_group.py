@@ -27,6 +27,7 @@ from sync.mirror.fetch import ExactClient
 from sync.mirror.job import PageProgress, TableJob
 from sync.mirror.relationships import mirrored_tables, resolved_at_run_time
 from sync.mirror.runner import run_cycle
+from sync.runtime.metadata_loop import run_metadata_loop
 from sync.runtime.metrics import Metrics
 from sync.runtime.resync import ResyncWork, pass_is_current
 from sync.runtime.timing import FIRST_RUN_SPREAD, Timing, backoff_delay, first_delay, next_delay
@@ -141,6 +142,8 @@ class EnvironmentGroup:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch_resyncs(tables), name=f"{self.name}/resync")
                 group.create_task(self._verify(client), name=f"{self.name}/verify")
+                if self.environment.metadata_tables:
+                    group.create_task(self._metadata(client), name=f"{self.name}/metadata")
                 for table in tables:
                     self._start_loop(client, group, table)
                 if resolved_at_run_time(self.environment):
@@ -158,6 +161,19 @@ class EnvironmentGroup:
                 budget=self.wiring.budget(self.tenant),
                 metrics=self.metrics,
                 cycles=self.cycles,
+                stopping=self.stopping,
+            )
+        except LeaseLostError as exc:
+            self.lease_lost(exc)
+
+    async def _metadata(self, client: ExactClient) -> None:
+        """The environment's metadata tables (sync.runtime.metadata_loop)."""
+        try:
+            await run_metadata_loop(
+                store=self.store,
+                client=client,
+                environment=self.environment,
+                tables=lambda: sorted(self.active_tables),
                 stopping=self.stopping,
             )
         except LeaseLostError as exc:

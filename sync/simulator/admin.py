@@ -25,6 +25,7 @@ from sync.simulator.admin_apps import add_app_routes
 from sync.simulator.admin_signin import add_signin_routes
 from sync.simulator.dataverse_http import EnvironmentRuntime
 from sync.simulator.entra import Entra
+from sync.simulator.optionsets import relabel
 from sync.simulator.protection import Limits
 
 ROWS_PER_WRITE = 500
@@ -75,6 +76,7 @@ class AdminServer:
         app.router.add_post(f"{table}/restore", self._restore)
         app.router.add_post(f"{table}/expire-delta-tokens", self._expire)
         app.router.add_post(f"{table}/hostile", self._hostile)
+        app.router.add_post(f"{table}/relabel", self._relabel)
         app.router.add_post("/environments/{env}/solutions/{solution}", self._solution)
         add_app_routes(app, self._entra)
         add_signin_routes(app, self._entra)
@@ -324,3 +326,14 @@ class AdminServer:
         kind = (await self._body(request)).get("kind")
         await runtime.run_model(partial(runtime.model.set_hostile, table, kind))
         return _json({"table": table, "hostile": kind})
+
+    async def _relabel(self, request: web.Request) -> web.Response:
+        """``{"column": c, "value": v, "label": text}``: option v of c gets a new (English)
+        label; a metadata change only, no row's versionnumber moves."""
+        runtime, table = self._table(request)
+        body = await self._body(request)
+        column, value, text = body.get("column"), body.get("value"), body.get("label")
+        if not isinstance(column, str) or type(value) is not int or not isinstance(text, str):
+            raise AdminError(400, 'relabel needs {"column": str, "value": int, "label": str}')
+        call = partial(relabel, runtime.model.tables[table], column, value, text)
+        return _json(await runtime.run_model(call))

@@ -7,7 +7,7 @@ in metadata, never in rows. templates.py composes tables from these builders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -89,6 +89,8 @@ class AttributeDef:
     edges: tuple[Any, ...] = ()
     # How many times a column of this name was deleted and created again (a new MetadataId).
     generation: int = 0
+    # The global option set (its Name) a choice column is bound to; None for a local one.
+    global_option_set: str | None = None
 
     @cached_property
     def is_lookup(self) -> bool:
@@ -270,12 +272,17 @@ def boolean(name: str, display: str, labels: tuple[str, str] = ("No", "Yes")) ->
 
 
 def choice(
-    name: str, display: str, labels: dict[int, str], kind: str = "Picklist"
+    name: str,
+    display: str,
+    labels: dict[int, str],
+    kind: str = "Picklist",
+    global_option_set: str | None = None,
 ) -> list[AttributeDef]:
     """A Picklist column plus its generated ``…name`` companion."""
     options = tuple(Option(value, label) for value, label in labels.items())
+    attr = AttributeDef(name, kind, f"{kind}Type", display, options=options, null_ratio=0.1)
     return [
-        AttributeDef(name, kind, f"{kind}Type", display, options=options, null_ratio=0.1),
+        replace(attr, global_option_set=global_option_set),
         _companion(name, "name", "Virtual", "VirtualType", display),
     ]
 

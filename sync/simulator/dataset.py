@@ -46,7 +46,9 @@ from sync.simulator.values import (
 
 #: Versions of seeded rows start above this (real versionnumbers are large, opaque numbers).
 BASE_VERSION = 100_000
-HOSTILE_KINDS = frozenset({"malformed_json", "missing_key", "wrong_type", "unsafe_attribute"})
+HOSTILE_KINDS = frozenset(
+    {"malformed_json", "missing_key", "wrong_type", "unsafe_attribute", "bad_option_set"}
+)
 UNSAFE_ATTRIBUTE = 'bad name"; drop'
 _SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
 _ADDABLE = frozenset(

@@ -18,7 +18,9 @@ from typing import Any
 from sync.simulator.attributes import CHOICE_TYPES, METADATA_CLASS, AttributeDef
 from sync.simulator.dataset import Table
 from sync.simulator.filters import Node, evaluate, parse_filter, properties
+from sync.simulator.many_to_one import many_to_one_path, many_to_one_response
 from sync.simulator.odata import Query, parse_select
+from sync.simulator.optionsets import global_option_set, option_set
 from sync.simulator.protocol import (
     ApiError,
     ApiResponse,
@@ -191,32 +193,6 @@ def _cast_properties(cast: str | None) -> set[str]:
     return set(_type_properties(AttributeDef("x", kinds[0], "", "")))
 
 
-def option_set(attr: AttributeDef) -> dict[str, Any] | None:
-    """The OptionSet of a choice or Yes/No column (for ``$expand=OptionSet``)."""
-
-    def option(value: int, text: str, state: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"Value": value, "Label": label(text)}
-        if attr.attribute_type == "Status":
-            out["State"] = state
-        return out
-
-    if attr.attribute_type == "Boolean":
-        false, true = attr.options
-        return {
-            "OptionSetType": "Boolean",
-            "FalseOption": option(false.value, false.label),
-            "TrueOption": option(true.value, true.label),
-        }
-    if attr.attribute_type in CHOICE_TYPES or attr.is_multiselect:
-        kind = attr.attribute_type if attr.attribute_type in CHOICE_TYPES else "Picklist"
-        return {
-            "OptionSetType": kind,
-            "IsGlobal": False,
-            "Options": [option(o.value, o.label, o.state) for o in attr.options],
-        }
-    return None
-
-
 def _project(record: dict[str, Any], select: tuple[str, ...] | None) -> dict[str, Any]:
     if select is None:
         return record
@@ -270,6 +246,8 @@ class MetadataView:
 
     def handle(self, path: str, query: Query) -> ApiResponse:
         """Route an ``EntityDefinitions…`` path."""
+        if (related := many_to_one_path(path)) is not None:
+            return many_to_one_response(self._table(related), self.tables, query, self.base_url)
         match = _PATH.match(path)
         if not match:
             raise bad_request(f"The metadata path '{path}' is not supported by the simulator.")
@@ -369,9 +347,9 @@ class MetadataView:
                 continue
             projected = _project(record, select)
             if "OptionSet" in expand:
-                projected["OptionSet"] = option_set(attr)
+                projected["OptionSet"] = option_set(attr, hostile=table.hostile == "bad_option_set")
             if "GlobalOptionSet" in expand:
-                projected["GlobalOptionSet"] = None
+                projected["GlobalOptionSet"] = global_option_set(attr)
             out.append(projected)
         return out
 

@@ -182,6 +182,7 @@ NEW_PROJECT = TableTemplate(
                 "new_category",
                 "Category",
                 {100000000: "Internal", 100000001: "Customer", 100000002: "Research"},
+                global_option_set="new_projectcategory",
             ),
             *multiselect(
                 "new_tags", "Tags", {1: "Design", 2: "Build", 3: "Test", 4: "Deploy", 5: "Support"}

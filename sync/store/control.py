@@ -305,3 +305,16 @@ alert_deliveries = Table(
     Column("last_ok_at", DateTime(timezone=True)),
     Column("failures", BigInteger, nullable=False, server_default="0"),
 )
+
+# Per environment, metadata table (store.metadata_tables) and Dataverse table: the hash of its
+# rows there, so a refresh rewrites only what changed at the source.
+metadata_hashes = Table(
+    "dv_metadata_hashes",
+    metadata,
+    Column("environment", String(63), primary_key=True),
+    Column("metadata_table", String(63), primary_key=True),
+    Column("entityname", String(128), primary_key=True),
+    Column("source_hash", String(64), nullable=False),
+    Column("row_count", Integer, nullable=False),
+    Column("refreshed_at", DateTime(timezone=True), nullable=False),
+)
