@@ -149,7 +149,11 @@ def tables(state: State, env_name: str) -> None:
 @click.option("--env", "env_name", help="Only this environment (its name in the config).")
 @click.option("--table", "table_name", help="Only this table (logical name).")
 @click.option("--exact", is_flag=True, help="Count every key range exactly and diff every key.")
-@click.option("--repair", is_flag=True, help="Refetch missing and stale rows, delete ghosts.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Refetch missing and stale rows, delete ghosts (implies --exact).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def verify(

@@ -230,6 +230,17 @@ async def _serve_console(
     )
     for line in sign_in_lines(ready):
         console.print(Text(f"  {line}"), soft_wrap=True, highlight=False)
+    database = config.store_url.removeprefix("sqlite+aiosqlite:///")
+    first_env = ready["tenants"][0]["environments"][0]["name"]
+    verify = f"dvmirror --config {config.path} verify"
+    for line in (
+        "Meanwhile, in another terminal, check the mirror against the source:",
+        f"  {verify} --exact",
+        f"then `DELETE FROM {first_env}__account WHERE rowid <= 5` in {database} and",  # noqa: S608 - for the user to type
+        f"  {verify} --repair",
+        "hands the table to the daemon as a resync: `--exact` again shows the rows back.",
+    ):
+        console.print(Text(line), soft_wrap=True, highlight=False)
     console.print("The daemon keeps syncing. Press Ctrl-C to stop.", soft_wrap=True)
     interrupted = asyncio.create_task(wait_for_interrupt())
     await asyncio.wait({interrupted, daemon_task}, return_when=asyncio.FIRST_COMPLETED)

@@ -225,6 +225,9 @@ async def run_verify(
 ) -> int:
     chosen = select(config, env, table)
     names = [c.environment.name for c in chosen]
+    # A repair needs the keys: the day-old estimate alone would let a table with a few rows
+    # missing pass as "approximately matches" and nothing would be repaired.
+    exact = exact or repair
     async with AsyncExitStack() as stack:
         beside_daemon = False
         try:

@@ -141,7 +141,9 @@ async def fetch_source(
         tail = om.MANY_TO_ONE_QUERY if kind == MANY_TO_ONE else f"Attributes/{om.cast_query(kind)}"
         return api_url(environment_url, f"{path}/{tail}")
 
-    answers = await asyncio.gather(*(client.get(url(k), table=table) for k in wanted))
+    # Environment-level metadata requests (cost class "metadata"), not the table's own: they
+    # stay out of its run history and its request tally.
+    answers = await asyncio.gather(*(client.get(url(k)) for k in wanted))
     fetched = {k: _values(a, table, f"{k} answer") for k, a in zip(wanted, answers, strict=True)}
     if cache is not None:
         for kind, items in fetched.items():
