@@ -87,7 +87,18 @@ def relationship_rows(store_url: str) -> list[tuple[Any, ...]]:
     return query(database, f"SELECT * FROM {name} ORDER BY schema_name")
 
 
+# The metadata tables (sync.store.metadata_tables) are there whatever `relationships` says.
+METADATA_TABLES = {
+    f"{kind}metadata"
+    for kind in ("optionset", "globaloptionset", "state", "status", "target", "attribute")
+}
+
+
 def mirror_tables(store_url: str) -> set[str]:
+    return _tables_in_store(store_url) - METADATA_TABLES
+
+
+def _tables_in_store(store_url: str) -> set[str]:
     database = database_of(store_url)
     if isinstance(database, str):
         rows = query(

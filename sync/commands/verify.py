@@ -37,7 +37,7 @@ from sync.store.open import open_store
 from sync.store.requests import request_resync
 from sync.store.writer_lock import single_writer
 from sync.verify.daemon_cycle import wait_for_cycle
-from sync.verify.runner import TableReport, VerifyRequest, verify_environment
+from sync.verify.runner import TableReport, VerifyRequest, budget_is_low, verify_environment
 
 
 def _catch_up(store: AsyncEngine, client: ExactClient, chosen: Selection) -> Any:
@@ -87,7 +87,9 @@ async def _environment(
                 chosen.tables
                 or (await resolve_tables(client, environment.url, environment.tables)).tables
             )
-            if not chosen.named:  # and the N:N tables beside them (no metadata written here)
+            # And the N:N tables beside them (no metadata written here); not even that
+            # discovery once less than a tenth of the day's budget is left (all stop then).
+            if not chosen.named and not await budget_is_low(wiring.budget(tenant)):
                 tables, _ = await with_relationships(client, None, environment, tables)
         except AuthError:
             raise

@@ -78,7 +78,7 @@ class VerifyRequest:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
-async def _budget_is_low(budget: TenantBudget | None) -> bool:
+async def budget_is_low(budget: TenantBudget | None) -> bool:
     if budget is None:
         return False
     await budget.wait_until()  # loads the shared counter (what other processes spent counts)
@@ -99,7 +99,7 @@ class TableVerifier:
         self.mirror: mirror_side.MirrorTable | None = None
 
     async def check_budget(self) -> None:
-        if await _budget_is_low(self.request.budget):
+        if await budget_is_low(self.request.budget):
             raise BudgetLow
 
     async def prepare(self) -> None:
@@ -324,7 +324,7 @@ async def verify_environment(request: VerifyRequest) -> list[TableReport]:
     """Verify the environment's tables one after another; record each in dv_verify_runs. With
     less than 10% of the daily budget left, not even the estimate is asked: all are stopped."""
     env = request.environment
-    low = await _budget_is_low(request.budget)
+    low = await budget_is_low(request.budget)
     estimates = {} if low else await _estimates(request)
     reports = []
     for table in request.tables:
