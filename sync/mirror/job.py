@@ -406,8 +406,8 @@ class TableJob:
                 )
         except LeaseLostError as exc:  # lost between the last page and this record
             log.warning("run_record_skipped", environment=env, table=self.table, error=exc.message)
-        except DvmirrorError as exc:  # the store itself failed: report, do not mask the cause
-            log.exception("run_record_failed", environment=env, table=self.table, error=exc.message)
+        except DvmirrorError as exc:  # the store failed (a full disk): one line, no traceback
+            log.error("run_record_failed", environment=env, table=self.table, error=exc.message)
         if error is not None:
             log.error("table_parked", environment=env, table=self.table, error=message)
         return JobResult(
