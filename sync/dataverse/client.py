@@ -71,6 +71,7 @@ DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=120, connect=15, sock_connect=15, 
 OFF_LOOP_BYTES = 64 * 1024
 
 Decoder = Callable[[bytes], Any]
+BodyHook = Callable[[bytes], None]
 """Raw body of a 2xx response → result; None when the body is not parseable at all (retried)."""
 
 
@@ -257,12 +258,15 @@ class DataverseClient:
         headers: Mapping[str, str] | None = None,
         decoder: Decoder | None = None,
         cost_class: str | None = None,
+        on_body: BodyHook | None = None,
     ) -> Any:
         """GET `url` (on this environment's origin) and return its decoded body.
 
         `decoder` turns the body of a 2xx response into the result (default: the JSON document);
         error responses are always decoded as JSON, for classification. `cost_class` tells the
-        governor which requests cost alike (default: the table's, or metadata).
+        governor which requests cost alike (default: the table's, or metadata). `on_body` sees
+        each 2xx body as soon as it is read, before it is decoded (a pager sends its next request
+        from there), on the event loop: it must be quick.
         """
         cost_class = cost_class or (f"table:{table}" if table else "metadata")
         check_link(url, self.origin, table=table)
@@ -278,7 +282,12 @@ class DataverseClient:
             async for attempt in retrying:
                 with attempt:
                     return await self._get_reauth_throttled(
-                        url, request_headers_, table, decoder or decode_json, cost_class
+                        url,
+                        request_headers_,
+                        table,
+                        decoder or decode_json,
+                        cost_class,
+                        on_body=on_body,
                     )
         except MalformedBodyError as exc:
             where = f"environment {self.environment.name}" + (f", table {table}" if table else "")
@@ -322,13 +331,15 @@ class DataverseClient:
         table: str | None,
         decoder: Decoder,
         cost_class: str,
+        *,
+        on_body: BodyHook | None,
     ) -> Any:
         throttled = 0
         refreshed = False
         while True:
             token = await self._tokens.token(self.scope, force_refresh=refreshed)
             status, response_headers, document, paused = await self._send(
-                url, headers, token, decoder, cost_class
+                url, headers, token, decoder, cost_class, on_body=on_body
             )
             self.tally.count(table, status, paused)
             decision = classify(status, response_headers, document)
@@ -366,7 +377,14 @@ class DataverseClient:
             raise error
 
     async def _send(
-        self, url: str, headers: dict[str, str], token: str, decoder: Decoder, cost_class: str
+        self,
+        url: str,
+        headers: dict[str, str],
+        token: str,
+        decoder: Decoder,
+        cost_class: str,
+        *,
+        on_body: BodyHook | None = None,
     ) -> tuple[int, Mapping[str, str], Any, float]:
         """One GET under a governor slot. Returns status, headers, the decoded body and the
         seconds the response added to the Retry-After pause.
@@ -402,6 +420,8 @@ class DataverseClient:
                 paused = slot.observe(status, response_headers, error_code=_error_code(document))
             break
         if success and body:
+            if on_body is not None:
+                on_body(body)
             if len(body) >= OFF_LOOP_BYTES:
                 document = await asyncio.to_thread(decoder, body)
             else:
@@ -428,6 +448,7 @@ def _error_code(document: Any) -> object:
 
 
 __all__ = [
+    "BodyHook",
     "DataverseClient",
     "Decoder",
     "MalformedBodyError",

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from sync.config.model import Environment, Tenant
-from sync.dataverse.client import DataverseClient, RequestGate, TokenSource
+from sync.dataverse.client import BodyHook, DataverseClient, RequestGate, TokenSource
 from sync.dataverse.odata import request_headers
 from sync.errors import HostileResponseError
 from sync.mirror.decode_workers import DecodePool
@@ -60,8 +60,11 @@ class ExactClient(DataverseClient):
         impersonate: str | None = None,
         page_size: int | None = None,
         cost_class: str | None = None,
+        on_body: BodyHook | None = None,
     ) -> DecodedPage:
-        """GET one row page (collection, delta or keys) and return it decoded and typed."""
+        """GET one row page (collection, delta or keys) and return it decoded and typed.
+
+        `on_body` sees the raw body before it is decoded (see DataverseClient.get)."""
         headers = request_headers(
             page_size=page_size or self.environment.page_size,
             track_changes=track_changes,
@@ -69,7 +72,12 @@ class ExactClient(DataverseClient):
         )
         decoder = partial(decode_rows, self.decode_pool, shaper)
         page = await self.get(
-            url, table=shaper.table, headers=headers, decoder=decoder, cost_class=cost_class
+            url,
+            table=shaper.table,
+            headers=headers,
+            decoder=decoder,
+            cost_class=cost_class,
+            on_body=on_body,
         )
         if not isinstance(page, DecodedPage):  # pragma: no cover - decode_rows returns one
             raise HostileResponseError(f"table {shaper.table}: unexpected page", table=shaper.table)

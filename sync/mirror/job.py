@@ -19,11 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 from sync.config.model import Environment
-from sync.dataverse.client import RequestTally
+from sync.dataverse.client import BodyHook, RequestTally
 from sync.errors import AuthError, DeltaTokenExpired, DvmirrorError, LeaseLostError
 from sync.limits import MAX_PAGE_SIZE
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
+from sync.mirror.ahead import FetchAhead
 from sync.mirror.discovery import JsonSource, discover_table, estimate_total
 from sync.mirror.keyranges import should_split
 from sync.mirror.page import DecodedPage
@@ -53,6 +54,7 @@ class PageClient(JsonSource, Protocol):
         impersonate: str | None = None,
         page_size: int | None = None,
         cost_class: str | None = None,
+        on_body: BodyHook | None = None,
     ) -> DecodedPage: ...
 
 
@@ -130,7 +132,7 @@ class TableJob:
         self.split = False
         self._counted: tuple[int | None] | None = None  # a row count taken beside discovery
         self._shapers: tuple[RowShaper, RowShaper] | None = None
-        self._prefetch: tuple[cur.Request, asyncio.Future[DecodedPage]] | None = None
+        self._ahead = FetchAhead(self.fetch, environment.origin)
 
     @property
     def needs_backfill(self) -> bool:
@@ -309,9 +311,12 @@ class TableJob:
                 *token_stamp(self.store, env.name, self.table),
             ]
 
-        if not step.cycle_done:  # fetch the next page while this one commits
+        if step.cycle_done:
+            await self.cancel_prefetch()  # a guess read from a page that ends the cycle
+        else:  # the next page is fetched while this one commits
             upcoming, _ = cur.plan(step.state, schema, base_url=env.url, now=now)
-            self._prefetch = (upcoming, asyncio.ensure_future(self.fetch(upcoming)))
+            await self._ahead.keep_or_start(upcoming)
+        self._ahead.committing = True
         try:
             counts = await commit_page(
                 self.store, self.layout.writer, write, observed_at=synced, checkpoint=checkpoint
@@ -319,13 +324,15 @@ class TableJob:
         except BaseException:
             await self.cancel_prefetch()
             raise
+        finally:
+            self._ahead.committing = False
         self.cursor = step.state
         if step.full_pass_done or (step.cycle_done and not schema.change_tracking):
             self.reconcile = False
         self.page_committed(planned.phase, counts, cycle_done=step.cycle_done)
         return not step.cycle_done
 
-    async def fetch(self, request: cur.Request) -> DecodedPage:
+    async def fetch(self, request: cur.Request, on_body: BodyHook | None = None) -> DecodedPage:
         """One page as `request` asks (keys only for a key request), in this table's shape.
 
         Key pages hold one short column, so they always ask for the largest page: a key scan
@@ -340,25 +347,15 @@ class TableJob:
             page_size=MAX_PAGE_SIZE if keys else self.environment.page_size,
             # Key pages, full row pages and delta pages of a table cost very differently.
             cost_class=f"{request.kind}:{self.table}",
+            on_body=on_body,
         )
 
     async def _page(self, request: cur.Request) -> DecodedPage:
-        prefetched = self._prefetch
-        if prefetched is not None and prefetched[0] == request:
-            self._prefetch = None
-            return await prefetched[1]
-        await self.cancel_prefetch()
-        return await self.fetch(request)
+        return await self._ahead.page(request)
 
     async def cancel_prefetch(self) -> None:
         """Drop a page fetched ahead (the job stops, its plan changed or its commit failed)."""
-        prefetched, self._prefetch = self._prefetch, None
-        if prefetched is not None:
-            future = prefetched[1]
-            future.cancel()
-            await asyncio.wait([future])  # our own cancellation still propagates
-            if not future.cancelled():
-                future.exception()  # retrieved: a failed fetch ahead is not worth a warning
+        await self._ahead.cancel()
 
     async def interrupt(self) -> None:
         """Stop between pages (shutdown): the last checkpoint stands, the run is marked so."""
