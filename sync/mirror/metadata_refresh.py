@@ -34,7 +34,8 @@ from sync.mirror.job import JobResult
 from sync.mirror.typemap import SAFE_COLUMN
 from sync.store.control import mirror_columns
 from sync.store.dialects import dialect_for
-from sync.store.metadata_tables import LabelFix, read_rows, rewrite, stored_hashes
+from sync.store.metadata_tables import read_rows, rewrite, stored_hashes
+from sync.store.relabel import LabelFix
 from sync.store.writer import map_store_errors
 
 log = get_logger(__name__)
