@@ -74,6 +74,7 @@ class FeedReader:
         self.config, self.env, self.secret = config, env, secret
         self.copy: dict[tuple[str, str], dict[str, Any]] = {}
         self.last = 0
+        self.summary = ""
 
     def pull(self) -> None:
         done = run_cli(
@@ -91,6 +92,7 @@ class FeedReader:
             else:
                 key = str(change["row"][KEYS[change["table"]]]).lower()
                 self.copy[(change["table"], key)] = change["row"]
+        self.summary = done.stderr
         found = re.findall(r"next: --since (\d+)", done.stderr)
         assert found, done.stderr
         self.last = int(found[-1])
@@ -198,8 +200,23 @@ def test_relabels_reach_readers_of_the_feed(
     code, output = sync_once(config)
     assert code == 0, output
 
-    # Both readers end with the source's labels.
+    # Both readers end with the source's labels; the feed names the metadata tables to copy.
+    since = feed_reader.last
     feed_reader.pull()
+    assert (
+        "metadata tables changed (copy them again): optionsetmetadata, statusmetadata"
+        in feed_reader.summary
+    )
+    folder = run_cli(
+        *("--config", path, "feed", "--env", env, "--since", str(since), "--format", "jsonl"),
+        *("--out", tmp_path / "loads"),
+        env={"DVMIRROR_CLIENT_SECRET": str(sim["client_secret"])},
+    )
+    assert folder.returncode == 0, folder.stderr
+    [written] = (tmp_path / "loads").iterdir()
+    manifest = json.loads((written / "manifest.json").read_text())
+    assert manifest["metadata_tables"] == ["optionsetmetadata", "statusmetadata"]
+    assert set(manifest["rows"]) == {"account", "new_project"}
     sql_reader.pull()
     assert feed_reader.last == sql_reader.last == newest(store_url, env)
     for name in KEYS:
