@@ -9,7 +9,8 @@ Dataverse table; only rows whose hash differs from the stored one are rewritten
 (store.metadata_tables), and when an
 option's label in the application user's language changed, the mirror's `<col>__label` values
 are updated in the same transaction: relabelling is a metadata change only, no row's
-versionnumber moves, so change tracking would never bring the new label (reference 13).
+versionnumber moves, so change tracking would never bring the new label (reference 13). Those
+updates are commits of the change feed (store.relabel), so incremental loaders get them.
 """
 
 from __future__ import annotations
