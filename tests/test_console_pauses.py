@@ -106,6 +106,15 @@ def _site(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 "fabrikam_prod": EnvSpec(("account",)),
             },
         )
+        # Only table requests for contoso, so that the throttle window lands on table runs (the
+        # environment's own requests' runs: tests/test_environment_pauses.py).
+        config.write_text(
+            config.read_text().replace(
+                'name = "contoso_prod"',
+                'name = "contoso_prod"\nmetadata_tables = false\nrelationships = "none"',
+                1,
+            )
+        )
         with_console(config, port)
         daemon = DaemonProcess.start(config, tmp_path / "daemon.log", env=SESSION)
         try:
