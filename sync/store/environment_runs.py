@@ -58,4 +58,3 @@ def environment_figures(recent: Mapping[str, Mapping[str, Any]] | None) -> dict[
         "throttled": int(row.get("throttled") or 0),
         "paused_seconds": round(float(row.get("paused_seconds") or 0.0), 3),
     }
-
