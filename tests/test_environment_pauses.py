@@ -11,11 +11,13 @@ import asyncio
 import json
 import re
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sync.runtime.environment_pauses import PauseSpan
 from tests.cli import run_cli
 from tests.console_harness import free_port
 from tests.daemonproc import DaemonProcess, EnvSpec, sync_states, wait_until, write_config
@@ -101,3 +103,14 @@ def test_a_throttled_whoami_pause_is_stored_and_shown(tmp_path: Path) -> None:
         finally:
             code = daemon.stop()
         assert code == 0, daemon.tail()
+
+
+def test_a_pause_span_records_only_what_holds_a_429() -> None:
+    """Pure: requests without a 429 extend the span; a 429 (or a pause) closes it with what
+    was added since the last record."""
+    span = PauseSpan(datetime(2026, 1, 1, tzinfo=UTC))
+    assert span.take((3, 0, 0.0)) is None
+    assert span.take((5, 1, 2.5)) == (5, 1, 2.5)
+    assert span.take((9, 1, 2.5)) is None
+    assert span.take((10, 3, 2.5)) == (5, 2, 0.0)
+    assert span.seen == (10, 3, 2.5)
