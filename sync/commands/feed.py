@@ -117,6 +117,10 @@ async def _export(
         await engine.dispose()
     rows = sum(summary.rows.values())
     counts = f"{rows:,} rows of {len(summary.rows)} tables, {summary.deletions:,} deletions"
+    if summary.metadata_tables:
+        counts += (
+            f"; metadata tables changed (copy them again): {', '.join(summary.metadata_tables)}"
+        )
     interval = f"{summary.since} < seq <= {summary.until}"
     if out is None:
         print(f"{env}: {interval}: {counts}; next: --since {summary.until}", file=sys.stderr)

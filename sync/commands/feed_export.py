@@ -15,8 +15,9 @@ Output:
   "reason"}`;
 - with `--out DIR`: a folder `DIR/<env>-<N>-<M>/` holding `<table>.jsonl|csv` (the table's rows
   in commit order, one file per table that has any), `_dv_deletions.jsonl|csv` and
-  `manifest.json` (the interval and the counts). It is written under a temporary name and renamed
-  when complete, so a folder that exists is whole.
+  `manifest.json` (the interval, the counts, and `metadata_tables`: those a commit of the
+  interval rewrote, store.relabel). It is written under a temporary name and renamed when
+  complete, so a folder that exists is whole.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from sync.store.control import commits, deletions, mirror_columns
 from sync.store.dialects import dialect_for
 from sync.store.identifiers import quote_ident
 from sync.store.layout import COMMIT_SEQ_COLUMN
+from sync.store.metadata_tables import NAMES as METADATA_TABLES
 
 Format = Literal["jsonl", "csv"]
 DELETIONS_FILE = "_dv_deletions"
@@ -92,6 +94,8 @@ class ExportSummary:
     rows: dict[str, int] = field(default_factory=dict)
     deletions: int = 0
     folder: Path | None = None
+    # Metadata tables rewritten in the interval (their rows carry no number: copy them again).
+    metadata_tables: list[str] = field(default_factory=list)
 
     def manifest(self, fmt: Format) -> dict[str, Any]:
         return {
@@ -102,6 +106,7 @@ class ExportSummary:
             "format": fmt,
             "rows": self.rows,
             "deletions": self.deletions,
+            "metadata_tables": self.metadata_tables,
             "written_at": dt.datetime.now(dt.UTC).isoformat(),
         }
 
@@ -141,6 +146,22 @@ async def newest_seq(conn: AsyncConnection, environment: str) -> int:
         commits.c.environment == environment
     )
     return int((await conn.execute(query)).scalar_one())
+
+
+async def _metadata_changed(conn: AsyncConnection, interval: Interval) -> list[str]:
+    """The metadata tables a commit of the interval names (store.relabel)."""
+    query = (
+        select(commits.c.table_name)
+        .where(
+            commits.c.environment == interval.environment,
+            commits.c.seq > interval.since,
+            commits.c.seq <= interval.until,
+            commits.c.table_name.in_(METADATA_TABLES),
+        )
+        .distinct()
+        .order_by(commits.c.table_name)
+    )
+    return [str(name) for name in (await conn.execute(query)).scalars()]
 
 
 async def _table_rows(
@@ -198,6 +219,8 @@ async def export_interval(
         upper = newest if until is None else min(until, newest)
         summary = ExportSummary(environment, since, upper)
         tables = await _tables(conn, environment)
+        interval = Interval(environment, since, upper)
+        summary.metadata_tables = await _metadata_changed(conn, interval)
         if out is None:
             await _to_stdout(conn, summary, tables, sys.stdout.buffer)
         elif upper > since:

@@ -35,6 +35,7 @@ from sync.store.control import (
     run_history,
     sync_state,
 )
+from sync.store.environment_runs import environment_figures
 from sync.store.open import open_store, redact_url
 from sync.store.relationship_metadata import intersect_tables
 from sync.store.requests import ResyncRequest, recent_query, request_from_row
@@ -221,7 +222,8 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 "url": env.url,
                 "configured": True,
                 **_owner(owners.get(env.name), now),
-                "retry_after_seconds_recent": _paused(entries),
+                "retry_after_seconds_recent": _paused(entries, recent.get(env.name)),
+                "environment_requests": _own(recent.get(env.name)),
                 "commit_seq": newest.get(env.name, 0),
                 "tables": entries,
             }
@@ -235,7 +237,8 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
                 "url": known.get("url"),
                 "configured": False,
                 **_owner(owners.get(name), now),
-                "retry_after_seconds_recent": _paused(tables_of(name, [])),
+                "retry_after_seconds_recent": _paused(tables_of(name, []), recent.get(name)),
+                "environment_requests": _own(recent.get(name)),
                 "commit_seq": newest.get(name, 0),
                 "tables": tables_of(name, []),
             }
@@ -252,8 +255,21 @@ def build_report(config: Config, rows: Mapping[str, list[Row]], now: dt.datetime
     }
 
 
-def _paused(tables: Iterable[Mapping[str, Any]]) -> float:
-    return round(sum(float(t["retry_after_seconds_recent"]) for t in tables), 3)
+def _paused(tables: Iterable[Mapping[str, Any]], recent: Mapping[str, Row] | None) -> float:
+    """The tables' Retry-After seconds plus those of the environment's own requests."""
+    own = float(environment_figures(recent)["paused_seconds"])
+    return round(sum(float(t["retry_after_seconds_recent"]) for t in tables) + own, 3)
+
+
+def _own(recent: Mapping[str, Row] | None) -> dict[str, Any]:
+    """The environment's own requests (WhoAmI, N:N discovery, metadata refresh) in the recent
+    window, as their runs recorded them (store.environment_runs: only when throttled)."""
+    figures = environment_figures(recent)
+    return {
+        "requests_recent": figures["requests"],
+        "throttled_recent": figures["throttled"],
+        "retry_after_seconds_recent": figures["paused_seconds"],
+    }
 
 
 def _owner(lease: Row | None, now: dt.datetime) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from sync.config.model import Config, Environment, Tenant
 from sync.console.fixes import fix_for
 from sync.console.verify_figures import verify_entry
 from sync.logs import mask_text
+from sync.store.environment_runs import environment_figures
 
 Row = Mapping[str, Any]
 WINDOW = dt.timedelta(hours=24)
@@ -132,6 +133,7 @@ def environment_entry(
     budgets = {row["tenant"]: row for row in raw["budgets"]}
     budget = _budget(tenant, budgets, now)
     whoami_ok = bool(known and known.get("application_user_id"))
+    own = environment_figures({t: r for (e, t), r in rows["recent"].items() if e == env.name})
     errors = " ".join((t["last_error"] or "").lower() for t in tables if t["parked"])
     lags = [t["lag_seconds"] for t in tables if t["lag_seconds"] is not None]
     if not whoami_ok and any(hint in errors for hint in UNCONSENTED_HINTS):
@@ -154,11 +156,16 @@ def environment_entry(
         # A table never synced counts as the worst lag of all: it is not fresh at all.
         "worst_lag_seconds": None if not lags or len(lags) < len(tables) else max(lags),
         "never_synced": sum(1 for t in tables if t["lag_seconds"] is None),
-        "requests_24h": sum(t["requests_24h"] for t in tables),
-        "throttled_24h": sum(t["throttled_24h"] for t in tables),
+        # Its tables' runs plus the runs of its own requests (WhoAmI, N:N discovery, metadata
+        # refresh: store.environment_runs, recorded only when they were throttled).
+        "requests_24h": sum(t["requests_24h"] for t in tables) + own["requests"],
+        "throttled_24h": sum(t["throttled_24h"] for t in tables) + own["throttled"],
         # The Retry-After pause the governor held this environment's user back for, as the
         # runs of the last 24 h recorded it (each run keeps the pause its own 429s started).
-        "retry_after_seconds_24h": round(sum(t["retry_after_seconds_24h"] for t in tables), 3),
+        "retry_after_seconds_24h": round(
+            sum(t["retry_after_seconds_24h"] for t in tables) + own["paused_seconds"], 3
+        ),
+        "environment_requests_24h": own,
         "budget": budget,
         "whoami": {
             "ok": whoami_ok,

@@ -9,7 +9,8 @@ Dataverse table; only rows whose hash differs from the stored one are rewritten
 (store.metadata_tables), and when an
 option's label in the application user's language changed, the mirror's `<col>__label` values
 are updated in the same transaction: relabelling is a metadata change only, no row's
-versionnumber moves, so change tracking would never bring the new label (reference 13).
+versionnumber moves, so change tracking would never bring the new label (reference 13). Those
+updates are commits of the change feed (store.relabel), so incremental loaders get them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from sync.mirror.job import JobResult
 from sync.mirror.typemap import SAFE_COLUMN
 from sync.store.control import mirror_columns
 from sync.store.dialects import dialect_for
-from sync.store.metadata_tables import LabelFix, read_rows, rewrite, stored_hashes
+from sync.store.metadata_tables import read_rows, rewrite, stored_hashes
+from sync.store.relabel import LabelFix
 from sync.store.writer import map_store_errors
 
 log = get_logger(__name__)

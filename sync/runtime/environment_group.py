@@ -27,6 +27,7 @@ from sync.mirror.fetch import ExactClient
 from sync.mirror.job import PageProgress, TableJob
 from sync.mirror.relationships import mirrored_tables, resolved_at_run_time
 from sync.mirror.runner import run_cycle
+from sync.runtime.environment_pauses import run_pause_recorder
 from sync.runtime.metadata_loop import run_metadata_loop
 from sync.runtime.metrics import Metrics
 from sync.runtime.resync import ResyncWork, pass_is_current
@@ -121,6 +122,7 @@ class EnvironmentGroup:
     async def run(self) -> None:
         """Authenticate (with backoff while it fails), then keep every table in sync."""
         client = self.wiring.client(self.tenant, self.environment, self.governor)
+        started_at = datetime.now(UTC)
         async with client:
             if not await self._authenticate(client):
                 return
@@ -142,6 +144,9 @@ class EnvironmentGroup:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch_resyncs(tables), name=f"{self.name}/resync")
                 group.create_task(self._verify(client), name=f"{self.name}/verify")
+                group.create_task(
+                    self._pauses(client, started_at), name=f"{self.name}/environment-pauses"
+                )
                 if self.environment.metadata_tables:
                     group.create_task(self._metadata(client), name=f"{self.name}/metadata")
                 for table in tables:
@@ -162,6 +167,19 @@ class EnvironmentGroup:
                 metrics=self.metrics,
                 cycles=self.cycles,
                 stopping=self.stopping,
+            )
+        except LeaseLostError as exc:
+            self.lease_lost(exc)
+
+    async def _pauses(self, client: ExactClient, started_at: datetime) -> None:
+        """The 429s of the environment's own requests, stored as runs (environment_pauses)."""
+        try:
+            await run_pause_recorder(
+                store=self.store,
+                environment=self.name,
+                tally=client.tally,
+                stopping=self.stopping,
+                started_at=started_at,
             )
         except LeaseLostError as exc:
             self.lease_lost(exc)

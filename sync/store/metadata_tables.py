@@ -6,13 +6,14 @@ lower case (sync.mirror.option_metadata builds the rows). The rows of one Datave
 metadata table are rewritten together — delete, insert, their new hash in `dv_metadata_hashes` —
 and only when that hash changed; other tables' rows stay (a table no longer mirrored keeps them,
 as it keeps its mirror). Everything that changed in one refresh, and the `<col>__label` fixes of
-the mirror tables, commit in one transaction, so a reader never sees half a refresh.
+the mirror tables, commit in one transaction, so a reader never sees half a refresh; the label
+fixes and every metadata table rewritten take commit numbers of the change feed there
+(store.relabel), so incremental loaders see them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -27,13 +28,13 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync.store.control import metadata_hashes
 from sync.store.dialects import dialect_for
 from sync.store.identifiers import quote_ident
+from sync.store.relabel import LabelFix, record_metadata_commits, relabel
 from sync.store.writer import database_of, map_store_errors, patiently
 
 Row = tuple[Any, ...]
@@ -135,17 +136,6 @@ def tables_for(dialect: str, environment: str) -> dict[str, Table]:
     return out
 
 
-@dataclass(frozen=True)
-class LabelFix:
-    """New labels for one mirror table's `<column>__label`: by option value (a choice column),
-    or computed from each stored value (a multi-select column, `1,3` → `A; C`)."""
-
-    table: str
-    column: str
-    labels: Mapping[int, str]
-    recompute: Callable[[str], str | None] | None = None
-
-
 Part = tuple[str, str]  # (metadata table, entityname)
 
 
@@ -193,47 +183,6 @@ async def _create(conn: AsyncConnection, dialect: str, environment: str) -> None
     await conn.run_sync(lambda sync: meta.create_all(sync, checkfirst=True))
 
 
-def _stored_value(value: Any) -> str:
-    """A multi-select value as the Web API writes it (`1,3`), from SQLite's text or
-    PostgreSQL's integer[]."""
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-async def _fix_labels(conn: AsyncConnection, environment: str, fixes: Sequence[LabelFix]) -> int:
-    """`UPDATE <table> SET <col>__label = :new WHERE <col> = :value`; mirrors not made yet are
-    skipped (their rows will come with the new labels). The number of rows changed."""
-    dialect = dialect_for(conn)
-    changed = 0
-    for fix in fixes:
-        present = await dialect.existing_columns(conn, environment, fix.table) or []
-        label = f"{fix.column}__label"
-        if fix.column not in present or label not in present:
-            continue
-        target = dialect.table_ref(environment, fix.table)
-        column, label_column = quote_ident(fix.column), quote_ident(label)
-        statement = text(
-            f"UPDATE {target} SET {label_column} = :label "  # noqa: S608 - quoted identifiers
-            f"WHERE {column} = :value "
-            f"AND ({label_column} IS NULL OR {label_column} <> :label)"
-        )
-        if fix.recompute is None:
-            for value, new in sorted(fix.labels.items()):
-                result = await conn.execute(statement, {"label": new, "value": value})
-                changed += max(result.rowcount or 0, 0)
-            continue
-        distinct = text(
-            f"SELECT DISTINCT {column} FROM {target} WHERE {column} IS NOT NULL"  # noqa: S608
-        )
-        for (stored,) in (await conn.execute(distinct)).all():
-            new_label = fix.recompute(_stored_value(stored))
-            if new_label is not None:
-                result = await conn.execute(statement, {"label": new_label, "value": stored})
-                changed += max(result.rowcount or 0, 0)
-    return changed
-
-
 async def rewrite(
     engine: AsyncEngine,
     environment: str,
@@ -248,11 +197,14 @@ async def rewrite(
     tables = tables_for(dialect.name, environment)
 
     async def attempt() -> int:
+        counts: dict[str, tuple[int, int]] = {}
         async with engine.begin() as conn:
             await _create(conn, dialect.name, environment)
             for (name, entity), (rows, digest) in sorted(changed.items()):
                 table = tables[name]
-                await conn.execute(delete(table).where(table.c.entityname == entity))
+                removed = await conn.execute(delete(table).where(table.c.entityname == entity))
+                written, gone = counts.get(name, (0, 0))
+                counts[name] = (written + len(rows), gone + max(removed.rowcount or 0, 0))
                 if rows:
                     keys = [c.name for c in table.columns]
                     values = [dict(zip(keys, r, strict=True)) for r in rows]
@@ -274,7 +226,11 @@ async def rewrite(
                         refreshed_at=now,
                     )
                 )
-            return await _fix_labels(conn, environment, fixes)
+            # The change feed: the label fixes first (a commit per mirror table that changed),
+            # then one per metadata table rewritten (store.relabel).
+            done = await relabel(conn, environment, fixes, committed_at=now)
+            await record_metadata_commits(conn, environment, counts, committed_at=now)
+            return sum(t.rows for t in done)
 
     with map_store_errors(
         "metadata", dialect, database=database_of(engine), environment=environment
