@@ -227,3 +227,42 @@ async def test_drift_and_an_older_dvmirrors_too_wide_table_keep_the_old_versions
     assert not third.drift.changed and await columns_of(pg_url, "account__history") == before
     assert (await commit(engine, third, T2, tuple(note))).changed == 0
     assert len(await versions(pg_url)) == 3
+
+
+async def test_a_retyped_column_in_overflow_keeps_the_old_versions_values_under_its_archive(
+    engine: Any, pg_url: str
+) -> None:
+    table = wide_schema(1300)
+    layout = await ensure_mirror(engine, ENV, table, soft=False, now=NOW, history=True)
+    physical = set(await columns_of(pg_url, "account__history"))
+    first = row_of(table, K1, 0, 'W/"1"')
+    await commit(engine, layout, T0, first)
+    column = next(
+        c
+        for i, c in enumerate(table.columns)
+        if c.name not in physical and c.sql_type == "numeric" and first[i] is not None
+    )
+    archive = f"{column.name}__old_numeric"
+    retyped = TableSchema(
+        table.table,
+        table.entity_set,
+        table.primary_key,
+        True,
+        tuple(
+            c.__class__(c.name, c.source_key, "text", c.attribute, "String")
+            if c.name == column.name
+            else c
+            for c in table.columns
+        ),
+    )
+    second = await ensure_mirror(engine, ENV, retyped, soft=False, now=NOW, history=True)
+    assert [t.column.name for t in second.drift.retyped] == [column.name]
+    assert archive in await columns_of(pg_url, "account__history__wide")
+    changed = list(row_of(retyped, K1, 0, 'W/"2"'))
+    changed[table.columns.index(column)] = "now text"
+    await commit(engine, second, T1, tuple(changed))
+    (old,) = await fetch(pg_url, AS_OF + " AND accountid = $2", moment(T0), K1)
+    (new,) = await fetch(pg_url, AS_OF + " AND accountid = $2", moment(T1), K1)
+    old_value = typed("numeric", first[table.columns.index(column)])
+    assert (old[archive], old[column.name]) == (old_value, None)
+    assert (new[column.name], new["_dv_version"]) == ("now text", 2)

@@ -138,7 +138,8 @@ async def plan_history_wide(
     rebuild = bool(plan.evicted) or any(
         request.catalogue.get(c) != live.get(c) for c, _ in request.retyped
     )
-    unpacked = {*request.catalogue, *live} - set(plan.physical) - {OVERFLOW_COLUMN}
+    known = {*request.catalogue, *live, *retyped.values()}  # the archives of this drift too
+    unpacked = known - set(plan.physical) - {OVERFLOW_COLUMN}
     types = _overflow_types(request, unpacked)
     after = _view_sql(environment, name, plan.physical, types, current_view, rebuild=rebuild)
     stored = frozenset(c for c in unpacked if c in live)
