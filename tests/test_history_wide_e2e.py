@@ -141,3 +141,20 @@ def test_a_wide_tables_history_survives_sigkill_drift_and_replays(
     assert filled[0][0] > 0
     cli(config, "sync", "--once")  # nothing changed at the source: nothing in the history
     assert versions(pg_url) == after
+
+    # A ghost: a mirror row the source never had (its deletion never reached the delta). The
+    # next start's catch-up gives it a version; `verify --repair` deletes it and closes it.
+    ghost = "0000abcd-0000-4000-8000-000000000000"
+    compare.query(
+        pg_url,
+        f'INSERT INTO "{ENV}"."{TABLE}" ({KEY}, "_dv_version", "_dv_synced_at", "_dv_commit_seq") '
+        f'SELECT ?::uuid, 1, now(), max("_dv_commit_seq") + 1000 FROM "{ENV}"."{TABLE}"',
+        ghost,
+    )
+    cli(config, "sync", "--once")
+    assert [r for r in versions(pg_url) if r[0] == ghost] == [(ghost, 1, "upsert", True)]
+    result = run_cli("--config", config, "verify", "--exact", "--repair", timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    ghostly = [r for r in versions(pg_url) if r[0] == ghost]
+    assert ghostly == [(ghost, 1, "delete", True), (ghost, 1, "upsert", False)]
+    assert_history_equals_the_mirror(pg_url)
