@@ -110,7 +110,8 @@ def test_a_wide_tables_history_survives_sigkill_drift_and_replays(
         except Exception:  # not migrated yet
             continue
         pages = found[0][0] if found else 0
-    os.kill(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
     process.wait(10)
     assert 2 <= pages < 12, "the backfill was not caught in the middle"
     cli(config, "backfill")
