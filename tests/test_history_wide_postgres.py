@@ -14,10 +14,7 @@ import pytest
 
 from sync.store import checkpoints as state
 from sync.store.checkpoints import TableState
-from sync.store.dialects import WideRequest
 from sync.store.dialects.history_sql import HistorySql, create_history_sql
-from sync.store.dialects.pg_history_wide import plan_new_history
-from sync.store.dialects.pg_width import plan_new_table
 from sync.store.dialects.postgres import POSTGRES
 from sync.store.history import HistoryWriter
 from sync.store.layout import TableSchema
@@ -88,33 +85,6 @@ async def versions(pg_url: str) -> list[tuple[str, int, str, bool]]:
         f'FROM "{ENV}"."account__history" ORDER BY 1, _dv_valid_from, _dv_op DESC',
     )
     return [(r["k"], r["v"], r["op"], r["o"]) for r in found]
-
-
-def request_of(table: TableSchema) -> WideRequest:
-    columns = [(c.name, c.sql_type) for c in table.columns]
-    return WideRequest(ENV, "account", table.primary_key, columns, {}, create=True)
-
-
-def test_a_history_has_the_mirrors_overflow_and_more_when_its_own_columns_need_it() -> None:
-    # The most fixed-width columns a mirror row holds without overflow: its history row (32
-    # bytes wider at worst) does not, so the history moves a few columns of its own.
-    count = 700
-    while not plan_new_table(
-        [(c.name, c.sql_type) for c in wide_schema(count + 1, FIXED_KINDS).columns], "accountid"
-    ).overflow:
-        count += 1
-    table = wide_schema(count, FIXED_KINDS)
-    columns = [(c.name, c.sql_type) for c in table.columns]
-    assert not plan_new_table(columns, "accountid").overflow
-    history = plan_new_history(request_of(table), frozenset())
-    moved = {c for c, _ in columns} - set(history.physical)
-    assert history.wide and history.add_jsonb and 1 <= len(moved) <= 4
-    # A mirror with overflow: the history keeps all of it.
-    wide = wide_schema(1300)
-    mirror = plan_new_table([(c.name, c.sql_type) for c in wide.columns], "accountid").overflow
-    kept = plan_new_history(request_of(wide), mirror)
-    assert mirror <= {c.name for c in wide.columns} - set(kept.physical)
-    assert "accountid" in kept.physical and kept.physical[-6:][0] == "_dv_version"
 
 
 async def test_a_wide_tables_history_keeps_every_value_through_its_view(
