@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from sync.logs import get_logger
 from sync.store.dialects import Overflow, WideRequest
 from sync.store.dialects.history_sql import history_table
 from sync.store.dialects.pg_wide import (
@@ -44,6 +45,8 @@ from sync.store.dialects.pg_width import (
 )
 from sync.store.identifiers import quote_ident
 
+log = get_logger("dvmirror.store")
+
 HISTORY_TAIL = tuple(name for name, _, _ in HISTORY_WIDTHS)
 
 
@@ -56,6 +59,7 @@ class HistoryLayout:
     add_jsonb: bool = False
     evicted: tuple[str, ...] = ()  # columns whose values move into the overflow, then dropped
     renamed: frozenset[str] = frozenset()  # retyped columns in overflow: old values to kept_as
+    fits: bool = True  # False: too wide even with every movable column in overflow
 
 
 def plan_new_history(request: WideRequest, mirror_overflow: Collection[str]) -> HistoryLayout:
@@ -67,7 +71,8 @@ def plan_new_history(request: WideRequest, mirror_overflow: Collection[str]) -> 
         request.columns, request.primary_key, reserved=HISTORY_WIDTHS, preset=preset
     )
     physical = (*(c for c in live if c not in plan.overflow), *HISTORY_TAIL)
-    return HistoryLayout(physical, bool(plan.overflow), add_jsonb=bool(plan.overflow))
+    wide = bool(plan.overflow)
+    return HistoryLayout(physical, wide, add_jsonb=wide, fits=plan.fits)
 
 
 def plan_existing_history(
@@ -100,7 +105,8 @@ def plan_existing_history(
     physical = [retyped.get(s.name, s.name) for s in slots if not s.dropped and s.name not in gone]
     physical += [c for c, _ in named if c not in plan.overflow]
     add_jsonb = add_jsonb or plan.add_overflow_column
-    return HistoryLayout(tuple(physical), has_jsonb or add_jsonb, add_jsonb, evicted, renamed)
+    wide = has_jsonb or add_jsonb
+    return HistoryLayout(tuple(physical), wide, add_jsonb, evicted, renamed, plan.fits)
 
 
 async def plan_history_wide(
@@ -118,6 +124,13 @@ async def plan_history_wide(
         plan = plan_new_history(request, mirror_overflow)
     else:
         plan = plan_existing_history(slots, request, mirror_overflow)
+    if not plan.fits:
+        log.warning(
+            "wide_history_over_limit",
+            environment=environment,
+            table=request.table,
+            hint="even with its columns in _dv_overflow the history row passes PostgreSQL's limits",
+        )
     if not plan.wide:
         return Overflow()
     retyped = dict(request.retyped)
