@@ -14,6 +14,8 @@ The model (one row per version of a key; the versions of a key never overlap):
 * History turned off for a while and on again catches up when the table starts (`catch_up`).
 * A point-in-time read: `_dv_op = 'upsert' AND _dv_valid_from <= T AND (_dv_valid_to IS NULL OR
   _dv_valid_to > T)`.
+* A wide PostgreSQL table (columns in `_dv_overflow`) has a wide history: its own `_dv_overflow`
+  and the view `<table>__history__wide` (store.dialects.pg_history_wide).
 
 All of it runs in the page's transaction, derived from the mirror, so a replayed page (equal
 versions and values: the mirror keeps the rows' old commit numbers) adds nothing, a crash never
@@ -35,13 +37,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync.logs import get_logger
 from sync.store.commits import take_number
-from sync.store.dialects import Dialect, TableWriter, dialect_for
+from sync.store.dialects import Dialect, Overflow, TableWriter, WideRequest, dialect_for
 from sync.store.dialects.history_sql import (
     Flavour,
     HistorySql,
+    Placement,
     create_history_sql,
     history_table,
 )
+from sync.store.dialects.pg_history_wide import plan_history_wide
 from sync.store.layout import SqlType
 from sync.store.writer import map_store_errors, patiently
 
@@ -50,10 +54,12 @@ log = get_logger("dvmirror.history")
 __all__ = [
     "HistoryPlan",
     "HistoryWriter",
+    "Placement",
     "catch_up",
     "existing_history_columns",
     "history_steps",
     "plan_history",
+    "plan_history_overflow",
     "prune_history",
 ]
 
@@ -99,17 +105,38 @@ def history_steps(
     table: str,
     columns: Sequence[tuple[str, SqlType]],
     plan: HistoryPlan,
+    *,
+    wide: Overflow | None = None,
+    placement: Placement | None = None,
 ) -> list[str]:
     """The DDL of `plan`, to run in the mirror's DDL transaction (after the mirror's own): a new
-    history table starts with an open version of every live mirror row."""
+    history table starts with an open version of every live mirror row. `wide`: the DDL of a
+    wide table's history overflow and view (plan_history_overflow), `placement` its columns."""
     flavour = _flavour(dialect)
+    wide = wide or Overflow()
     if plan.create:
-        sql = HistorySql.build(flavour, environment, table, columns)
-        return [*create_history_sql(flavour, environment, table, columns), sql.seed()]
+        sql = HistorySql.build(flavour, environment, table, columns, placement)
+        named = [(c, t) for c, t in columns if c not in wide.columns]
+        create = create_history_sql(flavour, environment, table, named)
+        return [*create, *wide.before, sql.seed(), *wide.after]
     name = history_table(table)
-    steps = [dialect.rename_column(environment, name, old, new) for old, new in plan.renamed]
+    steps = list(wide.before)
+    steps += [dialect.rename_column(environment, name, old, new) for old, new in plan.renamed]
     steps += [dialect.add_column(environment, name, c, t) for c, t in plan.added]
-    return steps
+    return [*steps, *wide.after]
+
+
+async def plan_history_overflow(
+    engine: AsyncEngine, request: WideRequest, mirror_overflow: frozenset[str]
+) -> Overflow:
+    """Where a wide PostgreSQL table's history keeps its columns (nothing on SQLite, which has
+    no row limit, nor for a table that fits)."""
+    dialect = dialect_for(engine)
+    if _flavour(dialect) == "sqlite":
+        return Overflow()
+    with map_store_errors(request.table, dialect):
+        async with engine.connect() as conn:
+            return await plan_history_wide(conn, request, mirror_overflow)
 
 
 async def existing_history_columns(
@@ -126,9 +153,14 @@ class HistoryWriter:
 
     @classmethod
     def wrap(
-        cls, inner: TableWriter, dialect: Dialect, columns: Sequence[tuple[str, SqlType]]
+        cls,
+        inner: TableWriter,
+        dialect: Dialect,
+        columns: Sequence[tuple[str, SqlType]],
+        placement: Placement | None = None,
     ) -> HistoryWriter:
-        sql = HistorySql.build(_flavour(dialect), inner.environment, inner.table, columns)
+        flavour = _flavour(dialect)
+        sql = HistorySql.build(flavour, inner.environment, inner.table, columns, placement)
         return cls(inner, sql)
 
     @property

@@ -20,7 +20,9 @@ Drift rules (decided by the pure `plan_drift()`, applied by `ensure_mirror()` in
   added; its rows keep NULL there until they change (store.commits).
 
 With `history`, the history table (sync.store.history) follows the same drift in the same
-transaction: added columns are added, retyped ones renamed to the same `<col>__old_<type>`.
+transaction: added columns are added, retyped ones renamed to the same `<col>__old_<type>`. On a
+wide PostgreSQL table the history keeps the mirror's overflow placement
+(store.dialects.pg_history_wide).
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from sync.store.dialects import Dialect, Overflow, TableWriter, WideRequest, dia
 from sync.store.history import (
     HistoryPlan,
     HistoryWriter,
+    Placement,
     catch_up,
     existing_history_columns,
     history_steps,
     plan_history,
+    plan_history_overflow,
 )
 from sync.store.layout import COMMIT_SEQ_COLUMN, MirrorColumn, SqlType, TableSchema
 from sync.store.writer import execute_ddl, map_store_errors
@@ -300,14 +304,30 @@ async def ensure_mirror(
     # A mirror made before the change feed gets its `_dv_commit_seq` (NULL on old rows).
     feedless = existing is not None and COMMIT_SEQ_COLUMN not in existing
     renames = [(t.column.name, t.kept_as) for t in plan.retyped]
-    history_plan = plan_history(history_columns, layout, renames) if history else HistoryPlan()
-    overflow = await _overflow(engine, environment, schema, plan, catalogue)
+    request = _wide_request(environment, schema, plan, catalogue)
+    overflow = await _overflow(engine, request)
+    history_wide = (
+        await plan_history_overflow(engine, request, overflow.columns) if history else Overflow()
+    )
+    placement = Placement(overflow.columns, history_wide.columns)
+    history_layout = [(c, t) for c, t in layout if c not in history_wide.columns]
+    history_plan = (
+        plan_history(history_columns, history_layout, renames) if history else HistoryPlan()
+    )
     # (A table made too wide before overflow existed changes even without drift.)
-    if plan.changed or feedless or history_plan.changed or overflow.before:
+    if plan.changed or feedless or history_plan.changed or overflow.before or history_wide.before:
         steps = _ddl(dialect, environment, schema, plan, now, overflow=overflow)
         if feedless:
             steps = [*dialect.add_commit_seq(environment, schema.table), *steps]
-        steps += history_steps(dialect, environment, schema.table, layout, history_plan)
+        steps += history_steps(
+            dialect,
+            environment,
+            schema.table,
+            layout,
+            history_plan,
+            wide=history_wide,
+            placement=placement,
+        )
         await execute_ddl(engine, steps, table=schema.table, environment=environment)
         for change in plan.retyped:
             log.warning(
@@ -340,21 +360,19 @@ async def ensure_mirror(
         overflow=overflow.columns,
     )
     if history:
-        writer = HistoryWriter.wrap(writer, dialect, layout)
+        writer = HistoryWriter.wrap(writer, dialect, layout, placement)
         await catch_up(engine, writer, now=now)
     return MirrorLayout(name, writer, plan)
 
 
-async def _overflow(
-    engine: AsyncEngine,
+def _wide_request(
     environment: str,
     schema: TableSchema,
     plan: DriftPlan,
     catalogue: Mapping[str, CatalogueEntry],
-) -> Overflow:
-    """Where the dialect keeps the columns its rows have no room for (PostgreSQL's
-    `_dv_overflow`; store.dialects.pg_wide), as the table will be after `plan`."""
-    request = WideRequest(
+) -> WideRequest:
+    """The drift of `plan` in the terms of the overflow plans."""
+    return WideRequest(
         environment,
         schema.table,
         schema.primary_key,
@@ -364,8 +382,13 @@ async def _overflow(
         retyped=[(t.column.name, t.kept_as) for t in plan.retyped],
         create=plan.create,
     )
+
+
+async def _overflow(engine: AsyncEngine, request: WideRequest) -> Overflow:
+    """Where the dialect keeps the columns its rows have no room for (PostgreSQL's
+    `_dv_overflow`; store.dialects.pg_wide), as the table will be after the drift."""
     dialect = dialect_for(engine)
-    with map_store_errors(schema.table, dialect):
+    with map_store_errors(request.table, dialect):
         async with engine.connect() as conn:
             return await dialect.plan_overflow(conn, request)
 

@@ -5,6 +5,12 @@ A history table `<table>__history` (SQLite `<environment>__<table>__history`, Po
 `_dv_valid_to` (NULL while current), `_dv_op` (`upsert` or `delete`), `_dv_synced_at` (when
 dvmirror recorded the version) and `_dv_commit_seq` (the commit that last wrote the history row).
 
+A wide PostgreSQL table (store.dialects.pg_wide) keeps some columns as keys of `_dv_overflow`;
+its history then has its own `_dv_overflow` (store.dialects.pg_history_wide decides which
+columns go there: the mirror's, and more when the history's own columns make the row too wide).
+`Placement` says where each column is on both sides, and the statements read a value from
+wherever the mirror keeps it and write it wherever the history keeps it.
+
 Every statement is derived from the mirror table inside the page's transaction: the rows the
 page really changed are the ones carrying its commit number (store.commits), and a key whose
 mirror row is gone (or soft-deleted) is a deletion. Moments: PostgreSQL timestamptz; SQLite text
@@ -21,6 +27,8 @@ from typing import Literal
 
 import orjson
 
+from sync.store.dialects.pg_wide import json_value, key_literal, pack, view_cast
+from sync.store.dialects.pg_width import OVERFLOW_COLUMN
 from sync.store.dialects.postgres import COLUMN_TYPE
 from sync.store.dialects.sqlite import STORAGE
 from sync.store.identifiers import quote_ident
@@ -46,6 +54,27 @@ def history_table(table: str) -> str:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Which columns a wide table keeps in `_dv_overflow`: in the mirror, and in its history
+    (PostgreSQL only; both empty on SQLite and for tables that fit)."""
+
+    mirror: frozenset[str] = frozenset()
+    history: frozenset[str] = frozenset()
+
+    def source(self, name: str, sql_type: SqlType) -> str:
+        """The mirror row `m`'s value of a column, typed."""
+        if name in self.mirror:
+            return view_cast(sql_type, name, source=f"m.{quote_ident(OVERFLOW_COLUMN)}")
+        return f"m.{quote_ident(name)}"
+
+    def json_source(self, name: str, sql_type: SqlType) -> str:
+        """The mirror row `m`'s value of a column as the overflow's JSON."""
+        if name in self.mirror:
+            return f"m.{quote_ident(OVERFLOW_COLUMN)} -> {key_literal(name)}"
+        return json_value(sql_type, f"m.{quote_ident(name)}", typed=True)
+
+
+@dataclass(frozen=True)
 class HistorySql:
     """The statements of one history table for one column layout (named binds for text())."""
 
@@ -54,8 +83,9 @@ class HistorySql:
     mirror: str
     key: str  # quoted primary key
     key_type: SqlType
-    columns: tuple[str, ...]  # quoted, primary key first
-    modifiedon: bool
+    columns: tuple[str, ...]  # quoted, primary key first (and `_dv_overflow` last, if wide)
+    modifiedon: str | None  # the mirror row `m`'s `modifiedon`, when the table has one
+    sources: tuple[str, ...] = ()  # each column's value from the mirror row `m`
 
     @classmethod
     def build(
@@ -64,16 +94,30 @@ class HistorySql:
         environment: str,
         table: str,
         columns: Sequence[tuple[str, SqlType]],
+        placement: Placement | None = None,
     ) -> HistorySql:
+        place = placement or Placement()
         if flavour == "sqlite":
             history = quote_ident(f"{environment}__{history_table(table)}")
             mirror = quote_ident(f"{environment}__{table}")
         else:
             history = f"{quote_ident(environment)}.{quote_ident(history_table(table))}"
             mirror = f"{quote_ident(environment)}.{quote_ident(table)}"
-        names = tuple(quote_ident(name) for name, _ in columns)
-        modifiedon = ("modifiedon", "timestamp") in columns
-        return cls(flavour, history, mirror, names[0], columns[0][1], names, modifiedon)
+        named = [(name, sql_type) for name, sql_type in columns if name not in place.history]
+        names = [quote_ident(name) for name, _ in named]
+        sources = [place.source(name, sql_type) for name, sql_type in named]
+        packed = [(n, place.json_source(n, t)) for n, t in columns if n in place.history]
+        if packed:
+            names.append(quote_ident(OVERFLOW_COLUMN))
+            sources.append(pack(packed))
+        modifiedon = (
+            place.source("modifiedon", "timestamp")
+            if ("modifiedon", "timestamp") in columns
+            else None
+        )
+        key, key_type = names[0], columns[0][1]
+        names_, sources_ = tuple(names), tuple(sources)
+        return cls(flavour, history, mirror, key, key_type, names_, modifiedon, sources_)
 
     # --- expressions -----------------------------------------------------------------------
     def _moment(self, expression: str) -> str:
@@ -100,7 +144,7 @@ class HistorySql:
         """When the mirror row `m`'s version began: its `modifiedon`, else `fallback`."""
         if not self.modifiedon:
             return fallback
-        return f"coalesce({self._moment('m.modifiedon')}, {fallback})"
+        return f"coalesce({self._moment(self.modifiedon)}, {fallback})"
 
     def _keys_in(self, column: str) -> str:
         """`column` is one of the keys bound as :ids (see `ids_param`)."""
@@ -117,7 +161,14 @@ class HistorySql:
         return ", ".join(quote_ident(n) for n in names)
 
     def _copied(self, alias: str) -> str:
+        """The columns' values from the mirror row `m`, or from the history row `alias`."""
+        if alias == "m":
+            return ", ".join(self._sources)
         return ", ".join(f"{alias}.{c}" for c in self.columns)
+
+    @property
+    def _sources(self) -> tuple[str, ...]:
+        return self.sources or tuple(f"m.{c}" for c in self.columns)
 
     # --- a page's upserts (run right after the mirror's upsert) ----------------------------
     # Each statement starts from the page's changed mirror rows and looks their keys up in the
@@ -170,7 +221,8 @@ class HistorySql:
         """A changed row with the same version (a column added or refilled): its open version
         takes the new values in place; no new version."""
         seq, version = quote_ident(COMMIT_SEQ_COLUMN), quote_ident(VERSION_COLUMN)
-        sets = ", ".join(f"{c} = m.{c}" for c in self.columns[1:])
+        pairs = zip(self.columns[1:], self._sources[1:], strict=True)
+        sets = ", ".join(f"{c} = {source}" for c, source in pairs)
         sets = f"{sets}, {seq} = :seq" if sets else f"{seq} = :seq"
         same = self._distinct(f"h.{version}", f"m.{version}", negate=True)
         return (

@@ -86,9 +86,10 @@ def json_value(sql_type: SqlType, value: str, *, typed: bool = False) -> str:
     return _JSON_VALUE[sql_type].format(value)
 
 
-def view_cast(sql_type: str, name: str) -> str:
-    """`(_dv_overflow ->> 'name')::type`: a key as the column's type (unknown types stay text)."""
-    column, key = quote_ident(OVERFLOW_COLUMN), key_literal(name)
+def view_cast(sql_type: str, name: str, *, source: str = "") -> str:
+    """`(_dv_overflow ->> 'name')::type`: a key as the column's type (unknown types stay text);
+    `source` names the jsonb another way (`m."_dv_overflow"`)."""
+    column, key = source or quote_ident(OVERFLOW_COLUMN), key_literal(name)
     template = _VIEW_CAST.get(sql_type, _VIEW_CAST["text"])
     return template.format(text=f"{column} ->> {key}", json=f"{column} -> {key}")
 

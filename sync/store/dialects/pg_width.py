@@ -58,6 +58,16 @@ RESERVED_WIDTHS: tuple[tuple[str, int, int], ...] = (
     ("_dv_deleted_at", 8, 8),
     ("_dv_commit_seq", 8, 8),
 )
+# The columns a history table (store.dialects.history_sql.create_history_sql) ends with instead:
+# it has no `_dv_deleted_at` but its validity and operation (a short text: 'upsert', 'delete').
+HISTORY_WIDTHS: tuple[tuple[str, int, int], ...] = (
+    ("_dv_version", 8, 8),
+    ("_dv_valid_from", 8, 8),
+    ("_dv_valid_to", 8, 8),
+    ("_dv_op", *VARLENA),
+    ("_dv_synced_at", 8, 8),
+    ("_dv_commit_seq", 8, 8),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +127,20 @@ class OverflowPlan:
     evicted: tuple[str, ...] = ()
 
 
-def plan_new_table(columns: Sequence[tuple[str, SqlType]], primary_key: str) -> OverflowPlan:
+def plan_new_table(
+    columns: Sequence[tuple[str, SqlType]],
+    primary_key: str,
+    *,
+    reserved: Sequence[tuple[str, int, int]] = RESERVED_WIDTHS,
+    preset: Collection[str] = (),
+) -> OverflowPlan:
     """The layout of a table about to be created: `columns` in table order (the key first),
-    then the reserved columns. The widest non-key columns move to overflow until the row fits."""
-    reserved = [Slot(name, size, align) for name, size, align in RESERVED_WIDTHS]
-    slots = [slot_of(name, sql_type) for name, sql_type in columns]
-    if fits([*slots, *reserved]):
-        return OverflowPlan(frozenset(), False, True, row_bytes([*slots, *reserved]))
+    then the `reserved` columns. The widest non-key columns move to overflow until the row fits;
+    the `preset` ones are in overflow from the start (a history table: the mirror's)."""
+    tail = [Slot(name, size, align) for name, size, align in reserved]
+    slots = [slot_of(name, sql_type) for name, sql_type in columns if name not in preset]
+    if not preset and fits([*slots, *tail]):
+        return OverflowPlan(frozenset(), False, True, row_bytes([*slots, *tail]))
     jsonb = Slot(OVERFLOW_COLUMN, *VARLENA)
     # Widest first; the name breaks ties, so the same columns give the same choice every time.
     order = sorted(
@@ -133,7 +150,7 @@ def plan_new_table(columns: Sequence[tuple[str, SqlType]], primary_key: str) -> 
 
     def without(names: Collection[str]) -> list[Slot]:
         gone = set(names)
-        return [*(s for s in slots if s.name not in gone), *reserved, jsonb]
+        return [*(s for s in slots if s.name not in gone), *tail, jsonb]
 
     while True:
         layout = without(moved)
@@ -155,7 +172,7 @@ def plan_new_table(columns: Sequence[tuple[str, SqlType]], primary_key: str) -> 
             break
         moved.pop()
     layout = without(moved)
-    return OverflowPlan(frozenset(moved), True, fits(layout), row_bytes(layout))
+    return OverflowPlan(frozenset([*moved, *preset]), True, fits(layout), row_bytes(layout))
 
 
 def plan_existing_table(
