@@ -77,16 +77,32 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def prepare_sqlite_file(path: Path) -> None:
-    """Create the directory (0700) and an empty database file (0600) before SQLite opens it."""
+    """Create the directory (0700) and an empty database file (0600) before SQLite opens it.
+
+    An existing file is never opened here: closing any descriptor of the database file drops
+    every POSIX lock this process holds on it, SQLite's too (fcntl locks belong to the process,
+    not to the descriptor). A process whose connections are open (the demo's daemon, beside an
+    engine of its own) would lose the shared lock that tells other processes it is there; the
+    next reader elsewhere to close would take itself for the last connection, checkpoint past
+    the writer and delete the -wal and -shm files under it: commits no other process sees,
+    torn pages ("database disk image is malformed") for readers.
+    """
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except FileExistsError:
+        if path.is_dir() or not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(
+                f"store.url: cannot write the database file {path}: it is a directory or not "
+                "readable and writable by this user; check daemon.data_dir or store.url"
+            ) from None
+        return
     except OSError as exc:
         raise ConfigError(
             f"store.url: cannot create the database file {path}: {exc.strerror or exc}; "
             "check daemon.data_dir or store.url"
         ) from None
+    os.close(fd)  # a new file: no connection of this process can hold a lock on it yet
 
 
 def _pragmas(busy_timeout_ms: int, dbapi_connection: Any, _record: Any) -> None:
