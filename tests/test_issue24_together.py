@@ -217,3 +217,35 @@ def test_every_issue24_feature_together_on_postgres(
     sim: dict[str, Any], tmp_path: Path, pg_url: str
 ) -> None:
     run_together(sim, tmp_path, "tog_pg", pg_url)
+
+
+def test_table_option_names_only_mirrored_tables(sim: dict[str, Any], tmp_path: Path) -> None:
+    """`--table` takes an N:N table that `relationships` brings, even beside a fixed list, and
+    refuses, before writing anything, a table the rules leave out (it used to get a mirror)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'mirror.db'}"
+    config = write_config(sim, tmp_path, "tog_lite", url)
+    excluded = run_cli("--config", config, "backfill", "--table", "new_inspection")
+    assert excluded.returncode == 2, excluded.stdout + excluded.stderr
+    assert excluded.stderr.splitlines() == [
+        "dvmirror: error: table 'new_inspection' is not mirrored in environment tog_lite: "
+        "excluded by 'new_inspection'; name a mirrored table (`dvmirror tables --env tog_lite` "
+        "lists them, N:N tables included), or add it to the environment's tables"
+    ]
+    private = run_cli("--config", config, "verify", "--table", "new_person")
+    assert private.returncode == 2 and "private table (IsPrivate)" in private.stderr
+    assert not (tmp_path / "mirror.db").exists() or not query(
+        tmp_path / "mirror.db",
+        "SELECT name FROM sqlite_master WHERE name IN "
+        "('tog_lite__new_inspection', 'tog_lite__new_person')",
+    )
+
+    fixed = config.read_text().replace(SETTINGS.splitlines()[1], 'tables = ["account", "contact"]')
+    config.write_text(fixed)
+    nn = run_cli(
+        "--config", config, "backfill", "--env", "tog_lite", "--table", "new_account_contact"
+    )
+    assert nn.returncode == 0, nn.stdout + nn.stderr
+    assert query(tmp_path / "mirror.db", "SELECT count(*) FROM tog_lite__new_account_contact")[0][0]
+    other = run_cli("--config", config, "backfill", "--table", "new_contact_project")
+    assert other.returncode == 2 and "not in its tables (account, contact)" in other.stderr
+    assert config.read_text().count('relationships = "auto"') == 1
