@@ -248,4 +248,3 @@ def test_table_option_names_only_mirrored_tables(sim: dict[str, Any], tmp_path: 
     assert query(tmp_path / "mirror.db", "SELECT count(*) FROM tog_lite__new_account_contact")[0][0]
     other = run_cli("--config", config, "backfill", "--table", "new_contact_project")
     assert other.returncode == 2 and "not in its tables (account, contact)" in other.stderr
-    assert config.read_text().count('relationships = "auto"') == 1
