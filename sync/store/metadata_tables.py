@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync.store.control import metadata_hashes
 from sync.store.dialects import dialect_for
+from sync.store.history_labels import fix_history_labels
 from sync.store.identifiers import quote_ident
 from sync.store.writer import database_of, map_store_errors, patiently
 
@@ -274,7 +275,9 @@ async def rewrite(
                         refreshed_at=now,
                     )
                 )
-            return await _fix_labels(conn, environment, fixes)
+            fixed = await _fix_labels(conn, environment, fixes)
+            await fix_history_labels(conn, environment, fixes)  # their open versions too
+            return fixed
 
     with map_store_errors(
         "metadata", dialect, database=database_of(engine), environment=environment
