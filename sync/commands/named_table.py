@@ -1,4 +1,4 @@
-"""`--table T` of `backfill`, `sync --once` and `verify`: T must be a table the environment
+"""`--table T` of `backfill` and `verify`: T must be a table the environment
 mirrors — one of its `tables` (listed, or what its rules resolve to now) or an N:N intersect table
 that `relationships` brings beside them. Anything else is refused before anything is written
 (exit 2), with the reason and what to do, so a typo or an excluded table never gets a mirror of
