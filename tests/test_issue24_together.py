@@ -257,3 +257,15 @@ def test_table_option_names_only_mirrored_tables(sim: dict[str, Any], tmp_path: 
     assert query(tmp_path / "mirror.db", "SELECT count(*) FROM tog_lite__new_account_contact")[0][0]
     other = run_cli("--config", config, "backfill", "--table", "new_contact_project")
     assert other.returncode == 2 and "not in its tables (account, contact)" in other.stderr
+
+    # History asked for on a table the rules leave out: `tables` says nothing would be kept.
+    config = write_config(sim, tmp_path, "tog_lite", url)
+    config.write_text(
+        config.read_text() + "[tenants.environments.table_options.new_inspection]\nhistory = true\n"
+    )
+    listed = run_cli("--config", config, "tables", "--env", "tog_lite")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[-1] == (
+        "warning: table_options.new_inspection.history = true, but new_inspection is not "
+        "mirrored (no history kept)"
+    )
