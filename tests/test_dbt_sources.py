@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sync.store.metadata_tables import NAMES as METADATA_TABLES
 from tests.cli import clean_env, run_cli
 from tests.mirror_compare import _store_url, database_of, query  # noqa: F401
 from tests.simfixtures import _no_ca_env  # noqa: F401
@@ -54,7 +55,10 @@ def test_sources_yml_names_every_mirrored_column(
     assert source["freshness"]["error_after"] == {"count": 30, "period": "minute"}
     tables = {t["name"]: t for t in source["tables"]}
     expected_names = {t if postgres else f"soft_env__{t}" for t in TABLES}
-    assert set(tables) == expected_names
+    # ... and the metadata tables, without freshness (they have no _dv_synced_at).
+    metadata = {t if postgres else f"soft_env__{t}" for t in METADATA_TABLES}
+    assert set(tables) == expected_names | metadata
+    assert all(tables[m]["freshness"] is None for m in metadata)
     for table in TABLES:
         entry = tables[table if postgres else f"soft_env__{table}"]
         columns = {c["name"]: c for c in entry["columns"]}

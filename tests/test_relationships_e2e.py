@@ -286,7 +286,13 @@ def test_none_and_an_explicit_list(sim: dict[str, Any], tmp_path: Path) -> None:
     shown = run_cli("--config", path, "tables", "--env", ENV)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert lines[lines.index("N:N relationship table(s): 2") + 1 :] == [
+    assert lines[
+        lines.index(
+            'N:N relationship table(s): 2, from relationships = ["new_account_opportunity", '
+            '"new_account_contact", "no_such_nn"]'
+        )
+        + 1 :
+    ] == [
         "  new_account_contact  (new_account_contact: account.accountid ↔ contact.contactid; "
         "change tracking)",
         "  new_account_opportunity  (new_account_opportunity: account.accountid ↔ "
@@ -330,7 +336,7 @@ def test_tables_command_names_the_key_scanned_nn(sim: dict[str, Any], tmp_path: 
         "  new_contact_project  (new_contact_project: contact.contactid ↔ "
         "new_project.new_projectid; key scan every reconcile_interval: no change tracking)"
     ) in shown.stdout.splitlines()
-    assert "N:N relationship table(s): 3" in shown.stdout
+    assert 'N:N relationship table(s): 3, from relationships = "auto"' in shown.stdout
     # With "all", the intersect tables are left out of the tables and come as N:N.
     text = config_text(sim, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
     tables = ", ".join(f'"{t}"' for t in TABLES)
@@ -339,7 +345,7 @@ def test_tables_command_names_the_key_scanned_nn(sim: dict[str, Any], tmp_path: 
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0] == f"{ENV}: 4 table(s) mirrored" and "left out" not in shown.stdout
-    assert "N:N relationship table(s): 4" in lines
+    assert 'N:N relationship table(s): 4, from relationships = "auto"' in lines
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from rich.progress import (
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sync.commands.named_table import confirm_named, refused_without_asking
 from sync.config.model import Config, Environment, Tenant
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
 from sync.logs import get_logger
@@ -86,16 +87,25 @@ def select(config: Config, env: str | None, table: str | None) -> list[Selection
             continue
         tables = environment.fixed_tables
         if table is not None:
-            if tables is not None and table not in tables:
-                raise ConfigError(
-                    f"table {table!r} is not configured in environment {environment.name}"
-                )
-            tables = (table,)
+            refused = refused_without_asking(environment, table)
+            if refused is not None:
+                raise ConfigError(refused)
+            tables = (table,)  # the rest is checked against the source: confirm_tables
         chosen.append(Selection(tenant, environment, tables, named=table is not None))
     if not chosen:
         known = ", ".join(e.name for _, e in config.environments())
         raise ConfigError(f"no environment named {env!r} (known: {known})")
     return chosen
+
+
+async def confirm_tables(wiring: Wiring, chosen: Iterable[Selection]) -> None:
+    """Refuse (ConfigError) a `--table` an environment does not mirror, before any write."""
+    for selection in chosen:
+        if selection.named and selection.tables:
+            tenant, environment = selection.tenant, selection.environment
+            client = wiring.client(tenant, environment, wiring.governor(tenant, environment))
+            async with client:
+                await confirm_named(client, environment, selection.tables[0])
 
 
 def exit_code(results: Iterable[JobResult]) -> int:
@@ -222,6 +232,7 @@ async def run_tables(
         names = [c.environment.name for c in chosen]
         ttl = config.settings.daemon.lease_seconds
         try:
+            await confirm_tables(wiring, chosen)
             async with command_leases(store, names, ttl, command=command) as stores:
                 with make_progress(console) as progress:
                     async with LoopLagWatch() as lag:

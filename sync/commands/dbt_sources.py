@@ -6,19 +6,21 @@ naming contract). Columns come from the column catalogue (dv_mirror_columns, liv
 with the Dataverse display name and description as their description (a PostgreSQL table with
 columns in `_dv_overflow` is read through its `__wide` view: `identifier`); the key gets
 `not_null` and `unique`; freshness is on `_dv_synced_at`, warn after 2 and error after 6 sync
-intervals. The YAML is written here (block style, every string JSON-quoted, which YAML reads as is).
+intervals. Each existing `<table>__history` and metadata table follows (sync.commands.dbt_extra).
+The YAML is written here (block style, every string JSON-quoted, which YAML reads as is).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from sync.commands.dbt_extra import existing_extras, history_source_table, metadata_source_table
 from sync.config.model import Config, Environment
 from sync.errors import ConfigError
 from sync.store.control import mirror_columns
@@ -56,9 +58,13 @@ def build_sources(
     postgres: bool,
     soft_tables: Iterable[str] = (),
     wide_tables: Mapping[str, str] | None = None,
+    history: Mapping[str, Sequence[str]] | None = None,
+    metadata: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The sources.yml document, from catalogue rows (pure). `wide_tables`: PostgreSQL tables
-    with columns in `_dv_overflow` → the view that shows them all, which dbt then reads."""
+    with columns in `_dv_overflow` → the view that shows them all, which dbt then reads.
+    `history`: the tables with a `<table>__history`, and its columns; `metadata`: the metadata
+    tables that exist (sync.commands.dbt_extra)."""
     by_table: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_table.setdefault(row["table_name"], []).append(row)
@@ -93,6 +99,20 @@ def build_sources(
         if table in (wide_tables or {}):  # store.dialects.pg_wide
             described["identifier"] = (wide_tables or {})[table]
         tables.append(described)
+        if table in (history or {}):
+            present = (history or {})[table]
+            tables.append(
+                history_source_table(
+                    environment.name,
+                    table,
+                    columns,
+                    present,
+                    key=key,
+                    postgres=postgres,
+                    describe=_described,
+                )
+            )
+    tables += [metadata_source_table(environment.name, m, postgres=postgres) for m in metadata]
     source = {
         "name": environment.name,
         "schema": environment.name if postgres else "main",
@@ -165,11 +185,15 @@ async def run_dbt_sources(config: Config, env_name: str) -> str:
             rows = [dict(r._mapping) for r in await conn.execute(query)]
             wide = await _wide_views(conn, env_name, {r["table_name"] for r in rows})
         intersect = await intersect_tables(engine, env_name)  # mirrored through relationships
+        fixed = environment.fixed_tables
+        if fixed is not None:
+            rows = [r for r in rows if r["table_name"] in fixed or r["table_name"] in intersect]
+        async with engine.connect() as conn:
+            history, metadata = await existing_extras(
+                conn, env_name, {r["table_name"] for r in rows}
+            )
     finally:
         await engine.dispose()
-    fixed = environment.fixed_tables
-    if fixed is not None:
-        rows = [r for r in rows if r["table_name"] in fixed or r["table_name"] in intersect]
     soft = [t for t, o in environment.table_options.items() if o.deletes == "soft"]
     document = build_sources(
         environment,
@@ -177,5 +201,7 @@ async def run_dbt_sources(config: Config, env_name: str) -> str:
         postgres=config.settings.store.postgres,
         soft_tables=soft,
         wide_tables=wide,
+        history=history,
+        metadata=metadata if environment.metadata_tables else (),
     )
     return to_yaml(document) + "\n"

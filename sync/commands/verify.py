@@ -20,7 +20,7 @@ import orjson
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.commands.backfill import Selection, select
+from sync.commands.backfill import Selection, confirm_tables, select
 from sync.commands.resync import os_user
 from sync.config.model import Config
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
@@ -250,6 +250,7 @@ async def run_verify(
                 )
             except ConfigError:
                 beside_daemon = True
+        await confirm_tables(wiring, chosen)
         if beside_daemon:
             console.print(Text(REPAIR_HANDED_TO_DAEMON if repair else BESIDE_DAEMON, style="dim"))
         batches = await asyncio.gather(
