@@ -32,8 +32,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sync.store.commits import record_commit, take_number
 from sync.store.dialects import Dialect, dialect_for
 from sync.store.dialects.history_sql import OP, VALID_TO, history_table
+from sync.store.dialects.pg_wide import key_literal
 from sync.store.identifiers import quote_ident
 from sync.store.layout import COMMIT_SEQ_COLUMN, DELETED_COLUMN
+from sync.store.relabel_wide import (
+    OVERFLOW,
+    distinct_values,
+    label_update,
+    overflowed,
+    read_text,
+    view_of,
+)
 
 SEQ = quote_ident(COMMIT_SEQ_COLUMN)
 DELETED = quote_ident(DELETED_COLUMN)
@@ -72,19 +81,43 @@ def _differs(dialect: Dialect, a: str, b: str) -> str:
     return f"{a} IS NOT {b}" if dialect.name == "sqlite" else f"{a} IS DISTINCT FROM {b}"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one mirror table keeps its columns: `overflow` names those in its `_dv_overflow`
+    (a wide PostgreSQL table, store.relabel_wide), found through `view`."""
+
+    key: str
+    overflow: frozenset[str] = frozenset()
+    view: str = ""
+
+
 async def _update_column(
-    conn: AsyncConnection, dialect: Dialect, target: str, fix: LabelFix, seq: int
+    conn: AsyncConnection,
+    dialect: Dialect,
+    target: str,
+    fix: LabelFix,
+    seq: int,
+    *,
+    place: Placement,
 ) -> None:
     column, label = quote_ident(fix.column), quote_ident(f"{fix.column}__label")
-    statement = text(
-        f"UPDATE {target} SET {label} = :label, {SEQ} = :seq "  # noqa: S608 - quoted identifiers
-        f"WHERE {column} = :value AND {_differs(dialect, label, ':label')}"
-    )
+    source = target
+    if {fix.column, f"{fix.column}__label"} & place.overflow:
+        in_overflow = f"{fix.column}__label" in place.overflow
+        statement = text(
+            label_update(target, place.view, place.key, fix.column, label_in_overflow=in_overflow)
+        )
+        source = place.view
+    else:
+        statement = text(
+            f"UPDATE {target} SET {label} = :label, {SEQ} = :seq "  # noqa: S608 - quoted identifiers
+            f"WHERE {column} = :value AND {_differs(dialect, label, ':label')}"
+        )
     if fix.recompute is None:
         for value, new in sorted(fix.labels.items()):
             await conn.execute(statement, {"label": new, "value": value, "seq": seq})
         return
-    distinct = text(f"SELECT DISTINCT {column} FROM {target} WHERE {column} IS NOT NULL")  # noqa: S608
+    distinct = text(distinct_values(source, fix.column))
     for (stored,) in (await conn.execute(distinct)).all():
         new_label = fix.recompute(stored_value(stored))
         if new_label is not None:
@@ -115,13 +148,26 @@ async def _history_in_place(
     key: str,
     labels: Sequence[str],
     seq: int,
+    mirror_overflow: frozenset[str] = frozenset(),
+    history_overflow: frozenset[str] = frozenset(),
 ) -> int:
-    """The open `upsert` versions of the rows this commit relabelled take the new labels."""
+    """The open `upsert` versions of the rows this commit relabelled take the new labels
+    (wherever the mirror and the history keep each: a column or a key of `_dv_overflow`)."""
     history = dialect.table_ref(environment, history_table(table))
     mirror = dialect.table_ref(environment, table)
-    quoted = [quote_ident(name) for name in labels]
-    sets = ", ".join(f"{q} = m.{q}" for q in quoted)
-    differs = " OR ".join(_differs(dialect, f"h.{q}", f"m.{q}") for q in quoted)
+    new = {n: read_text(n, in_overflow=n in mirror_overflow, alias="m.") for n in labels}
+    sets_list = [f"{quote_ident(n)} = {new[n]}" for n in labels if n not in history_overflow]
+    packed = [f"{key_literal(n)}, {new[n]}" for n in labels if n in history_overflow]
+    if packed:
+        sets_list.append(
+            f"{OVERFLOW} = COALESCE(h.{OVERFLOW}, '{{}}'::jsonb) || "
+            f"jsonb_build_object({', '.join(packed)})"
+        )
+    sets = ", ".join(sets_list)
+    differs = " OR ".join(
+        _differs(dialect, read_text(n, in_overflow=n in history_overflow, alias="h."), new[n])
+        for n in labels
+    )
     k = quote_ident(key)
     statement = text(
         f"UPDATE {history} AS h SET {sets}, {SEQ} = :seq FROM {mirror} AS m "  # noqa: S608
@@ -144,28 +190,41 @@ async def relabel_table(
     table has no mirror, or none of those label columns: its rows will come with new labels)."""
     dialect = dialect_for(conn)
     present = await dialect.existing_columns(conn, environment, table) or []
-    wanted = [f for f in fixes if f.column in present and f"{f.column}__label" in present]
+    mirror_overflow = await overflowed(conn, dialect, environment, table, present)
+    located = {*present, *mirror_overflow}
+    wanted = [f for f in fixes if f.column in located and f"{f.column}__label" in located]
     if not wanted:
         return None
-    history_columns = await dialect.existing_columns(conn, environment, history_table(table))
+    history = history_table(table)
+    history_columns = await dialect.existing_columns(conn, environment, history) or []
+    history_overflow = await overflowed(conn, dialect, environment, history, history_columns)
     labels = [f"{f.column}__label" for f in wanted]
-    in_history = [name for name in labels if name in (history_columns or ())]
+    in_history = [n for n in labels if n in history_columns or n in history_overflow]
     seq = await take_number(conn, environment)
     history_current = bool(in_history) and await _history_current(
         conn, dialect, environment, table, dialect.table_ref(environment, history_table(table))
     )
     target = dialect.table_ref(environment, table)
+    # The mirror's primary key is its first column (both dialects create it so).
+    place = Placement(present[0], mirror_overflow, view_of(dialect, environment, table))
     for fix in wanted:
-        await _update_column(conn, dialect, target, fix, seq)
+        await _update_column(conn, dialect, target, fix, seq, place=place)
     count = text(f"SELECT count(*) FROM {target} WHERE {SEQ} = :seq")  # noqa: S608
     rows = int((await conn.execute(count, {"seq": seq})).scalar_one())
     if not rows:  # nothing changed: the number is given to the next commit
         return None
     history_rows = 0
     if history_current:
-        # The mirror's primary key is its first column (both dialects create it so).
         history_rows = await _history_in_place(
-            conn, dialect, environment, table, key=present[0], labels=in_history, seq=seq
+            conn,
+            dialect,
+            environment,
+            table,
+            key=present[0],
+            labels=in_history,
+            seq=seq,
+            mirror_overflow=mirror_overflow,
+            history_overflow=history_overflow,
         )
     await record_commit(
         conn,
