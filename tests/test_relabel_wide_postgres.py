@@ -90,6 +90,7 @@ async def test_labels_kept_in_overflow_are_relabelled_in_the_mirror_and_its_hist
 
     # The same fixes again: nothing changes, no number is taken.
     assert await rewrite(engine, ENV, {}, [choice, many], now=NOW + timedelta(minutes=6)) == 0
-    assert await labels(
-        pg_url, view, "industrycode__label", f"{multi}__label", "_dv_commit_seq"
-    ) == got
+    assert (
+        await labels(pg_url, view, "industrycode__label", f"{multi}__label", "_dv_commit_seq")
+        == got
+    )
