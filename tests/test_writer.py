@@ -12,15 +12,23 @@ import pytest
 from rich.console import Console
 
 from sync.bench.pipeline import run_pipeline_bench
-from sync.errors import HostileResponseError
+from sync.errors import HostileResponseError, StoreError
 from sync.mirror.typemap import build_schema
 from sync.store import checkpoints as state
 from sync.store.checkpoints import TableState
 from sync.store.connect import create_engine
+from sync.store.dialects.sqlite import SQLITE
 from sync.store.layout import MirrorColumn, SqlType, TableSchema
 from sync.store.migrate import upgrade
-from sync.store.mirror_tables import CatalogueEntry, ensure_mirror, plan_drift, type_change_note
-from sync.store.writer import PageCounts, PageWrite, commit_page, quote_ident
+from sync.store.mirror_tables import (
+    CatalogueEntry,
+    DriftPlan,
+    _ddl,
+    ensure_mirror,
+    plan_drift,
+    type_change_note,
+)
+from sync.store.writer import PageCounts, PageWrite, commit_page, execute_ddl, quote_ident
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 K1, K2, K3 = (f"0000000{i}-0000-4000-8000-000000000000" for i in (1, 2, 3))
@@ -273,3 +281,22 @@ async def test_a_page_with_a_tombstone_and_the_recreated_row_keeps_the_row(
     )
     assert counts.deleted == 0
     assert rows(engine) == [(K1, "again", 9, T1, None)]
+
+
+async def test_a_failure_after_create_table_leaves_no_table_and_the_next_start_adopts_it(
+    engine: Any,
+) -> None:
+    """DDL and its catalogue commit together on SQLite too (pysqlite begins no transaction
+    before DDL): a failure after CREATE TABLE, as a kill before the catalogue would be, leaves
+    no half-made table, so the next start creates and catalogues it (instead of parking it on
+    "duplicate column name" for ever)."""
+    table = schema(name="String")
+    create = _ddl(SQLITE, "env", table, DriftPlan(create=True, added=table.columns), NOW)
+    with pytest.raises(StoreError):
+        await execute_ddl(engine, [*create, "SELECT no_such_column FROM dv_commits"], table="x")
+    async with engine.connect() as conn:
+        names = {r[0] for r in await conn.exec_driver_sql("SELECT name FROM sqlite_master")}
+    assert "env__account" not in names
+    layout = await ensure_mirror(engine, "env", table, soft=False, now=NOW)
+    await commit(engine, layout, TableState("delta"), rows=[(K1, "n", 'W/"1"')], synced_at=T0)
+    assert [r[:2] for r in rows(engine)] == [(K1, "n")]

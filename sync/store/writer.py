@@ -314,6 +314,11 @@ async def execute_ddl(
 
     async def attempt() -> None:
         async with engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # pysqlite opens a transaction only before INSERT/UPDATE/DELETE: DDL first would
+                # run, and commit, on its own (a kill after CREATE TABLE, before the catalogue,
+                # left a table no later start could adopt). BEGIN makes the whole list atomic.
+                await conn.exec_driver_sql("BEGIN")
             for statement in statements:
                 if isinstance(statement, str):
                     await conn.exec_driver_sql(statement)
