@@ -272,6 +272,16 @@ def sync_command(state: State, once: bool) -> None:
     show_default=True,
     help="Shrink tables, page size and per-request time by this factor for a quick run.",
 )
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 20),
+    default=1,
+    show_default=True,
+    help=(
+        "With --scenario: measure each part this many times, the plain reader and dvmirror in "
+        "turn; the table shows the median round and a line lists every round's ratios."
+    ),
+)
 @click.option("--pipeline", is_flag=True, help="Benchmark the local parse → upsert → commit path.")
 @click.option("--rows", type=int, default=200_000, show_default=True, help="Rows for --pipeline.")
 @click.option(
@@ -286,6 +296,7 @@ def bench(
     scenario: str | None,
     postgres: str | None,
     rows_scale: float,
+    rounds: int,
     pipeline: bool,
     rows: int,
     rss_rows: int,
@@ -310,7 +321,11 @@ def bench(
         run_async(
             state,
             lambda: run_side_by_side(
-                scenario, console=table_console(), rows_scale=rows_scale, postgres=postgres
+                scenario,
+                console=table_console(),
+                rows_scale=rows_scale,
+                postgres=postgres,
+                rounds_wanted=rounds,
             ),
         )
     )

@@ -43,13 +43,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-from rich.table import Table
 from sqlalchemy import text
 
-from sync.bench.child import ChildRun, run_dvmirror
+from sync.bench.child import run_dvmirror
 from sync.bench.cores import plan, running_on
 from sync.bench.postgres import bench_databases
 from sync.bench.reader import ReadResult, read_tables
+from sync.bench.report import NOTES, PG_NOTE, render
+from sync.bench.rounds import Round, median_round, summary_lines
+from sync.bench.side import POSTGRESQL, SQLITE, Side
 from sync.bench.world import (
     MIRROR_APP,
     POSTGRES_APP,
@@ -68,73 +70,6 @@ from sync.store.dialects import dialect_for
 from sync.store.layout import TableSchema
 
 T = TypeVar("T")
-NOTES = (
-    "seconds: the plain reader's from its first page request to its last page (its columns were "
-    "discovered beforehand); dvmirror's for the whole command, start-up included.",
-    "from the first request: both sides timed alike, from the first request the simulator saw "
-    "from that user (discovery included) to the end (the reader's last page, dvmirror's exit), "
-    "so without dvmirror's start-up (interpreter, imports, migrations, token).",
-    "client CPU seconds: user + system, the reader's whole read (token, discovery, pages) in "
-    "the bench process, dvmirror's whole command and decode worker; less sensitive to other "
-    "load on the machine than the seconds.",
-    "ceiling: what the limits allow a sustained read of full pages; a read shorter than the "
-    "window can burst above it.",
-)
-PG_NOTE = (
-    "PostgreSQL ÷ SQLite: rows/s of `dvmirror backfill` into a fresh PostgreSQL database over "
-    "rows/s of the same command into a fresh SQLite file, same tables, same limits, own users."
-)
-SQLITE, POSTGRESQL = "SQLite", "PostgreSQL"
-
-
-@dataclass
-class Side:
-    """One column of the table: a reader or dvmirror on one part."""
-
-    part: Part
-    name: str
-    rows: int = 0
-    seconds: float = 0.0
-    # From the side's first request to its end, the same for both sides: from the first
-    # arrival the simulator recorded for its user (CLOCK_MONOTONIC is one clock for every
-    # process of the machine; discovery included) to the reader's last page or dvmirror's
-    # exit, so dvmirror's command without its start-up (interpreter, imports, migrations).
-    active_seconds: float | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    # CPU seconds on the client side: the reader's (token, discovery, pages: this process)
-    # or dvmirror's command and decode worker (user + system).
-    cpu_seconds: float | None = None
-    reference: Side | None = None
-    store: str = ""  # dvmirror's sides: SQLite or PostgreSQL
-    baseline: Side | None = None  # the PostgreSQL side's SQLite side
-    child: ChildRun | None = None
-    check: str = ""
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.rows / self.seconds if self.seconds else 0.0
-
-    @property
-    def active_rate(self) -> float:
-        active = self.seconds if self.active_seconds is None else self.active_seconds
-        return self.rows / active if active else 0.0
-
-    @property
-    def violations(self) -> int:
-        return int(self.stats.get("violations", 0))
-
-    @property
-    def strict_violations(self) -> int:
-        """Requests that arrived inside a Retry-After window more than 50 ms after its 429 was
-        sent (sync.simulator.protection.departures_inside)."""
-        return int(self.stats.get("strict_violations", 0))
-
-
-def throttled_share(side: Side) -> str:
-    requests = int(side.stats.get("requests", 0))
-    throttled = int(side.stats.get("throttled_total", 0))
-    return f"{throttled / requests:.1%}" if requests else "n/a"
 
 
 def say(console: Any, line: str) -> None:
@@ -148,6 +83,14 @@ async def admin(ready: Mapping[str, Any], path: str) -> Any:
         session.get(f"{ready['admin_url']}{path}") as response,
     ):
         return await response.json()
+
+
+async def admin_post(ready: Mapping[str, Any], path: str) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{ready['admin_url']}{path}") as response,
+    ):
+        response.raise_for_status()
 
 
 async def user_stats(ready: Mapping[str, Any], environment: str, client_id: str) -> dict[str, Any]:
@@ -341,16 +284,22 @@ async def run_side_by_side(
     progress_every: float = 30.0,
     max_seconds: float = 4 * 3600,
     postgres: str | None = None,
+    rounds_wanted: int = 1,
 ) -> int:
     """Run every part of the bench; print the figures. 0, or 1 if anything is wrong.
 
     With `postgres` (a PostgreSQL URL), each part also backfills into a fresh database on that
-    server (sync.bench.postgres), dropped at the end."""
+    server (sync.bench.postgres), dropped at the end. With `rounds_wanted` above 1, each part
+    is measured that many times (sync.bench.rounds): the table shows the median round, every
+    round is checked and counts for the exit code."""
     world = build_world(scenario, scale=rows_scale)
     _describe(world, console)
-    sides: list[Side] = []
+    sides: list[Side] = []  # the table's: the median round of each part
+    failed: list[Side] = []  # every round's, for the exit code
+    summaries: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
         databases: dict[str, str] = {}  # part → URL of its fresh PostgreSQL database
+        fresh_database = None
         if postgres is not None:
             fresh_database = await stack.enter_async_context(bench_databases(postgres))
             for part in world.parts:  # a server or privilege problem shows before any work
@@ -365,39 +314,20 @@ async def run_side_by_side(
             process, ready = await start_simulator(scenario_file, workdir / "simulator")
         stack.enter_context(running_on(split.client if split else None))
         try:
-            checks: list[Callable[[], Awaitable[None]]] = []
-            for part in world.parts:
-                reader, schemas = await measure_reader(
-                    ready, world, part, console=console, every=progress_every
-                )
-                measure = partial(
-                    measure_dvmirror,
-                    ready,
-                    world,
-                    part,
-                    reader,
-                    console=console,
-                    every=progress_every,
-                    max_seconds=max_seconds,
-                )
-                stores = [(SQLITE, sqlite_url(workdir / part.key / "data"), MIRROR_APP)]
-                if part.key in databases:
-                    stores.append((POSTGRESQL, databases[part.key], POSTGRES_APP))
-                mirrors: list[Side] = []
-                for store, url, client_id in stores:
-                    mirror = await measure(
-                        workdir / (part.key if store == SQLITE else f"{part.key}-postgres"),
-                        store_url=url,
-                        store=store,
-                        client_id=client_id,
-                    )
-                    mirror.baseline = mirrors[0] if mirrors else None
-                    mirrors.append(mirror)
-                    checks.append(partial(check_mirror, ready, mirror, schemas, url))
-                sides += [reader, *mirrors]
+            run = BenchRun(
+                ready, world, workdir, console, progress_every, max_seconds, fresh_database
+            )
+            measured = [
+                (part, await run.rounds_of(part, databases.get(part.key), rounds_wanted))
+                for part in world.parts
+            ]
             say(console, "comparing each mirror with its source, column by column …")
-            for check in checks:
+            for check in run.checks:  # dvmirror's rows are counted here
                 await check()
+            for part, read in measured:
+                sides += read[median_round([Round(r) for r in read])]
+                summaries += summary_lines(part.title, [Round(r) for r in read])
+                failed += [s for r in read for s in r]
         finally:
             await stop_simulator(process)
     console.print(render(world, sides))
@@ -405,20 +335,81 @@ async def run_side_by_side(
         say(console, note)
     if postgres is not None:
         say(console, PG_NOTE)
-    failures = [f"{s.part.title}, {s.name}: {f}" for s in sides for f in s.failures]
+    for line in summaries:
+        say(console, line)
+    failures = [f"{s.part.title}, {s.name}: {f}" for s in failed for f in s.failures]
     failures += [
         f"{s.part.title}, {s.name}: {s.violations} Retry-After violations"
-        for s in sides
+        for s in failed
         if s.violations
     ]
     failures += [
         f"{s.part.title}, {s.name}: {s.strict_violations} requests inside a Retry-After window"
-        for s in sides
+        for s in failed
         if s.strict_violations and not s.violations and s.child is not None
     ]
     for failure in failures:
         say(console, f"FAILED: {failure}")
     return ExitCode.FAILURES if failures else ExitCode.OK
+
+
+@dataclass
+class BenchRun:
+    """What every part's rounds share: the simulator, the work directory, the mirror checks
+    to run once every round is measured."""
+
+    ready: Mapping[str, Any]
+    world: World
+    workdir: Path
+    console: Any
+    every: float
+    max_seconds: float
+    fresh_database: Callable[[str], Awaitable[str]] | None  # --postgres: a new empty database
+    checks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def rounds_of(self, part: Part, database: str | None, wanted: int) -> list[list[Side]]:
+        """`wanted` rounds of `part`, each with fresh simulator counters and fresh stores."""
+        rounds = []
+        for number in range(1, wanted + 1):
+            suffix = ""
+            if wanted > 1:
+                say(self.console, f"[{part.title}] round {number} of {wanted}")
+                suffix = f"-round{number}"
+            if number > 1:
+                await admin_post(self.ready, "/stats/reset")  # this round's users start again
+                if database is not None and self.fresh_database is not None:
+                    database = await self.fresh_database(f"{part.key}_round{number}")
+            rounds.append(await self.round_of(part, suffix, database))
+        return rounds
+
+    async def round_of(self, part: Part, suffix: str, database: str | None) -> list[Side]:
+        """The plain reader, then dvmirror into SQLite (and PostgreSQL)."""
+        reader, schemas = await measure_reader(
+            self.ready, self.world, part, console=self.console, every=self.every
+        )
+        stores = [(SQLITE, sqlite_url(self.workdir / f"{part.key}{suffix}" / "data"), MIRROR_APP)]
+        if database is not None:
+            stores.append((POSTGRESQL, database, POSTGRES_APP))
+        mirrors: list[Side] = []
+        for store, url, client_id in stores:
+            name = part.key if store == SQLITE else f"{part.key}-postgres"
+            mirror = await measure_dvmirror(
+                self.ready,
+                self.world,
+                part,
+                reader,
+                self.workdir / f"{name}{suffix}",
+                store_url=url,
+                store=store,
+                client_id=client_id,
+                console=self.console,
+                every=self.every,
+                max_seconds=self.max_seconds,
+            )
+            mirror.baseline = mirrors[0] if mirrors else None
+            mirrors.append(mirror)
+            self.checks.append(partial(check_mirror, self.ready, mirror, schemas, url))
+        return [reader, *mirrors]
 
 
 def _describe(world: World, console: Any) -> None:
@@ -439,73 +430,3 @@ def _describe(world: World, console: Any) -> None:
             f"{limits.window:g} s, {limits.concurrency} concurrent: a ceiling of "
             f"{limits.ceiling_rows_per_second(world.page_size):,.0f} rows/s",
         )
-
-
-def render(world: World, sides: list[Side]) -> Table:
-    """One row per figure, one column per side."""
-    table = Table(title=f"dvmirror bench --scenario {world.name} (rows scale {world.scale:g})")
-    table.add_column("figure")
-    for side in sides:
-        table.add_column(f"{side.part.title}\n{side.name}", justify="right")
-
-    def ratio(side: Side) -> str:
-        if side.reference is None:
-            return "reference"
-        reference = side.reference.rate
-        return f"{side.rate / reference:.2f}" if reference else "n/a"
-
-    def active_ratio(side: Side) -> str:
-        if side.reference is None:
-            return "reference"
-        reference = side.reference.active_rate
-        return f"{side.active_rate / reference:.2f}" if reference else "n/a"
-
-    def cpu(side: Side) -> str:
-        return "n/a" if side.cpu_seconds is None else f"{side.cpu_seconds:.1f}"
-
-    def active(side: Side) -> str:
-        return "n/a" if side.active_seconds is None else f"{side.active_seconds:.1f}"
-
-    def store_ratio(side: Side) -> str:
-        if side.baseline is None:
-            return "reference" if any(s.baseline is side for s in sides) else "—"
-        baseline = side.baseline.rate
-        return f"{side.rate / baseline:.2f}" if baseline else "n/a"
-
-    def ceiling(side: Side) -> float:
-        return side.part.limits.ceiling_rows_per_second(world.page_size)
-
-    def rss(side: Side) -> str:
-        child = side.child
-        if child is None:
-            return "—"
-        if child.total_mb is None or child.own_mb is None or child.descendants_mb is None:
-            return "n/a"
-        return f"{child.total_mb:.0f} MB ({child.own_mb:.0f} + {child.descendants_mb:.0f} worker)"
-
-    figures: list[tuple[str, Callable[[Side], str]]] = [
-        ("rows", lambda s: f"{s.rows:,}"),
-        ("seconds", lambda s: f"{s.seconds:.1f}"),
-        ("rows/s", lambda s: f"{s.rate:,.0f}"),
-        ("ratio to reference", ratio),
-        ("seconds from the first request", active),
-        ("ratio from the first request", active_ratio),
-        ("client CPU seconds", cpu),
-    ]
-    if any(side.baseline is not None for side in sides):
-        figures.append(("PostgreSQL ÷ SQLite", store_ratio))
-    figures += [
-        ("ceiling rows/s (full pages)", lambda s: f"{ceiling(s):,.0f}"),
-        ("share of ceiling", lambda s: f"{s.rate / ceiling(s):.2f}" if ceiling(s) else "n/a"),
-        ("requests", lambda s: f"{s.stats.get('requests', 0):,}"),
-        ("peak concurrent requests", lambda s: f"{s.stats.get('max_concurrency', 0)}"),
-        ("429s", lambda s: f"{s.stats.get('throttled_total', 0):,}"),
-        ("429 share of requests", throttled_share),
-        ("Retry-After violations", lambda s: f"{s.violations}"),
-        ("… strict (arrived > 50 ms after a 429)", lambda s: f"{s.strict_violations}"),
-        ("peak RSS", rss),
-        ("data", lambda s: s.check),
-    ]
-    for label, show in figures:
-        table.add_row(label, *(show(side) for side in sides))
-    return table

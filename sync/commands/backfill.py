@@ -37,7 +37,7 @@ from sync.logs import get_logger
 from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
 from sync.mirror.job import JobResult, PageProgress, TableJob, Until
-from sync.mirror.metadata_refresh import refresh_after_run
+from sync.mirror.metadata_refresh import RefreshAfterReads
 from sync.mirror.relationships import with_relationships
 from sync.mirror.runner import run_job
 from sync.runtime.leases import command_leases
@@ -148,6 +148,15 @@ async def _environment(
         # The environment's tables run concurrently (a latency-bound service rewards it); the
         # governor still caps the requests in flight for the application user.
         slots = asyncio.Semaphore(environment.table_concurrency or max(1, len(tables)))
+        # The Synapse-style metadata tables of the tables that ran (sync.mirror.metadata_refresh),
+        # read as soon as every table has made its last read.
+        metadata = RefreshAfterReads(
+            client,
+            store,
+            environment=environment.name,
+            environment_url=environment.url,
+            tables=tables if environment.metadata_tables else [],
+        )
 
         async def one(table: str) -> JobResult:
             async with slots:
@@ -160,18 +169,15 @@ async def _environment(
                     command=command,
                     reconcile_every=reconcile_every,
                     progress=progress,
+                    on_reads_over=metadata.reads_over(table),
                 )
 
-        results.extend(await asyncio.gather(*(one(table) for table in tables)))
-        # The Synapse-style metadata tables of the tables that ran (sync.mirror.metadata_refresh).
-        results += await refresh_after_run(
-            client,
-            store,
-            environment=environment.name,
-            environment_url=environment.url,
-            tables=[r.table for r in results if r.ok] if environment.metadata_tables else [],
-            now=datetime.now(UTC),
-        )
+        try:
+            results.extend(await asyncio.gather(*(one(table) for table in tables)))
+            ran = [r.table for r in results if r.ok]
+            results += await metadata.results(ran, now=datetime.now(UTC))
+        finally:
+            await metadata.cancel()
     return results
 
 
@@ -185,6 +191,7 @@ async def _table(
     command: str,
     reconcile_every: timedelta | None,
     progress: Progress,
+    on_reads_over: Callable[[], None] | None = None,
 ) -> JobResult:
     task = progress.add_task(f"{environment.name}/{table}", total=None, pages=0)
     job = TableJob(
@@ -195,6 +202,7 @@ async def _table(
         command=command,
         reconcile_every=reconcile_every,
         on_page=_advance(progress, task),
+        on_reads_over=on_reads_over,
     )
     result = await run_job(job, until=until)
     progress.update(task, total=progress.tasks[task].completed)

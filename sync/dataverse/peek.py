@@ -18,6 +18,8 @@ from __future__ import annotations
 import orjson
 
 NEXT_LINK_KEY = b'"@odata.nextLink":'
+# The key in any spelling JSON allows for it but escapes (space before the colon too).
+_NEXT_LINK_NAME = b'"@odata.nextLink"'
 _SPACE = b" \t\r\n"
 _BACKSLASH = 0x5C
 
@@ -48,3 +50,11 @@ def peek_next_link(body: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     return link if isinstance(link, str) and link else None
+
+
+def surely_last(body: bytes) -> bool:
+    """True when `body` cannot hold a nextLink: the key's text is nowhere in it. (An escaped
+    copy inside a string reads `\\"@odata.nextLink\\"`, which does not match, so text quoting
+    the key never hides it; only a key spelled with JSON escapes would, and that is no page the
+    Web API writes.)"""
+    return _NEXT_LINK_NAME not in body

@@ -11,6 +11,10 @@ committed, the page being decoded and the one being received:
 The early request is a guess: when the request the cursor plans from the decoded page differs,
 it is dropped and the planned one sent, so a wrong guess costs one request, never a wrong page.
 A request ahead only goes to the environment's own origin (the client checks it again).
+
+`on_last_body` hears of a body that surely has no nextLink (`peek.surely_last`) as it arrives,
+before it is decoded: the pager's last read of its chain, which lets work that must follow the
+last read (the metadata tables' refresh) start while the page is still decoded and committed.
 """
 
 from __future__ import annotations
@@ -20,19 +24,21 @@ from collections.abc import Awaitable, Callable
 
 from sync.dataverse.client import BodyHook
 from sync.dataverse.odata import same_origin
-from sync.dataverse.peek import peek_next_link
+from sync.dataverse.peek import peek_next_link, surely_last
 from sync.mirror import cursor as cur
 from sync.mirror.page import DecodedPage
 
 Fetch = Callable[[cur.Request, BodyHook | None], Awaitable[DecodedPage]]
+LastBody = Callable[[cur.Request], None]
 
 
 class FetchAhead:
     """Fetches a table's pages, keeping at most one request ahead of its pager."""
 
-    def __init__(self, fetch: Fetch, origin: str) -> None:
+    def __init__(self, fetch: Fetch, origin: str, on_last_body: LastBody | None = None) -> None:
         self._fetch = fetch
         self._origin = origin
+        self._on_last_body = on_last_body
         self._ahead: tuple[cur.Request, asyncio.Future[DecodedPage]] | None = None
         # Set by the pager while it commits a page: a body arriving then sends nothing more,
         # or a third page would be held at once.
@@ -75,6 +81,9 @@ class FetchAhead:
 
     def _on_body(self, request: cur.Request) -> BodyHook:
         def arrived(body: bytes) -> None:
+            if self._on_last_body is not None and surely_last(body):
+                self._on_last_body(request)
+                return
             if self._ahead is not None or self.committing:
                 return
             link = peek_next_link(body)

@@ -106,6 +106,7 @@ class TableJob:
         reconcile_every: timedelta | None = cur.DEFAULT_RECONCILE_EVERY,
         clock: Callable[[], datetime] = utcnow,
         on_page: Callable[[PageProgress], None] | None = None,
+        on_reads_over: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -116,6 +117,10 @@ class TableJob:
         self.reconcile_every = reconcile_every
         self.clock = clock
         self.on_page = on_page
+        # Told once, when this job will send no more data requests this run: its last page's
+        # body has arrived (still to be decoded and committed), or the job ends.
+        self._on_reads_over = on_reads_over
+        self._last_read_arrived = False  # before the mirror is ready: told once it is
         self.schema: TableSchema | None = None
         self.layout: MirrorLayout | None = None
         self.cursor = cur.TableState()
@@ -132,7 +137,7 @@ class TableJob:
         self.split = False
         self._counted: tuple[int | None] | None = None  # a row count taken beside discovery
         self._shapers: tuple[RowShaper, RowShaper] | None = None
-        self._ahead = FetchAhead(self.fetch, environment.origin)
+        self._ahead = FetchAhead(self.fetch, environment.origin, on_last_body=self._last_body)
 
     @property
     def needs_backfill(self) -> bool:
@@ -160,6 +165,9 @@ class TableJob:
             self._counted = (counted,)
         else:
             schema, self._counted = await discovery, None
+        keys_schema = replace(schema, columns=schema.columns[:1])
+        self._shapers = (RowShaper(schema), RowShaper(keys_schema, keep_rows=True))
+        await self._first_page_early(stored.cursor, schema)
         layout = await ensure_mirror(
             self.store,
             env.name,
@@ -186,8 +194,6 @@ class TableJob:
             )
         self.schema, self.layout, self.cursor = schema, layout, cursor
         await self.plan_ranges(widened=bool(widened))
-        keys_schema = replace(schema, columns=schema.columns[:1])
-        self._shapers = (RowShaper(schema), RowShaper(keys_schema, keep_rows=True))
         if not schema.change_tracking and self.reconcile_every is not None:
             self.reconcile = cur.reconcile_due(cursor, now=now, every=self.reconcile_every)
         # An intersect table without change tracking has nothing to filter on: its full read
@@ -200,6 +206,23 @@ class TableJob:
             and cursor.next_link is None
             and not self.reconcile
         )
+        if self._last_read_arrived:  # a new table's first page, read early, was its last
+            self._reads_over()
+
+    async def _first_page_early(self, stored: cur.TableState, schema: TableSchema) -> None:
+        """A new table's first page is asked for now, read while its mirror is created and its
+        checkpoint stored (the first step takes it: FetchAhead), unless its full pass is to
+        split into key ranges. Any other state is planned once the mirror is ready."""
+        if stored.phase != "new" or self._counted is None:
+            return
+        env = self.environment
+        (total,) = self._counted
+        split = should_split(
+            total, split_rows=env.split_rows, workers=env.range_workers, page_size=env.page_size
+        )
+        if not split:
+            first, _ = cur.plan(stored, schema, base_url=env.url, now=self.clock())
+            await self._ahead.keep_or_start(first)
 
     async def plan_ranges(self, *, widened: bool = False) -> None:
         """Find a ranged pass under way, or decide whether a full pass about to start splits."""
@@ -265,6 +288,19 @@ class TableJob:
                     cycle_done,
                 )
             )
+
+    def _last_body(self, request: cur.Request) -> None:
+        """A page without a nextLink has arrived: it ends the cycle (cursor.advance), unless
+        it ends a watermark pass that a reconciliation's key pass follows."""
+        if not self.reconcile or request.kind == "keys":
+            self._last_read_arrived = True
+            if self.layout is not None:  # the mirror's columns are catalogued
+                self._reads_over()
+
+    def _reads_over(self) -> None:
+        tell, self._on_reads_over = self._on_reads_over, None
+        if tell is not None:
+            tell()
 
     async def step(self) -> bool:
         """Fetch and commit one page. True while the current cycle has more pages."""
@@ -360,6 +396,7 @@ class TableJob:
     async def interrupt(self) -> None:
         """Stop between pages (shutdown): the last checkpoint stands, the run is marked so."""
         await self.cancel_prefetch()
+        self._reads_over()
         if self.run_id is not None:
             await state.finish_run(self.store, self.run_id, status="interrupted", now=self.clock())
 
@@ -369,6 +406,7 @@ class TableJob:
         """Record the outcome: success clears the park, an error parks the table until the
         caller's next attempt (`retry_in` seconds; None when no retry is scheduled)."""
         await self.cancel_prefetch()
+        self._reads_over()
         now = self.clock()
         env = self.environment.name
         message = None if error is None else error.message

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -174,23 +174,55 @@ def label_fixes(
     return fixes
 
 
-async def refresh_environment(
+@dataclass(frozen=True)
+class Fetched:
+    """The metadata answers of an environment's tables, before anything is written: per
+    table, its mirrored attributes and its source, or the error its requests met."""
+
+    attributes: Mapping[str, list[om.MirroredAttribute]]
+    sources: Mapping[str, om.TableSource | DvmirrorError]
+    requests: int
+
+    def only(self, tables: Sequence[str]) -> Fetched:
+        """These tables' answers (those that have a mirror); the first error among them is
+        raised."""
+        keep = [t for t in self.attributes if t in set(tables)]
+        for table in keep:
+            answer = self.sources[table]
+            if isinstance(answer, DvmirrorError):
+                raise answer
+        return Fetched({t: self.attributes[t] for t in keep}, {t: self.sources[t] for t in keep}, 0)
+
+
+async def fetch_metadata(
     client: JsonSource,
     store: AsyncEngine,
     *,
     environment: str,
     environment_url: str,
     tables: Sequence[str],
-    now: datetime,
     cache: StructureCache | None = None,
-) -> RefreshResult:
-    """Bring the environment's metadata tables up to date with the source."""
+) -> Fetched:
+    """The metadata answers of `tables` (every request at once): nothing is written."""
     attributes = await catalogued(store, environment, tables)
-    fetched = await asyncio.gather(
-        *(fetch_source(client, environment_url, t, a, cache) for t, a in attributes.items())
-    )
-    sources = [source for source, _ in fetched]
-    requests = sum(n for _, n in fetched)
+
+    async def one(table: str) -> tuple[om.TableSource | DvmirrorError, int]:
+        try:
+            return await fetch_source(client, environment_url, table, attributes[table], cache)
+        except DvmirrorError as exc:
+            return exc, 0
+
+    answers = await asyncio.gather(*(one(t) for t in attributes))
+    sources = {t: answer for t, (answer, _) in zip(attributes, answers, strict=True)}
+    return Fetched(attributes, sources, sum(n for _, n in answers))
+
+
+async def apply_metadata(
+    store: AsyncEngine, fetched: Fetched, *, environment: str, now: datetime, requests: int
+) -> RefreshResult:
+    """Rewrite the metadata rows whose hash changed, with the label fixes they imply."""
+    attributes = dict(fetched.attributes)
+    sources = [s for s in fetched.sources.values() if not isinstance(s, DvmirrorError)]
     rows = om.all_rows(sources)
     parts: dict[tuple[str, str], list[om.Row]] = {
         (name, table): [] for name in om.TABLES for table in attributes
@@ -222,6 +254,116 @@ async def refresh_environment(
     return RefreshResult(names, fixed, requests)
 
 
+async def refresh_environment(
+    client: JsonSource,
+    store: AsyncEngine,
+    *,
+    environment: str,
+    environment_url: str,
+    tables: Sequence[str],
+    now: datetime,
+    cache: StructureCache | None = None,
+) -> RefreshResult:
+    """Bring the environment's metadata tables up to date with the source."""
+    fetched = await fetch_metadata(
+        client,
+        store,
+        environment=environment,
+        environment_url=environment_url,
+        tables=tables,
+        cache=cache,
+    )
+    chosen = fetched.only(tables)
+    return await apply_metadata(
+        store, chosen, environment=environment, now=now, requests=fetched.requests
+    )
+
+
+class RefreshAfterReads:
+    """A one-shot command's refresh of an environment's metadata tables, fetched as soon as
+    every table has made its last read and written once the tables ran.
+
+    The answers are read after the last page of every table has arrived, as they would be
+    after the run (so the labels are no older than any row's), but while those pages are
+    still decoded and committed: the refresh's round trips no longer follow the run. Each
+    table's job reports its last read (TableJob's `on_reads_over`); a table that fails is
+    left out of what is written. A failure is one failed result (`<env>/metadata: …`, exit
+    code 1), the previous metadata rows kept.
+    """
+
+    def __init__(
+        self,
+        client: JsonSource,
+        store: AsyncEngine,
+        *,
+        environment: str,
+        environment_url: str,
+        tables: Sequence[str],
+    ) -> None:
+        self._store = store
+        self._environment = environment
+        self._unread = set(tables)
+        self._all_read = asyncio.Event()
+        fetch = partial(
+            fetch_metadata,
+            client,
+            store,
+            environment=environment,
+            environment_url=environment_url,
+            tables=list(tables),
+        )
+        self._task = asyncio.ensure_future(self._after_reads(fetch)) if tables else None
+
+    def reads_over(self, table: str) -> Callable[[], None]:
+        """What `table`'s job calls once it will read no more."""
+
+        def told() -> None:
+            self._unread.discard(table)
+            if not self._unread:
+                self._all_read.set()
+
+        return told
+
+    async def _after_reads(self, fetch: Callable[[], Awaitable[Fetched]]) -> Fetched:
+        await self._all_read.wait()
+        return await fetch()
+
+    async def results(self, ran: Sequence[str], *, now: datetime) -> list[JobResult]:
+        """Write the metadata of the tables that ran (`ran`); [] or the one failed result."""
+        task, self._task = self._task, None
+        if task is None:
+            return []
+        self._all_read.set()  # every job has ended by now, whatever it reported
+        try:
+            fetched = await task
+            chosen = fetched.only(ran)
+            if chosen.attributes:
+                await apply_metadata(
+                    self._store,
+                    chosen,
+                    environment=self._environment,
+                    now=now,
+                    requests=fetched.requests,
+                )
+        except DvmirrorError as exc:
+            log.warning("metadata_tables_failed", environment=self._environment, error=exc.message)
+            return [
+                JobResult(
+                    self._environment, "metadata", False, exc.message, isinstance(exc, AuthError)
+                )
+            ]
+        return []
+
+    async def cancel(self) -> None:
+        """Stop a fetch still waiting or under way (the command is stopping)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: the command is stopping anyway
+
+
 async def refresh_after_run(
     client: JsonSource,
     store: AsyncEngine,
@@ -231,20 +373,8 @@ async def refresh_after_run(
     tables: Sequence[str],
     now: datetime,
 ) -> list[JobResult]:
-    """For one-shot commands: refresh once the tables ran; a failure is one failed result
-    (`<env>/metadata: …`, exit code 1), the previous metadata rows kept."""
-    if not tables:
-        return []
-    try:
-        await refresh_environment(
-            client,
-            store,
-            environment=environment,
-            environment_url=environment_url,
-            tables=tables,
-            now=now,
-        )
-    except DvmirrorError as exc:
-        log.warning("metadata_tables_failed", environment=environment, error=exc.message)
-        return [JobResult(environment, "metadata", False, exc.message, isinstance(exc, AuthError))]
-    return []
+    """For one-shot commands: refresh once the tables ran (RefreshAfterReads, all read)."""
+    refresh = RefreshAfterReads(
+        client, store, environment=environment, environment_url=environment_url, tables=tables
+    )
+    return await refresh.results(tables, now=now)
