@@ -621,6 +621,45 @@ def test_an_unlearned_cost_class_goes_one_at_a_time() -> None:
     assert core.decide(0.5, "rows") is None
 
 
+def test_a_class_whose_samples_are_spoiled_is_bounded_by_its_latency() -> None:
+    """Before the window is learned, a rise of the execution budget (execution leaving the
+    window, or two answers read out of order) spoils every later sample. A class first seen
+    then is still not held to one request at a time for good: once one of its requests has
+    finished, its cost is at most that request's latency, and its requests go concurrently,
+    counted at that bound."""
+    core = GovernorCore(initial_concurrency=8)
+    core.observe(ok(burst=1000, time_left=100.0), 0.0)
+    key = core.on_send(0.0, "keys")
+    core.observe(ok(burst=999, time_left=100.5), 0.2, key)  # the budget rose: spoiled
+    core.on_release(0.2, key)
+    first = core.on_send(1.0, "rows")
+    assert core.decide(1.0, "rows") == math.inf  # unknown: one at a time
+    core.observe(ok(burst=998, time_left=99.9), 1.6, first)
+    core.on_release(1.6, first)
+    assert core._costs._learned("rows") is None  # the sample was spoiled
+    assert core._costs.of("rows") == pytest.approx(0.6)  # but its latency bounds it
+    sent = []
+    while core.decide(1.6, "rows") is None and len(sent) < 8:
+        sent.append(core.on_send(1.6, "rows"))
+    assert len(sent) > 1
+    assert core.cost == pytest.approx(0.6)  # the budget counts every request at the bound
+
+
+def test_a_latency_bound_never_skews_what_the_samples_teach() -> None:
+    """Bounds only stand in for a class not learned yet: a mixed sample is split by the
+    learned costs, and a learned cost replaces the bound."""
+    from collections import Counter
+
+    costs = CostEstimate()
+    costs.add(0.1, Counter({"keys": 2}))  # 0.05 each
+    costs.bound("rows", 3.0)  # a slow answer, most of it queueing
+    assert costs.of("rows") == pytest.approx(3.0)
+    costs.add(1.05, Counter({"keys": 1, "rows": 2}))  # 0.05 + 2 × 0.5
+    assert costs.of("rows") == pytest.approx(0.5)
+    assert costs.of("keys") == pytest.approx(0.05)
+    assert costs.value == pytest.approx(0.5)
+
+
 def test_after_a_pause_concurrency_restarts_small_and_grows_back() -> None:
     """A 429 with 8 in flight: once the pause ends, one request may leave, not eight; healthy
     responses double the window each round trip (slow start) up to half of what failed, then

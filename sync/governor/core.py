@@ -234,6 +234,7 @@ class GovernorCore:
         if not refused:
             self._finishes.add(now)
             self._finished_classes[cost_class] += 1
+            self._costs.bound(cost_class, now - sent_at)
 
     def on_recall(self, now: float, sent_at: float) -> None:
         """A granted request did not leave after all (a 429 arrived while it was getting its

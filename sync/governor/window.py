@@ -115,10 +115,17 @@ class CostEstimate:
 
     `value` is the cost the budget arithmetic counts every request at: the dearest class seen
     recently, so cheap requests never make the dear ones look affordable.
+
+    Until a class has a sample, its cost is bounded by how long its requests took (`bound`):
+    the server's execution of a request is part of the time it took to answer, so the longest
+    recent latency is an upper bound. Without it a class whose samples keep being spoiled (the
+    window not yet learned and execution seen leaving it, or responses read out of order)
+    would stay unknown, and its requests one at a time, for the rest of the run.
     """
 
     def __init__(self) -> None:
         self._samples: dict[str, deque[tuple[float, int]]] = {}
+        self._bounds: dict[str, deque[float]] = {}
         self._carried: Counter[str] = Counter()
 
     def add(self, used: float, finished: int | Counter[str]) -> None:
@@ -136,7 +143,7 @@ class CostEstimate:
         if len(finished) == 1:
             ((cost_class, count),) = finished.items()
             return {cost_class: (used, count)}
-        known = {c: self.of(c) for c in finished}
+        known = {c: self._learned(c) for c in finished}  # never a bound: it is only a ceiling
         expected = sum(n * (known[c] or 0.0) for c, n in finished.items())
         unknown = {c: n for c, n in finished.items() if known[c] is None}
         if unknown and expected < used:
@@ -156,8 +163,21 @@ class CostEstimate:
     def discard(self) -> None:
         self._carried = Counter()
 
+    def bound(self, cost_class: str, seconds: float) -> None:
+        """A request of this class took `seconds` to answer: its execution took no longer."""
+        if seconds > 0:
+            self._bounds.setdefault(cost_class, deque(maxlen=COST_SAMPLES)).append(seconds)
+
     def of(self, cost_class: str) -> float | None:
-        """What one request of this class costs, as far as we know (None: not learned yet)."""
+        """What one request of this class costs, as far as we know: learned from the samples,
+        else at most its longest recent latency (None: no request of it has finished yet)."""
+        learned = self._learned(cost_class)
+        if learned is not None:
+            return learned
+        bounds = self._bounds.get(cost_class)
+        return max(bounds) if bounds else None
+
+    def _learned(self, cost_class: str) -> float | None:
         samples = self._samples.get(cost_class)
         if not samples:
             return None
@@ -170,5 +190,6 @@ class CostEstimate:
 
     @property
     def value(self) -> float | None:
-        costs = [cost for c in self._samples if (cost := self.of(c)) is not None]
+        classes = self._samples.keys() | self._bounds.keys()
+        costs = [cost for c in classes if (cost := self.of(c)) is not None]
         return max(costs) if costs else None
