@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from sync.mirror.metadata_refresh import refresh_after_run, refresh_environment
+from sync.mirror.metadata_refresh import RefreshAfterReads, refresh_environment
 from sync.runtime.metadata_loop import MIN_REFRESH_SECONDS, refresh_due
 from sync.store.connect import create_engine
 from sync.store.control import metadata_hashes, mirror_columns
@@ -149,14 +149,10 @@ async def test_refresh_writes_once_and_a_malformed_answer_keeps_the_rows(store_u
                 }
             }
         )
-        results = await refresh_after_run(
-            hostile,
-            engine,
-            environment=ENV,
-            environment_url="https://x",
-            tables=["account"],
-            now=NOW,
+        refresh = RefreshAfterReads(
+            hostile, engine, environment=ENV, environment_url="https://x", tables=["account"]
         )
+        results = await refresh.results(["account"], now=NOW)
         assert [(r.environment, r.table, r.ok) for r in results] == [(ENV, "metadata", False)]
         assert "table account: an OptionSet has no list of options" in (results[0].error or "")
         assert await read_rows(engine, ENV, "optionsetmetadata") == rows

@@ -362,19 +362,3 @@ class RefreshAfterReads:
             await asyncio.wait([task])
             if not task.cancelled():
                 task.exception()  # retrieved: the command is stopping anyway
-
-
-async def refresh_after_run(
-    client: JsonSource,
-    store: AsyncEngine,
-    *,
-    environment: str,
-    environment_url: str,
-    tables: Sequence[str],
-    now: datetime,
-) -> list[JobResult]:
-    """For one-shot commands: refresh once the tables ran (RefreshAfterReads, all read)."""
-    refresh = RefreshAfterReads(
-        client, store, environment=environment, environment_url=environment_url, tables=tables
-    )
-    return await refresh.results(tables, now=now)
