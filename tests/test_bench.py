@@ -176,3 +176,33 @@ def test_the_simulator_gets_one_cpu_and_the_client_side_the_others() -> None:
     assert split is not None
     assert (split.server, split.client) == ({7}, {2, 3, 5})
     assert "simulator pinned to CPU 7" in split.describe()
+
+
+def test_rounds_alternate_which_side_goes_first_and_list_every_ratio() -> None:
+    """`--rounds 2`: round 1 starts with the plain reader, round 2 with dvmirror (drift in the
+    one simulator process must not always fall on the same side); the summary lists both
+    rounds' ratios, and both rounds' mirrors are checked."""
+    result = run_cli(
+        "bench", "--scenario", "cpu", "--rows-scale", "0.01", "--rounds", "2", timeout=110
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    starts = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("[4 tables at once]")
+        and line.endswith(("…", "round 1 of 2", "round 2 of 2"))
+    ]
+    assert [line.split("] ", 1)[1] for line in starts] == [
+        "round 1 of 2",
+        "plain reader (4 chains at once) …",
+        "dvmirror backfill → SQLite …",
+        "round 2 of 2",
+        "dvmirror backfill → SQLite …",
+        "plain reader (4 chains at once) …",
+    ]
+    summary = " ".join(result.stdout.split())  # the console wraps long lines
+    assert "dvmirror backfill → SQLite, 2 rounds: ratio " in summary
+    assert "from the first request " in summary and "(median " in summary
+    table = cells(result.stdout)
+    assert table["data"][1].startswith("equal (")
+    assert table["Retry-After violations"] == ["0", "0"]

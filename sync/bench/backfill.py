@@ -50,7 +50,7 @@ from sync.bench.cores import plan, running_on
 from sync.bench.postgres import bench_databases
 from sync.bench.reader import ReadResult, read_tables
 from sync.bench.report import NOTES, PG_NOTE, render
-from sync.bench.rounds import Round, median_round, summary_lines
+from sync.bench.rounds import Round, median_round, reader_first, summary_lines
 from sync.bench.side import POSTGRESQL, SQLITE, Side
 from sync.bench.world import (
     MIRROR_APP,
@@ -182,7 +182,7 @@ async def measure_dvmirror(
     ready: Mapping[str, Any],
     world: World,
     part: Part,
-    reference: Side,
+    reference: Side | None,
     directory: Path,
     *,
     store_url: str,
@@ -379,37 +379,55 @@ class BenchRun:
                 await admin_post(self.ready, "/stats/reset")  # this round's users start again
                 if database is not None and self.fresh_database is not None:
                     database = await self.fresh_database(f"{part.key}_round{number}")
-            rounds.append(await self.round_of(part, suffix, database))
+            first = reader_first(number)  # alternates: drift must not favour one side
+            rounds.append(await self.round_of(part, suffix, database, reader_first=first))
         return rounds
 
-    async def round_of(self, part: Part, suffix: str, database: str | None) -> list[Side]:
-        """The plain reader, then dvmirror into SQLite (and PostgreSQL)."""
-        reader, schemas = await measure_reader(
-            self.ready, self.world, part, console=self.console, every=self.every
-        )
+    async def round_of(
+        self, part: Part, suffix: str, database: str | None, *, reader_first: bool = True
+    ) -> list[Side]:
+        """The plain reader and dvmirror into SQLite (and PostgreSQL), in that order or, with
+        `reader_first` false, dvmirror first: the simulator process serves every round, so
+        whatever drifts in it over a run (its heap, the host's other load) must not always
+        favour the same side."""
         stores = [(SQLITE, sqlite_url(self.workdir / f"{part.key}{suffix}" / "data"), MIRROR_APP)]
         if database is not None:
             stores.append((POSTGRESQL, database, POSTGRES_APP))
-        mirrors: list[Side] = []
-        for store, url, client_id in stores:
-            name = part.key if store == SQLITE else f"{part.key}-postgres"
-            mirror = await measure_dvmirror(
-                self.ready,
-                self.world,
-                part,
-                reader,
-                self.workdir / f"{name}{suffix}",
-                store_url=url,
-                store=store,
-                client_id=client_id,
-                console=self.console,
-                every=self.every,
-                max_seconds=self.max_seconds,
-            )
-            mirror.baseline = mirrors[0] if mirrors else None
-            mirrors.append(mirror)
+        if reader_first:
+            reader, schemas = await self.reader_of(part)
+            mirrors = [await self.mirror_of(part, suffix, s, reader) for s in stores]
+        else:
+            mirrors = [await self.mirror_of(part, suffix, s, None) for s in stores]
+            reader, schemas = await self.reader_of(part)
+        for index, (mirror, (_store, url, _client)) in enumerate(zip(mirrors, stores, strict=True)):
+            mirror.reference = reader
+            mirror.baseline = mirrors[0] if index else None
             self.checks.append(partial(check_mirror, self.ready, mirror, schemas, url))
         return [reader, *mirrors]
+
+    async def reader_of(self, part: Part) -> tuple[Side, dict[str, TableSchema]]:
+        return await measure_reader(
+            self.ready, self.world, part, console=self.console, every=self.every
+        )
+
+    async def mirror_of(
+        self, part: Part, suffix: str, store: tuple[str, str, str], reader: Side | None
+    ) -> Side:
+        kind, url, client_id = store
+        name = part.key if kind == SQLITE else f"{part.key}-postgres"
+        return await measure_dvmirror(
+            self.ready,
+            self.world,
+            part,
+            reader,
+            self.workdir / f"{name}{suffix}",
+            store_url=url,
+            store=kind,
+            client_id=client_id,
+            console=self.console,
+            every=self.every,
+            max_seconds=self.max_seconds,
+        )
 
 
 def _describe(world: World, console: Any) -> None:
