@@ -8,9 +8,10 @@ from the first request, the ratio that times both sides alike), and one line per
 lists every round's ratios and their medians.
 
 The order alternates (`reader_first`): odd rounds start with the plain reader, even rounds with
-dvmirror. One simulator process serves every round, and whatever drifts over its life (its
-heap, the host's other load) would otherwise always fall on the side that goes second: measured
-on a 2-core machine, the second side of a round was 10-20% slower, whichever it was.
+dvmirror. One simulator process serves every round, and whatever drifts over a run (its heap,
+the host's other load) would otherwise always fall on the side that goes second. (In one
+4-round run on a 2-core machine the second side of every round was 10-20% slower, whichever it
+was; other runs showed no such pattern, which is the point: one cannot tell in advance.)
 """
 
 from __future__ import annotations
