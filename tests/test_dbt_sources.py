@@ -104,3 +104,20 @@ def test_yaml_emitter_round_trips_awkward_text() -> None:
         ],
     }
     assert yaml.safe_load(to_yaml(document)) == document
+
+
+def test_freshness_keeps_the_error_after_the_warning_for_short_intervals() -> None:
+    """2 and 6 sync intervals in whole minutes; under half a minute both round up to one, so
+    the error threshold is kept a minute later (else fresh → error with no warning)."""
+    from sync.commands.dbt_sources import freshness
+
+    def counts(seconds: float) -> tuple[int, int]:
+        found = freshness(seconds)
+        assert found["warn_after"]["period"] == found["error_after"]["period"] == "minute"
+        return found["warn_after"]["count"], found["error_after"]["count"]
+
+    assert counts(300) == (10, 30)
+    assert counts(60) == (2, 6)
+    assert counts(20) == (1, 2)  # 40 s and 120 s
+    assert counts(10) == (1, 2)  # 20 s and 60 s: would be 1 and 1
+    assert counts(1) == (1, 2)

@@ -43,11 +43,16 @@ def _key_of(table: str, rows: list[Mapping[str, Any]]) -> str | None:
     return f"{table}id" if f"{table}id" in keys else (keys[0] if keys else None)
 
 
-def _freshness(environment: Environment) -> dict[str, Any]:
-    minutes = environment.interval / 60
+def freshness(interval_seconds: float) -> dict[str, Any]:
+    """dbt's freshness thresholds for a sync interval, in whole minutes (dbt's unit here).
+    Below half a minute both would round up to one minute, and a source would go from fresh
+    straight to error: the error threshold stays at least a minute after the warning."""
+    minutes = interval_seconds / 60
+    warn = max(1, math.ceil(WARN_INTERVALS * minutes))
+    error = max(warn + 1, math.ceil(ERROR_INTERVALS * minutes))
     return {
-        "warn_after": {"count": max(1, math.ceil(WARN_INTERVALS * minutes)), "period": "minute"},
-        "error_after": {"count": max(1, math.ceil(ERROR_INTERVALS * minutes)), "period": "minute"},
+        "warn_after": {"count": warn, "period": "minute"},
+        "error_after": {"count": error, "period": "minute"},
     }
 
 
@@ -117,7 +122,7 @@ def build_sources(
         "name": environment.name,
         "schema": environment.name if postgres else "main",
         "loaded_at_field": SYNCED_COLUMN,
-        "freshness": _freshness(environment),
+        "freshness": freshness(environment.interval),
         "tables": tables,
     }
     return {"version": 2, "sources": [source]}
