@@ -171,6 +171,25 @@ def test_hostile_rows_refuse_the_whole_page(change: dict[str, Any], message: str
         decode_page(page(row(), row(**change)), RowShaper(schema()))
 
 
+def test_an_annotation_absent_for_a_null_value_is_none_in_every_row() -> None:
+    """Dataverse leaves out a null value's annotations: a page mixing such rows with complete
+    ones keeps every row in order, the absent keys None and the other values as they came."""
+    shaper = RowShaper(schema())
+    complete = row()
+    sparse = row()
+    sparse["industrycode"] = None
+    del sparse["industrycode@OData.Community.Display.V1.FormattedValue"]
+    rows = [complete, sparse, complete, sparse]
+    decoded = decode_page(orjson.dumps({"value": rows}), shaper)
+    label = shaper.keys.index("industrycode@OData.Community.Display.V1.FormattedValue")
+    assert [t[label] for t in decoded.tuples] == ["Retail", None, "Retail", None]
+    (full,) = decode_page(page(complete), shaper).tuples
+    assert decoded.tuples[0] == decoded.tuples[2] == full
+    expected = list(full)
+    expected[label] = expected[shaper.keys.index("industrycode")] = None
+    assert decoded.tuples[1] == decoded.tuples[3] == tuple(expected)
+
+
 def test_missing_key_row_is_refused() -> None:
     """A row without its primary key at all is refused."""
     bad = row()

@@ -36,6 +36,7 @@ from sync.store.layout import MirrorColumn, TableSchema
 
 ETAG_KEY = "@odata.etag"
 _NONE = type(None)
+_GET = operator.attrgetter("get")  # row → row.get
 _ETAG_TYPES = frozenset({str})
 _NUMBER = rb"-?(?:0|[1-9][0-9]*+)(?:[.][0-9]++)?(?:[eE][+-]?[0-9]++)?(?=[,}\]])"
 
@@ -145,7 +146,9 @@ class RowShaper:
             tuples: list[tuple[Any, ...]] = list(map(self._getter, rows))
             complete = True
         except KeyError:  # an annotation is absent when its value is null
-            tuples = [self._row(row) for row in rows]
+            # Every row through dict.get (None for an absent key), all in C: trying the getter
+            # row by row first costs a raised KeyError for each row that lacks a key.
+            tuples = list(map(tuple, map(map, map(_GET, rows), repeat(self.keys))))
             complete = False
         # Rows holding every known key and nothing else have no other key to check.
         if not complete or set(map(len, rows)) != {len(self._known)}:
@@ -155,12 +158,6 @@ class RowShaper:
         self._check_types(tuples)
         self._check_texts(tuples, numeric_count)
         return tuples
-
-    def _row(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        try:
-            return self._getter(row)  # type: ignore[no-any-return]
-        except KeyError:
-            return tuple(map(row.get, self.keys))
 
     def _check_types(self, tuples: list[tuple[Any, ...]]) -> None:
         # The distinct type signatures of the rows (all in C), then each position's types once.
