@@ -181,7 +181,30 @@ def describe(report: TableReport) -> str:
         return f"{where}: repaired {report.repaired} rows ({what}): {figures}"
     left = report.unrepaired
     hint = "" if report.repaired else "; run `dvmirror verify --repair` to fix them"
-    return f"{where}: MISMATCH {left} rows ({what}){hint}: {figures}"
+    return f"{where}: MISMATCH {left} rows ({what}){hint}{_ghost_note(report)}: {figures}"
+
+
+def _ghost_note(report: TableReport) -> str:
+    """Why a table without change tracking has ghosts: they are not damage."""
+    ghosts = len(report.found.ghost)
+    if not ghosts or report.change_tracking is not False or report.repaired:
+        return ""
+    every = _duration(report.reconcile_interval)
+    return (
+        f"; the {ghosts} ghost row(s) were deleted in Dataverse: {report.table} has no change "
+        f"tracking, so the mirror learns of deletions at its reconcile (a key scan every {every}, "
+        "`reconcile_interval`)"
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    """An interval as the configuration writes it: 1d, 6h, 30m, 45s."""
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def as_json(report: TableReport) -> dict[str, Any]:
@@ -206,6 +229,7 @@ def as_json(report: TableReport) -> dict[str, Any]:
         "full_bytes": measured.full_bytes,
         "full_rows": measured.full_rows,
         "detail": report.detail,
+        "change_tracking": report.change_tracking,
     }
 
 

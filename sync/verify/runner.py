@@ -59,6 +59,11 @@ class TableReport:
     requests: int = 0
     measured: source.Measured = field(default_factory=source.Measured)
     detail: str | None = None
+    # Known once the table is discovered: without change tracking, the mirror learns of a
+    # deletion only at its reconcile (a key scan every `reconcile_interval`), so verify's ghosts
+    # are rows deleted since the last one, not damage.
+    change_tracking: bool | None = None
+    reconcile_interval: float | None = None
 
     @property
     def unrepaired(self) -> int:
@@ -121,6 +126,8 @@ class TableVerifier:
         self.mirror = mirror_side.MirrorTable(
             req.environment.name, self.table, self.schema.primary_key, soft
         )
+        self.report.change_tracking = self.schema.change_tracking
+        self.report.reconcile_interval = req.environment.reconcile_interval
 
     async def run(self) -> TableReport:
         report, req = self.report, self.request
