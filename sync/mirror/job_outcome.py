@@ -32,20 +32,19 @@ async def record_outcome(
     """Success clears the park, an error parks the table until the caller's next attempt
     (`retry_in` seconds; None when no retry is scheduled). `counts` are the job's pages,
     rows upserted and rows deleted; `tally_start` the table's request tally when it began."""
-    env = environment
     pages, upserted, deleted = counts
     message = None if error is None else error.message
     if isinstance(error, LeaseLostError):  # not ours to write any more: not even the park
-        log.warning("table_stopped_lease_lost", environment=env, table=table)
-        return JobResult(env, table, False, message, pages=pages)
+        log.warning("table_stopped_lease_lost", environment=environment, table=table)
+        return JobResult(environment, table, False, message, pages=pages)
     try:
         if error is None:
-            await state.record_success(store, env, table, now=now)
+            await state.record_success(store, environment, table, now=now)
         else:
             retry_at = None if retry_in is None else now + timedelta(seconds=retry_in)
             await state.record_error(
                 store,
-                env,
+                environment,
                 table,
                 message or "",
                 now=now,
@@ -65,13 +64,13 @@ async def record_outcome(
                 paused_seconds=paused - tally_start[2],
             )
     except LeaseLostError as exc:  # lost between the last page and this record
-        log.warning("run_record_skipped", environment=env, table=table, error=exc.message)
+        log.warning("run_record_skipped", environment=environment, table=table, error=exc.message)
     except DvmirrorError as exc:  # the store failed (a full disk): one line, no traceback
-        log.error("run_record_failed", environment=env, table=table, error=exc.message)
+        log.error("run_record_failed", environment=environment, table=table, error=exc.message)
     if error is not None:
-        log.error("table_parked", environment=env, table=table, error=message)
+        log.error("table_parked", environment=environment, table=table, error=message)
     return JobResult(
-        env,
+        environment,
         table,
         error is None,
         message,
