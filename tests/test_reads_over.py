@@ -22,7 +22,8 @@ from sync.dataverse.client import BodyHook
 from sync.dataverse.peek import surely_last
 from sync.mirror import cursor as cur
 from sync.mirror.ahead import FetchAhead
-from sync.mirror.job import PageProgress, TableJob
+from sync.mirror.job import TableJob
+from sync.mirror.job_types import PageProgress
 from sync.mirror.metadata_refresh import RefreshAfterReads
 from sync.mirror.page import DecodedPage
 from sync.mirror.runner import run_job

@@ -33,7 +33,7 @@ from sqlalchemy.sql.expression import Executable
 
 from sync.mirror.decode_workers import DecodePool
 from sync.mirror.fetch import decode_rows
-from sync.mirror.job import stamp
+from sync.mirror.job_types import stamp
 from sync.mirror.page import DecodedPage, decode_page
 from sync.mirror.rowshape import RowShaper
 from sync.mirror.typemap import build_schema

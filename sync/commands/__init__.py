@@ -1,1 +1,1 @@
-"""Implementations of CLI commands that need more than a few lines (wired in sync/cli.py)."""
+"""Implementations of CLI commands that need more than a few lines (wired in sync/cli_*.py)."""

@@ -36,7 +36,8 @@ from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
 from sync.logs import get_logger
 from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
-from sync.mirror.job import JobResult, PageProgress, TableJob, Until
+from sync.mirror.job import TableJob
+from sync.mirror.job_types import JobResult, PageProgress, Until
 from sync.mirror.metadata_refresh import RefreshAfterReads
 from sync.mirror.relationships import with_relationships
 from sync.mirror.runner import run_job

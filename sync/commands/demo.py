@@ -28,7 +28,7 @@ from sync.commands.demo_compare import Comparison, compare_table
 from sync.commands.status import run_status
 from sync.config.loading import load_config
 from sync.config.model import Config
-from sync.mirror.job import PageProgress
+from sync.mirror.job_types import PageProgress
 from sync.runtime.daemon import Daemon
 from sync.simulator.process import start_simulator, stop_simulator
 from sync.store.connect import create_engine

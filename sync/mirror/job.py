@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 from sync.config.model import Environment
-from sync.dataverse.client import BodyHook, RequestTally
-from sync.errors import AuthError, DeltaTokenExpired, DvmirrorError, LeaseLostError
+from sync.dataverse.client import BodyHook
+from sync.errors import DeltaTokenExpired, DvmirrorError
 from sync.limits import MAX_PAGE_SIZE
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
 from sync.mirror.ahead import FetchAhead
-from sync.mirror.discovery import JsonSource, discover_table, estimate_total
+from sync.mirror.discovery import discover_table, estimate_total
+from sync.mirror.job_drift import fit_mirror
+from sync.mirror.job_outcome import record_outcome
+from sync.mirror.job_types import JobResult, PageClient, PageProgress, stamp, utcnow
 from sync.mirror.keyranges import should_split
 from sync.mirror.page import DecodedPage
 from sync.mirror.rowshape import RowShaper
@@ -33,63 +35,10 @@ from sync.store import checkpoints as state
 from sync.store import key_ranges, key_scans
 from sync.store.layout import TableSchema
 from sync.store.leases import token_stamp
-from sync.store.mirror_tables import MirrorLayout, ensure_mirror, type_change_note
+from sync.store.mirror_tables import MirrorLayout
 from sync.store.writer import PageCounts, PageWrite, commit_page
 
 log = get_logger("dvmirror.engine")
-Until = Literal["cycle", "backfill"]
-
-
-class PageClient(JsonSource, Protocol):
-    """What a table job needs from the Web API client (sync.mirror.fetch.ExactClient)."""
-
-    tally: RequestTally
-
-    async def fetch_page(
-        self,
-        url: str,
-        shaper: RowShaper,
-        *,
-        track_changes: bool,
-        impersonate: str | None = None,
-        page_size: int | None = None,
-        cost_class: str | None = None,
-        on_body: BodyHook | None = None,
-    ) -> DecodedPage: ...
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def stamp(moment: datetime) -> str:
-    """Fixed-width UTC text: sorts like time, compared with `_dv_synced_at` in SQL."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass(frozen=True)
-class PageProgress:
-    """Reported after every committed page (progress bars, metrics)."""
-
-    environment: str
-    table: str
-    phase: str
-    rows: int
-    deleted: int
-    total_estimate: int | None
-    cycle_done: bool
-
-
-@dataclass(frozen=True)
-class JobResult:
-    environment: str
-    table: str
-    ok: bool
-    error: str | None = None
-    auth_failed: bool = False
-    pages: int = 0
-    rows_upserted: int = 0
-    rows_deleted: int = 0
 
 
 class TableJob:
@@ -168,32 +117,11 @@ class TableJob:
         keys_schema = replace(schema, columns=schema.columns[:1])
         self._shapers = (RowShaper(schema), RowShaper(keys_schema, keep_rows=True))
         await self._first_page_early(stored.cursor, schema)
-        layout = await ensure_mirror(
-            self.store,
-            env.name,
-            schema,
-            soft=self.options.deletes == "soft",
-            now=now,
-            history=self.options.history,
+        layout, cursor, widened = await fit_mirror(
+            self.store, env.name, self.table, schema, stored=stored, options=self.options, now=now
         )
-        cursor = stored.cursor
-        if layout.drift.create and cursor.phase != "new":
-            log.warning("mirror_table_missing", environment=env.name, table=self.table)
-            cursor = cur.TableState()
-        widened = layout.drift.added or layout.drift.revived or layout.drift.retyped
-        if widened and cursor.delta_link is not None:  # keep the token, widen the $select
-            cursor = replace(cursor, delta_link=cur.with_select(cursor.delta_link, schema.select))
-        if cursor != stored.cursor:
-            await state.save_cursor(self.store, env.name, self.table, cursor, now=now)
-        note = type_change_note(layout.drift)
-        if note is not None:
-            await state.record_note(self.store, env.name, self.table, note, now=now)
-        if stored.schema_hash != schema.schema_hash:
-            await state.set_schema_hash(
-                self.store, env.name, self.table, schema.schema_hash, now=now
-            )
         self.schema, self.layout, self.cursor = schema, layout, cursor
-        await self.plan_ranges(widened=bool(widened))
+        await self.plan_ranges(widened=widened)
         if not schema.change_tracking and self.reconcile_every is not None:
             self.reconcile = cur.reconcile_due(cursor, now=now, every=self.reconcile_every)
         # An intersect table without change tracking has nothing to filter on: its full read
@@ -407,51 +335,16 @@ class TableJob:
         caller's next attempt (`retry_in` seconds; None when no retry is scheduled)."""
         await self.cancel_prefetch()
         self._reads_over()
-        now = self.clock()
-        env = self.environment.name
-        message = None if error is None else error.message
-        if isinstance(error, LeaseLostError):  # not ours to write any more: not even the park
-            log.warning("table_stopped_lease_lost", environment=env, table=self.table)
-            return JobResult(env, self.table, False, message, pages=self.pages)
-        try:
-            if error is None:
-                await state.record_success(self.store, env, self.table, now=now)
-            else:
-                retry_at = None if retry_in is None else now + timedelta(seconds=retry_in)
-                await state.record_error(
-                    self.store,
-                    env,
-                    self.table,
-                    message or "",
-                    now=now,
-                    attempts=self._attempts,
-                    retry_at=retry_at,
-                )
-            if self.run_id is not None:
-                requests, throttled, paused = self.client.tally.of(self.table)
-                await state.finish_run(
-                    self.store,
-                    self.run_id,
-                    status="ok" if error is None else "failed",
-                    now=now,
-                    error=message,
-                    requests=requests - self._tally_start[0],
-                    throttled=throttled - self._tally_start[1],
-                    paused_seconds=paused - self._tally_start[2],
-                )
-        except LeaseLostError as exc:  # lost between the last page and this record
-            log.warning("run_record_skipped", environment=env, table=self.table, error=exc.message)
-        except DvmirrorError as exc:  # the store failed (a full disk): one line, no traceback
-            log.error("run_record_failed", environment=env, table=self.table, error=exc.message)
-        if error is not None:
-            log.error("table_parked", environment=env, table=self.table, error=message)
-        return JobResult(
-            env,
+        return await record_outcome(
+            self.store,
+            self.client.tally,
+            self.environment.name,
             self.table,
-            error is None,
-            message,
-            isinstance(error, AuthError),
-            self.pages,
-            self.upserted,
-            self.deleted,
+            error=error,
+            retry_in=retry_in,
+            now=self.clock(),
+            run_id=self.run_id,
+            attempts=self._attempts,
+            tally_start=self._tally_start,
+            counts=(self.pages, self.upserted, self.deleted),
         )

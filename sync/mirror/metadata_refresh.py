@@ -31,7 +31,7 @@ from sync.errors import AuthError, DvmirrorError, HostileResponseError, TableErr
 from sync.logs import get_logger
 from sync.mirror import option_metadata as om
 from sync.mirror.discovery import JsonSource
-from sync.mirror.job import JobResult
+from sync.mirror.job_types import JobResult
 from sync.mirror.typemap import SAFE_COLUMN
 from sync.store.control import mirror_columns
 from sync.store.dialects import dialect_for

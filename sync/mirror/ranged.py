@@ -31,7 +31,8 @@ from sync.dataverse.odata import check_link
 from sync.errors import DeltaTokenExpired, HostileResponseError, TableError
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
-from sync.mirror.job import TableJob, stamp
+from sync.mirror.job import TableJob
+from sync.mirror.job_types import stamp
 from sync.mirror.keyranges import KeyRange, KeySample, range_count, range_params
 from sync.mirror.page import DecodedPage
 from sync.store import checkpoints as state

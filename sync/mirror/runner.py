@@ -13,7 +13,8 @@ import asyncio
 
 from sync.errors import DvmirrorError
 from sync.logs import get_logger, mask_text
-from sync.mirror.job import JobResult, TableJob, Until
+from sync.mirror.job import TableJob
+from sync.mirror.job_types import JobResult, Until
 from sync.mirror.ranged import run_ranges
 
 log = get_logger("dvmirror.runner")

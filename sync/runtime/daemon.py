@@ -26,7 +26,7 @@ from sync.config.loading import load_config
 from sync.config.model import Config
 from sync.errors import ConfigError, DvmirrorError
 from sync.logs import get_logger
-from sync.mirror.job import PageProgress
+from sync.mirror.job_types import PageProgress
 from sync.runtime import systemd as notify
 from sync.runtime.alerts.monitor import AlertService
 from sync.runtime.alerts.verify_source import StoredVerifyFindings

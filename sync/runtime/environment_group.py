@@ -24,7 +24,8 @@ from sync.governor.gate import Governor
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
 from sync.mirror.fetch import ExactClient
-from sync.mirror.job import PageProgress, TableJob
+from sync.mirror.job import TableJob
+from sync.mirror.job_types import PageProgress
 from sync.mirror.relationships import mirrored_tables, resolved_at_run_time
 from sync.mirror.runner import run_cycle
 from sync.runtime.environment_pauses import run_pause_recorder

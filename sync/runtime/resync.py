@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.errors import DvmirrorError, LeaseLostError
 from sync.logs import get_logger
 from sync.mirror.cursor import FULL_PASSES
-from sync.mirror.job import PageProgress
+from sync.mirror.job_types import PageProgress
 from sync.store import checkpoints as state
 from sync.store import requests as store
 from sync.store.checkpoints import TableState

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.config.model import Config, Environment, Tenant
 from sync.logs import get_logger
-from sync.mirror.job import PageProgress
+from sync.mirror.job_types import PageProgress
 from sync.runtime.environment_group import EnvironmentGroup, GroupStatus, sleep_or_stop
 from sync.runtime.metrics import Metrics
 from sync.runtime.timing import backoff_delay

@@ -60,7 +60,8 @@ async def changed_since(engine: AsyncEngine, mirror: MirrorTable, since: datetim
     ref, _, _ = mirror.parts(engine)
     synced = quote_ident(SYNCED_COLUMN)
     written = f"SELECT count(*) FROM {ref} WHERE {synced} >= :since"  # noqa: S608
-    # SQLite keeps the stamp as fixed-width UTC text (mirror.job.stamp); PostgreSQL a timestamptz.
+    # SQLite keeps the stamp as fixed-width UTC text (mirror.job_types.stamp); PostgreSQL a
+    # timestamptz.
     stamp: object = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if dialect_for(engine).name == "postgresql":
         stamp = since

@@ -22,7 +22,7 @@ from sync.governor.gate import TenantBudget
 from sync.logs import get_logger
 from sync.mirror.discovery import discover_table
 from sync.mirror.fetch import ExactClient
-from sync.mirror.job import stamp
+from sync.mirror.job_types import stamp
 from sync.mirror.keyranges import KeyRange, sql_order_key
 from sync.mirror.rowshape import RowShaper
 from sync.store.control import verify_runs
