@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Environment, Tenant
+from sync.config.tenants import Environment, Tenant
 from sync.errors import AuthError, DvmirrorError, LeaseLostError
 from sync.governor.gate import Governor
 from sync.logs import get_logger

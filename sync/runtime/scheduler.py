@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Config, Environment, Tenant
+from sync.config.model import Config
+from sync.config.tenants import Environment, Tenant
 from sync.logs import get_logger
 from sync.mirror.job import PageProgress
 from sync.runtime.environment_group import EnvironmentGroup, GroupStatus, sleep_or_stop
