@@ -18,7 +18,8 @@ leave*. `decide(now)` applies, in order:
    (`sync.governor.window.CostEstimate`). When a budget is spent we wait for our oldest counted
    request to age out. Once the window is known, sends are spaced evenly at window ÷ what a
    window allows (the tighter budget), so a steady run sits just under the limit instead of
-   spending a window's budget at once and then waiting a window.
+   spending a window's budget at once and then waiting a window. (The arithmetic:
+   `sync.governor.budgets`.)
 
 **The window length is learned** (`window_hint`, 300 s by default, is only the starting
 assumption, so a simulator's 10-second window works without configuration). The first
