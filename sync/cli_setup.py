@@ -14,7 +14,7 @@ import click
 from sync.cli_state import State, run_async, table_console
 
 if TYPE_CHECKING:
-    from sync.config.model import Environment
+    from sync.config.tenants import Environment
     from sync.store.pruning import Pruned
 
 

@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sync.config.model import Config, Environment, Tenant
+from sync.config.model import Config
+from sync.config.tenants import Environment, Tenant
 from sync.dataverse.auth import TokenProviders
 from sync.dataverse.client import DataverseClient, RetryPolicy
 from sync.dataverse.odata import collection_url

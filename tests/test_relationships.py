@@ -154,7 +154,7 @@ class Source:
 
 
 def environment(relationships: Any = "auto") -> Any:
-    from sync.config.model import Environment
+    from sync.config.tenants import Environment
 
     return Environment(
         name="e",

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sync.config.model import Daemon, parse_interval
+from sync.config.daemon import Daemon
+from sync.config.values import parse_interval
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 DAEMON_UNIT = SYSTEMD_DIR / "dvmirror.service"

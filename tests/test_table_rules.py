@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from sync.config.model import Environment, TableRules
+from sync.config.tables import TableRules
+from sync.config.tenants import Environment
 from sync.mirror.discovery import rules_of
 from sync.mirror.table_rules import Rules, TableInfo, resolve
 

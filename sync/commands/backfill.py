@@ -31,7 +31,8 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.commands.named_table import confirm_named, refused_without_asking
-from sync.config.model import Config, Environment, Tenant
+from sync.config.model import Config
+from sync.config.tenants import Environment, Tenant
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
 from sync.logs import get_logger
 from sync.mirror.discovery import resolve_tables

@@ -14,7 +14,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from sync.config.model import Config, Environment, Tenant
+from sync.config.model import Config
+from sync.config.tenants import Environment, Tenant
 from sync.dataverse.auth import TokenProviders
 from sync.dataverse.client import DataverseClient, RetryPolicy
 from sync.errors import AuthError, DvmirrorError, ExitCode

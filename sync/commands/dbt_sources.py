@@ -21,7 +21,8 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sync.commands.dbt_extra import existing_extras, history_source_table, metadata_source_table
-from sync.config.model import Config, Environment
+from sync.config.model import Config
+from sync.config.tenants import Environment
 from sync.errors import ConfigError
 from sync.store.control import mirror_columns
 from sync.store.dialects.pg_wide import view_name

@@ -7,7 +7,7 @@ its own. A listed table is accepted without a request; the rest is checked again
 
 from __future__ import annotations
 
-from sync.config.model import Environment
+from sync.config.tenants import Environment
 from sync.errors import ConfigError
 from sync.mirror.discovery import JsonSource, resolve_tables
 from sync.mirror.relationships import plan_relationships

@@ -13,7 +13,8 @@ import os
 
 from rich.console import Console
 
-from sync.config.model import Config, Environment
+from sync.config.model import Config
+from sync.config.tenants import Environment
 from sync.config.values import TABLE_NAME
 from sync.errors import ConfigError
 from sync.store.open import open_store

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from sync.commands.check import CHECK_RETRY
-from sync.config.model import Config, Environment
+from sync.config.model import Config
+from sync.config.tenants import Environment
 from sync.dataverse.auth import TokenProviders
 from sync.dataverse.client import DataverseClient
 from sync.dataverse.odata import api_url

@@ -13,7 +13,8 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sync.config.model import Config, Environment, Tenant
+from sync.config.model import Config
+from sync.config.tenants import Environment, Tenant
 from sync.console.fixes import fix_for
 from sync.console.verify_figures import verify_entry
 from sync.logs import mask_text

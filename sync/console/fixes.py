@@ -6,7 +6,8 @@ the message is made of (sync.dataverse.auth and .classify write them).
 
 from __future__ import annotations
 
-from sync.config.model import Config, Environment, Tenant
+from sync.config.model import Config
+from sync.config.tenants import Environment, Tenant
 from sync.dataverse.auth import (
     CERTIFICATE_FIX,
     CREDENTIAL_HELP,

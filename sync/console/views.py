@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp_session import get_session
 from markupsafe import Markup
 
-from sync.config.model import Environment, Tenant
+from sync.config.tenants import Environment, Tenant
 from sync.console import actions, figures, queries, svg
 from sync.console.authz import Principal
 from sync.console.context import ConsoleContext, context_of, session_principal

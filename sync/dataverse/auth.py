@@ -25,7 +25,9 @@ from urllib.parse import quote
 
 import requests
 
-from sync.config.model import AppRegistration, Config, Tenant
+from sync.config.credentials import AppRegistration
+from sync.config.model import Config
+from sync.config.tenants import Tenant
 from sync.errors import (
     AuthError,
     ConsentError,

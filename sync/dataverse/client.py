@@ -42,7 +42,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from sync.config.model import Environment, Tenant
+from sync.config.tenants import Environment, Tenant
 from sync.dataverse.auth import scope_for
 from sync.dataverse.classify import Kind, classify, to_error
 from sync.dataverse.lastlook import DEPARTING, LastLookConnector, Recalled

@@ -18,7 +18,8 @@ leave*. `decide(now)` applies, in order:
    (`sync.governor.window.CostEstimate`). When a budget is spent we wait for our oldest counted
    request to age out. Once the window is known, sends are spaced evenly at window ÷ what a
    window allows (the tighter budget), so a steady run sits just under the limit instead of
-   spending a window's budget at once and then waiting a window.
+   spending a window's budget at once and then waiting a window. (The arithmetic:
+   `sync.governor.budgets`.)
 
 **The window length is learned** (`window_hint`, 300 s by default, is only the starting
 assumption, so a simulator's 10-second window works without configuration). The first
@@ -39,6 +40,13 @@ from collections import Counter
 from typing import Any
 
 from sync.dataverse.headers import DEFAULT_RETRY_AFTER
+from sync.governor.budgets import (
+    aged_out,
+    budgets,
+    decayed_lesson,
+    request_margin,
+    requests_per_window,
+)
 from sync.governor.signals import RateObservation
 from sync.governor.window import Anchor, CostEstimate, GovernorStats, SendLog, TimeLog
 from sync.limits import CONCURRENT_REQUESTS_PER_USER
@@ -46,8 +54,6 @@ from sync.limits import CONCURRENT_REQUESTS_PER_USER
 INITIAL_CONCURRENCY = 4
 RESTART_CONCURRENCY = 1  # after a Retry-After pause, start again from this many in flight
 LESSON_SHARE = 0.25  # an execution 429 reserves one more request's cost, up to this share
-LESSON_HALF_LIFE = 4  # windows without an execution 429 that halve what was held back
-UNLEARNED_RESERVE = 6  # extra request margin while the window is unknown: probes come from it
 KEEP_SENDS = 4096  # once learned, keep at least this many recent send times
 BRACKET_WINDOWS = 12  # keep tightening the window's upper bound for this many windows
 
@@ -161,47 +167,33 @@ class GovernorCore:
     @property
     def requests_per_window(self) -> float:
         """How many requests a window allows, as far as we can tell (0: unknown)."""
-        estimates: list[float] = []
-        base = self._baseline
-        if base is not None and base.burst is not None:
-            limit = max(self._burst_max, base.burst + base.sent - base.refused)
-            estimates.append(limit - self._margin())
-        cost = self._costs.value
-        if cost and self._time_max:
-            estimates.append(self._time_max * (1 - self._margin_fraction) / cost)
-        return max(1.0, min(estimates)) if estimates else 0.0
+        return requests_per_window(
+            baseline=self._baseline,
+            burst_max=self._burst_max,
+            margin=self._margin(),
+            cost=self._costs.value,
+            time_max=self._time_max,
+            margin_fraction=self._margin_fraction,
+        )
 
     def _budgets(self, now: float) -> list[tuple[float, float]]:
         """(available requests, when more comes back) for each budget we have data for."""
-        anchor = self._anchor
-        if anchor is None:
+        if self._anchor is None:
             return []
-        sent_since = self._sent - anchor.sent
-        horizon = now - self.window
-        budgets: list[tuple[float, float]] = []
-        if anchor.burst is not None:
-            floor = self._send_floor(anchor)
-            aged = self._sends.counted_between(floor, horizon)
-            requests_left = float(anchor.burst - self._margin() - sent_since + aged)
-            budgets.append(
-                (requests_left, self._sends.next_counted_after(max(floor, horizon), self.window))
-            )
-        cost = self._costs.value
-        if anchor.time_left is not None and cost:
-            floor = self._finish_floor(anchor)
-            aged = self._finishes.between(floor, horizon)
-            reserve = self._time_max * self._margin_fraction + self._lesson_now(now)
-            # The server admits while any execution budget is left, hence the + 1.
-            allowance = (anchor.time_left - reserve) / cost + 1
-            time_budget = allowance - anchor.pending - sent_since + aged
-            index = self._finishes.upto(max(floor, horizon))
-            next_at = (
-                self._finishes.items[index] + self.window
-                if index < self._finishes.total()
-                else math.inf
-            )
-            budgets.append((time_budget, next_at))
-        return budgets
+        return budgets(
+            now,
+            self._anchor,
+            sent=self._sent,
+            window=self.window,
+            margin=self._margin(),
+            baseline=self._baseline,
+            burst_max=self._burst_max,
+            sends=self._sends,
+            finishes=self._finishes,
+            cost=self._costs.value,
+            time_max=self._time_max,
+            time_reserve=self._time_max * self._margin_fraction + self._lesson_now(now),
+        )
 
     # -- events ----------------------------------------------------------------------------
 
@@ -362,12 +354,8 @@ class GovernorCore:
 
     def _bracket_window(self, baseline: Anchor, current: Anchor) -> None:
         """Our oldest `aged` counted sends left the window by `current.at`: bound it above."""
-        if baseline.burst is None or current.burst is None:
-            return
-        counted = (current.sent - current.refused) - (baseline.sent - baseline.refused)
-        unsure = max(0, self.in_flight - 1)  # still out: might yet be refused
-        aged = counted - (baseline.burst - current.burst) - unsure
-        if aged < 1 or aged > self._sends.counted_upto(math.inf):
+        aged = aged_out(baseline, current, in_flight=self.in_flight, sends=self._sends)
+        if aged is None:
             return
         upper = current.at - self._sends.nth_counted_time(aged)
         if 0 < upper < self._window_upper:
@@ -378,10 +366,7 @@ class GovernorCore:
             self._bracketing = False  # precise enough; stop keeping every send
 
     def _lesson_now(self, now: float) -> float:
-        if not self._lesson:
-            return 0.0
-        windows = max(0.0, now - self._lesson_at) / max(LESSON_HALF_LIFE * self.window, 1e-9)
-        return self._lesson * 0.5 ** math.floor(windows)
+        return decayed_lesson(self._lesson, since=self._lesson_at, now=now, window=self.window)
 
     def _learn_cost(self, previous: Anchor, current: Anchor, finished: Counter[str]) -> None:
         if previous.time_left is None or current.time_left is None:
@@ -404,47 +389,12 @@ class GovernorCore:
     # -- the window model ------------------------------------------------------------------
 
     def _margin(self) -> int:
-        margin = max(self._min_margin, math.ceil(self._burst_max * self._margin_fraction))
-        return margin if self.window_learned else margin + UNLEARNED_RESERVE
-
-    def _send_floor(self, anchor: Anchor) -> float:
-        """Our sends after this time were still in the server's window at the anchor.
-
-        Bounded by the window length and by the limit: with `per_window` allowed and `burst`
-        left, only our last `per_window - burst` counted sends were inside. Without the second
-        bound an over-estimated window would count again, as "leaving later", sends the server
-        had already dropped before the anchor.
-        """
-        floor = anchor.at - self.window
-        base = self._baseline
-        if base is not None and base.burst is not None and anchor.burst is not None:
-            limit = max(self._burst_max, base.burst + base.sent - base.refused)
-            inside = max(0, limit - anchor.burst)
-            # Sends made right after the anchor, at the same instant, were not inside it.
-            counted = min(
-                self._sends.counted_upto(anchor.at),
-                (anchor.sent - self._sends.dropped) - (anchor.refused - self._refused.dropped),
-            )
-            if inside == 0 and counted:
-                floor = max(floor, self._sends.nth_counted_time(counted))
-            elif inside < counted:
-                oldest = self._sends.nth_counted_time(counted - inside + 1)
-                floor = max(floor, math.nextafter(oldest, -math.inf))
-        return floor
-
-    def _finish_floor(self, anchor: Anchor) -> float:
-        """Like `_send_floor`, for execution time (which ages from each request's finish)."""
-        floor = anchor.at - self.window
-        cost = self._costs.value
-        if cost and anchor.time_left is not None:
-            inside = max(0, round((self._time_max - anchor.time_left) / cost))
-            finished = min(self._finishes.upto(anchor.at), anchor.finished - self._finishes.dropped)
-            if inside == 0 and finished:
-                floor = max(floor, self._finishes.items[finished - 1])
-            elif inside < finished:
-                oldest = self._finishes.items[finished - inside]
-                floor = max(floor, math.nextafter(oldest, -math.inf))
-        return floor
+        return request_margin(
+            min_margin=self._min_margin,
+            burst_max=self._burst_max,
+            margin_fraction=self._margin_fraction,
+            window_learned=self.window_learned,
+        )
 
     def _last_send(self) -> float:
         return self._sends.items[-1] if self._sends.items else -math.inf

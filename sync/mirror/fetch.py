@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from sync.config.model import Environment, Tenant
+from sync.config.tenants import Environment, Tenant
 from sync.dataverse.client import BodyHook, DataverseClient, RequestGate, TokenSource
 from sync.dataverse.odata import request_headers
 from sync.errors import HostileResponseError

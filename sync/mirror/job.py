@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from sync.config.model import Environment
+from sync.config.tenants import Environment
 from sync.dataverse.client import BodyHook
 from sync.errors import DeltaTokenExpired, DvmirrorError
 from sync.limits import MAX_PAGE_SIZE

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import TableOptions
+from sync.config.tables import TableOptions
 from sync.logs import get_logger
 from sync.mirror import cursor as cur
 from sync.store import checkpoints as state

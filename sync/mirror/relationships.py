@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Environment
+from sync.config.tenants import Environment
 from sync.dataverse.odata import api_url
 from sync.errors import AuthError, DvmirrorError, HostileResponseError, LeaseLostError
 from sync.logs import get_logger

@@ -1,10 +1,10 @@
 """One environment's worker group: everything its application user does, supervised as one.
 
-It authenticates (with backoff while that fails), lists its tables, and runs one loop per table:
-a cycle through the table runner (sync.mirror.runner), then the next one after the interval, or
-after a growing backoff while the table fails. Its status (authenticated, failing tables) feeds
-the status line, readiness and /healthz. A lost lease stops the whole group at once: every write
-of it would fail the fence.
+It authenticates (with backoff while that fails), lists its tables, and runs one loop per table
+(sync.runtime.table_loop): a cycle through the table runner (sync.mirror.runner), then the next
+one after the interval, or after a growing backoff while the table fails. Its status
+(authenticated, failing tables) feeds the status line, readiness and /healthz. A lost lease
+stops the whole group at once: every write of it would fail the fence.
 """
 
 from __future__ import annotations
@@ -13,67 +13,31 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Environment, Tenant
+from sync.config.tenants import Environment, Tenant
 from sync.errors import AuthError, DvmirrorError, LeaseLostError
 from sync.governor.gate import Governor
 from sync.logs import get_logger
-from sync.mirror import cursor as cur
 from sync.mirror.fetch import ExactClient
-from sync.mirror.job import TableJob
 from sync.mirror.job_types import PageProgress
 from sync.mirror.relationships import mirrored_tables, resolved_at_run_time
-from sync.mirror.runner import run_cycle
 from sync.runtime.environment_pauses import run_pause_recorder
+from sync.runtime.group_status import GroupStatus
 from sync.runtime.metadata_loop import run_metadata_loop
 from sync.runtime.metrics import Metrics
-from sync.runtime.resync import ResyncWork, pass_is_current
-from sync.runtime.timing import FIRST_RUN_SPREAD, Timing, backoff_delay, first_delay, next_delay
+from sync.runtime.resync import ResyncWork
+from sync.runtime.table_loop import TableLoop
+from sync.runtime.timing import Timing, backoff_delay
 from sync.runtime.verify_loop import CycleSignals, run_verify_loop
+from sync.runtime.waiting import sleep_or_stop
 from sync.runtime.wiring import Wiring
 from sync.store import checkpoints as state
 from sync.store.environments import record_environment
-from sync.store.requests import start_full_pass
 
 log = get_logger("dvmirror.scheduler")
-
-
-@dataclass
-class GroupStatus:
-    """What the daemon reports about one environment (status line, readiness)."""
-
-    authenticated: bool = False
-    first_attempt_done: asyncio.Event = field(default_factory=asyncio.Event)
-    last_error: str | None = None
-    busy_tables: set[str] = field(default_factory=set)
-    lease_lost: bool = False
-    failing_tables: dict[str, str] = field(default_factory=dict)  # table → its last error
-    auth_error: str | None = None  # the sign-in fails (an AuthError), for alerts
-
-    @property
-    def problem(self) -> str | None:
-        """Why this environment is not syncing everything right now (None: it is)."""
-        if self.last_error is not None:
-            return self.last_error
-        if self.failing_tables:
-            table, error = sorted(self.failing_tables.items())[0]
-            more = len(self.failing_tables) - 1
-            return f"{table}: {error}" + (f" (and {more} more tables)" if more else "")
-        return None
-
-
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep, but wake as soon as `stop` is set. True when stopping."""
-    if stop.is_set():
-        return True
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(0.0, seconds)):
-            await stop.wait()
-    return stop.is_set()
 
 
 class EnvironmentGroup:
@@ -299,7 +263,7 @@ class EnvironmentGroup:
         if running is not None and not running.done():
             return False  # (a table dropped and taken up again before its loop noticed)
         self._loops[table] = group.create_task(
-            self._table_loop(client, table), name=f"{self.name}/{table}"
+            TableLoop(self, client, table).run(), name=f"{self.name}/{table}"
         )
         return True
 
@@ -323,162 +287,9 @@ class EnvironmentGroup:
             if self.metrics is not None:
                 self.metrics.table_parked(self.name, table, True)
 
-    async def _table_loop(self, client: ExactClient, table: str) -> None:
-        """One table forever: a cycle (one page at a time), then wait for the next one."""
-        attempts = 0
-        # Spread first cycles, but never wait longer than one interval for the first one.
-        spread = min(FIRST_RUN_SPREAD, self.environment.interval)
-        if await self._sleep(table, first_delay(self.rng, spread)):
-            return
-        while not self.stopping.is_set() and table in self.active_tables:
-            try:
-                await self._start_requested_pass(table)
-            except LeaseLostError as exc:
-                self.lease_lost(exc)
-                return
-            except DvmirrorError as exc:  # the cycle runs as it stands; the next one tries again
-                log.warning("resync_pass_not_started", table=table, error=exc.message)
-            completed = False
-
-            def page_done(page: PageProgress) -> None:
-                nonlocal completed
-                completed = completed or page.cycle_done
-                self._page_done(page)
-
-            job = TableJob(
-                store=self.store,
-                client=client,
-                environment=self.environment,
-                table=table,
-                command="run",
-                reconcile_every=timedelta(seconds=self.environment.reconcile_interval),
-                on_page=page_done,
-            )
-            async with self.table_slots:
-                error = await self._cycle(job)
-            if isinstance(error, LeaseLostError):
-                # Not parked: that would be a write, and the environment is not ours any more.
-                await job.cancel_prefetch()
-                self.lease_lost(error)
-                return
-            if error is None and self.stopping.is_set():
-                # Interrupted between pages: the checkpoint is committed; resume next start.
-                with contextlib.suppress(LeaseLostError):
-                    await asyncio.shield(job.interrupt())
-                return
-            if error is None and not completed and self.resync.wake(table).is_set():
-                # Cut between pages for a resync request: its full pass starts at once.
-                with contextlib.suppress(LeaseLostError):
-                    await job.interrupt()
-                continue
-            attempts, delay = await self._finish_cycle(job, error, attempts)
-            if self.stopping.is_set():
-                return
-            if await self._sleep(table, delay):
-                return
-
-    async def _finish_cycle(
-        self, job: TableJob, error: DvmirrorError | None, attempts: int
-    ) -> tuple[int, float]:
-        """Record the cycle's outcome (a failure parks the table), for its resync requests too;
-        the attempts so far and the delay before the next cycle."""
-        table = job.table
-        # The retry is decided before the outcome is stored, so status shows what will happen.
-        retry_in = None if error is None else backoff_delay(self.timing, attempts + 1, self.rng)
-        result = await job.finish(error, retry_in=retry_in)
-        if self.metrics is not None:
-            self.metrics.table_run_finished(self.name, table, ok=result.ok)
-            self.metrics.table_parked(self.name, table, not result.ok)
-            # A token renewal refused mid-run (a secret revoked under the daemon) is a
-            # token failure as much as one at sign-in.
-            if isinstance(error, AuthError):
-                self.metrics.token_failure(self.tenant.name, error)
-        if result.ok:
-            attempts = 0
-            self.status.failing_tables.pop(table, None)
-            self.cycles.cycle_done(table)
-            delay = next_delay(self.timing, self.rng)
-        else:
-            attempts += 1
-            self.status.failing_tables[table] = (result.error or "failed")[:300]
-            delay = retry_in if retry_in is not None else next_delay(self.timing, self.rng)
-            log.warning("table_retry_scheduled", table=table, retry_in=round(delay, 1))
-        try:
-            await self.resync.cycle_finished(table, job.cursor, result.error)
-        except LeaseLostError as exc:
-            self.lease_lost(exc)
-        except DvmirrorError as exc:
-            log.warning("resync_record_failed", table=table, error=exc.message)
-        return attempts, delay
-
-    async def _start_requested_pass(self, table: str) -> None:
-        """A resync request waits for this table: store a full-pass cursor (the one an expired
-        delta token gives), unless the table is in a pass started for the request already (a
-        takeover resumes it)."""
-        self.resync.wake(table).clear()
-        since = self.resync.since(table)
-        if since is None:
-            return
-        now = datetime.now(UTC)
-        stored = await state.ensure(self.store, self.name, table, now=now)
-        if not pass_is_current(stored.cursor, since):
-            await start_full_pass(
-                self.store, self.name, table, cur.expired(stored.cursor, now=now), now=now
-            )
-            log.info("resync_pass_started", environment=self.name, table=table)
-        self.resync.pass_started(table)
-
-    async def _sleep(self, table: str, seconds: float) -> bool:
-        """Wait `seconds` before the table's next cycle, less when a resync request wants it
-        (a parked table is un-parked for the pass). True when stopping."""
-        wake = self.resync.wake(table)
-        if not wake.is_set() and not self.stopping.is_set():
-            waits = [asyncio.ensure_future(e.wait()) for e in (self.stopping, wake)]
-            try:
-                await asyncio.wait(
-                    waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for waiting in waits:
-                    waiting.cancel()
-        return self.stopping.is_set()
-
     def lease_lost(self, error: LeaseLostError) -> None:
         """The whole environment stops at once: every write of it would fail the fence now."""
         if not self.status.lease_lost:
             log.warning("environment_lease_lost", environment=self.name, error=error.message)
         self.status.lease_lost = True
         self.stopping.set()
-
-    async def _cycle(self, job: TableJob) -> DvmirrorError | None:
-        """Run pages until the cycle ends or the group is told to stop."""
-        self.status.busy_tables.add(job.table)
-        halt = asyncio.Event()  # the group stops, or a resync request wants this table now
-        relay = asyncio.create_task(_either(halt, self.stopping, self.resync.wake(job.table)))
-        try:
-            return await run_cycle(job, until="cycle", stopping=halt)
-        finally:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
-            self.status.busy_tables.discard(job.table)
-
-    def _page_done(self, page: PageProgress) -> None:
-        self.resync.page(page)
-        if self.metrics is not None:
-            self.metrics.page_committed(
-                page.environment, page.table, upserted=page.rows, deleted=page.deleted
-            )
-        if self.on_page is not None:
-            self.on_page(page)
-
-
-async def _either(target: asyncio.Event, *sources: asyncio.Event) -> None:
-    """Set `target` as soon as one of `sources` is set."""
-    waits = [asyncio.ensure_future(source.wait()) for source in sources]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        target.set()
-    finally:
-        for waiting in waits:
-            waiting.cancel()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Environment
+from sync.config.tenants import Environment
 from sync.errors import DvmirrorError, LeaseLostError
 from sync.logs import get_logger
 from sync.mirror.discovery import JsonSource

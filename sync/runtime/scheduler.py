@@ -24,12 +24,15 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Config, Environment, Tenant
+from sync.config.model import Config
+from sync.config.tenants import Environment, Tenant
 from sync.logs import get_logger
 from sync.mirror.job_types import PageProgress
-from sync.runtime.environment_group import EnvironmentGroup, GroupStatus, sleep_or_stop
+from sync.runtime.environment_group import EnvironmentGroup
+from sync.runtime.group_status import GroupStatus
 from sync.runtime.metrics import Metrics
 from sync.runtime.timing import backoff_delay
+from sync.runtime.waiting import sleep_or_stop
 from sync.runtime.wiring import Wiring
 
 __all__ = [

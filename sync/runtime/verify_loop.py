@@ -16,7 +16,7 @@ from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Environment
+from sync.config.tenants import Environment
 from sync.errors import DvmirrorError
 from sync.governor.gate import TenantBudget
 from sync.logs import get_logger

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Config, Environment, Tenant
+from sync.config.model import Config
+from sync.config.tenants import Environment, Tenant
 from sync.dataverse.auth import TokenProviders
 from sync.governor.budget_store import SqlBudgetStore
 from sync.governor.gate import Governor, TenantBudget

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from sync.config.model import parse_interval
+from sync.config.values import parse_interval
 from sync.errors import ConfigError
 from sync.simulator.dataset import TableSpec
 from sync.simulator.faults import EntraFaultRates, FaultRates

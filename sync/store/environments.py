@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.config.model import Environment, Tenant
+from sync.config.tenants import Environment, Tenant
 from sync.store.control import environments
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from sync.config.model import Environment
+from sync.config.tenants import Environment
 from sync.errors import StoreError
 from sync.store import key_ranges
 from sync.store.audit import Actor, audit_row, one_line
