@@ -35,6 +35,33 @@ def _tables_text(env: Environment) -> str:
     return "; ".join(parts) + " (resolved at each discovery: dvmirror tables --env E)"
 
 
+def _options_lines(env: Environment) -> list[str]:
+    """What the environment mirrors beside its tables' rows, and each table's own options."""
+    from sync.config.values import format_interval
+
+    relationships = env.relationships
+    if relationships == "auto":
+        n_to_n = "auto (every N:N between the mirrored tables)"
+    elif relationships == "none":
+        n_to_n = "none"
+    else:
+        n_to_n = ", ".join(relationships)
+    lines = [f"N:N relationships: {n_to_n}"]
+    for table, options in sorted(env.table_options.items()):
+        parts = []
+        if options.history:
+            kept = options.history_retention
+            parts.append(f"history kept {format_interval(kept) if kept else 'forever'}")
+        if options.deletes == "soft":
+            parts.append("soft deletes")
+        if options.columns is not None:
+            parts.append(f"{len(options.columns)} columns ({', '.join(options.columns)})")
+        if options.impersonate:
+            parts.append(f"as user {options.impersonate}")
+        lines.append(f"{table}: {'; '.join(parts) or 'defaults'}")
+    return lines
+
+
 @config_group.command("check")
 @click.pass_obj
 def config_check(state: State) -> None:
@@ -53,6 +80,8 @@ def config_check(state: State) -> None:
         for env in tenant.environments:
             tables = _tables_text(env)
             click.echo(f"    {env.name}: {env.url} every {env.interval:g}s: {tables}")
+            for line in _options_lines(env):
+                click.echo(f"      {line}")
     for alert in config.alerts:
         tenants = ", ".join(alert.tenants) if alert.tenants else "all tenants"
         lag = f", lag over {alert.lag_threshold:g}s" if alert.lag_threshold else ""

@@ -412,3 +412,31 @@ def test_usage_error_exit_code() -> None:
     result = run_cli("no-such-command")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_config_check_shows_relationships_and_each_tables_options(tmp_path: Path) -> None:
+    """The summary names what is mirrored beside the rows (N:N relationships) and every
+    table's options (history and its retention, soft deletes, columns, impersonation)."""
+    path = tmp_path / "dvmirror.toml"
+    extra = (
+        'relationships = ["accountleads_association"]\n'
+        "[tenants.environments.table_options.account]\n"
+        'history = true\nhistory_retention = "90d"\ndeletes = "soft"\n'
+        "[tenants.environments.table_options.contact]\n"
+        'columns = ["fullname", "emailaddress1"]\n'
+    )
+    path.write_text(base_config(env=_env() + "\n" + extra))
+    result = run_cli(
+        "--config", path, "config", "check", env={"DVMIRROR_CLIENT_SECRET": SECRET}, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert "N:N relationships: accountleads_association" in lines
+    assert "account: history kept 90d; soft deletes" in lines
+    assert "contact: 2 columns (fullname, emailaddress1)" in lines
+
+    path.write_text(base_config())
+    result = run_cli(
+        "--config", path, "config", "check", env={"DVMIRROR_CLIENT_SECRET": SECRET}, cwd=tmp_path
+    )
+    assert "N:N relationships: auto (every N:N between the mirrored tables)" in result.stdout

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync.commands.backfill import Selection, confirm_tables, select
 from sync.commands.resync import os_user
 from sync.config.model import Config
+from sync.config.values import format_interval
 from sync.errors import AuthError, ConfigError, DvmirrorError, ExitCode
 from sync.mirror.discovery import resolve_tables
 from sync.mirror.fetch import ExactClient
@@ -189,22 +190,12 @@ def _ghost_note(report: TableReport) -> str:
     ghosts = len(report.found.ghost)
     if not ghosts or report.change_tracking is not False or report.repaired:
         return ""
-    every = _duration(report.reconcile_interval)
+    every = "?" if report.reconcile_interval is None else format_interval(report.reconcile_interval)
     return (
         f"; the {ghosts} ghost row(s) were deleted in Dataverse: {report.table} has no change "
         f"tracking, so the mirror learns of deletions at its reconcile (a key scan every {every}, "
         "`reconcile_interval`)"
     )
-
-
-def _duration(seconds: float | None) -> str:
-    """An interval as the configuration writes it: 1d, 6h, 30m, 45s."""
-    if seconds is None:
-        return "?"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def as_json(report: TableReport) -> dict[str, Any]:

@@ -42,6 +42,19 @@ def parse_interval(text: str) -> float:
     return seconds
 
 
+def format_interval(seconds: float) -> str:
+    """An interval as the configuration writes it (parse_interval's inverse): 1d, 1h30m, 45s."""
+    if seconds != int(seconds) or seconds <= 0:
+        return f"{seconds:g}s"
+    rest, parts = int(seconds), []
+    for unit in ("d", "h", "m", "s"):
+        size = int(INTERVAL_UNITS[unit])
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
 def is_loopback_host(host: str | None) -> bool:
     if not host:
         return False
