@@ -138,8 +138,14 @@ def writes_by(pg_url: str, env: str, daemon: DaemonProcess, after: dt.datetime) 
     return int(rows[0][0])
 
 
-def start_fleet(config: Path, directory: Path, count: int) -> list[DaemonProcess]:
-    return [DaemonProcess.start(config, directory / f"daemon-{n}.log") for n in range(count)]
+def start_fleet(
+    config: Path, directory: Path, count: int, *, first: int = 0
+) -> list[DaemonProcess]:
+    """`count` daemons, their logs daemon-<first>.log and on (each log its own daemon's)."""
+    return [
+        DaemonProcess.start(config, directory / f"daemon-{n}.log")
+        for n in range(first, first + count)
+    ]
 
 
 def stop_all(daemons: list[DaemonProcess]) -> None:
@@ -157,7 +163,7 @@ def test_three_daemons_share_six_environments_and_take_over_from_a_killed_one(
     try:
         wait_until(lambda: len(leases(pg_url)) == 6, timeout=90, what="migrations and lease rows")
         sql(pg_url, AUDIT)
-        daemons += start_fleet(config, tmp_path, 2)
+        daemons += start_fleet(config, tmp_path, 2, first=1)
         # Spread evenly: two each (the first daemon took all six, then gave up its extra ones).
         wait_until(
             lambda: sorted(owner_counts(pg_url).values()) == [2, 2, 2],
@@ -197,9 +203,13 @@ def test_three_daemons_share_six_environments_and_take_over_from_a_killed_one(
                 assert after_kill <= LEASE_SECONDS + INTERVAL + SCHEDULING_SLACK, (env, after_kill)
         survivors = [d for d in daemons if d is not victim]
         assert sorted(owner_counts(pg_url).values()) == [3, 3]
-        wait_until(
-            lambda: not converged(sim, pg_url, ENVIRONMENTS), timeout=120, what="convergence"
-        )
+        try:
+            wait_until(
+                lambda: not converged(sim, pg_url, ENVIRONMENTS), timeout=120, what="convergence"
+            )
+        except AssertionError:  # say which table differs, and how, and where the logs are
+            problems = converged(sim, pg_url, ENVIRONMENTS)
+            raise AssertionError(f"not converged: {problems[:6]}; logs in {tmp_path}") from None
         for env in before:
             new = leases(pg_url)[env]
             # Fencing, in the database: nothing by the killed daemon once the lease was taken
@@ -278,7 +288,7 @@ def test_a_paused_owner_resumed_after_its_lease_was_taken_is_refused_by_the_fenc
     try:
         wait_until(lambda: len(leases(pg_url)) == 2, timeout=90, what="migrations and lease rows")
         sql(pg_url, AUDIT)
-        daemons += start_fleet(config, tmp_path, 1)
+        daemons += start_fleet(config, tmp_path, 1, first=1)
         wait_until(
             lambda: sorted(owner_counts(pg_url).values()) == [1, 1],
             timeout=120,

@@ -136,6 +136,7 @@ class Daemon:
                 acquired=self._lease_acquired,
                 lost=self._lease_lost,
                 release=self._lease_released,
+                fenced_out=self._fenced_out,
             )
             self._start_alerts(store)
             await self.keeper.start()
@@ -209,6 +210,10 @@ class Daemon:
     async def _lease_lost(self, name: str) -> None:
         assert self.scheduler is not None
         await self.scheduler.stop_environment(name, grace=0.0)  # its writes fail the fence
+
+    def _fenced_out(self, name: str) -> bool:
+        """Whether the environment's group stopped at a write that found its lease gone."""
+        return self.scheduler is not None and self.scheduler.lease_lost(name)
 
     async def _lease_released(self, name: str) -> None:
         assert self.scheduler is not None

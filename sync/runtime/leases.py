@@ -5,9 +5,15 @@
 holds, and takes or gives up environments as daemons join and leave. It tells the scheduler
 through three callbacks: `acquired` (start the environment's group, writing through the
 FencedEngine it is given), `lost` (stop it at once: it could not write anyway) and `release`
-(stop it with the usual grace; the lease is given up after that). A SQLite store has exactly
-one writer process (store.writer_lock), so there the keeper takes every environment at once,
-stealing leases a killed predecessor left behind.
+(stop it with the usual grace; the lease is given up after that). A fourth, `fenced_out`, asks
+whether an environment's group stopped because one of its writes found the lease gone while the
+keeper still renewed it (seen under load on PostgreSQL: a write's fence check saw the lease
+expired, and the renewal that came a moment late still kept it). Such a lease
+is given back (released) at the next tick, so that a daemon (this one, often) takes it up again
+and restarts the environment, instead of holding an environment nobody works on.
+
+A SQLite store has exactly one writer process (store.writer_lock), so there the keeper takes
+every environment at once, stealing leases a killed predecessor left behind.
 
 `command_leases` is the one-off commands' (`backfill`, `sync --once`): the leases of the
 environments they touch, renewed while they run, or a clear refusal when a daemon holds one.
@@ -95,6 +101,10 @@ def single_writer_store(engine: AsyncEngine) -> bool:
     return dialect_for(engine).name == "sqlite"
 
 
+def _never(name: str) -> bool:
+    return False
+
+
 async def _nothing(name: str) -> None:
     return None
 
@@ -111,6 +121,7 @@ class LeaseKeeper:
         acquired: Acquired,
         lost: Stopped = _nothing,
         release: Stopped = _nothing,
+        fenced_out: Callable[[str], bool] = _never,
         holder: str | None = None,
         steal: bool | None = None,
     ) -> None:
@@ -121,6 +132,7 @@ class LeaseKeeper:
         self.holder = holder or new_holder()
         self.steal = single_writer_store(engine) if steal is None else steal
         self.on_acquired, self.on_lost, self.on_release = acquired, lost, release
+        self.fenced_out = fenced_out
         self.held: dict[str, LeaseRef] = {}
         self.releasing: dict[str, asyncio.Task[None]] = {}
         self.draining = False
@@ -166,6 +178,15 @@ class LeaseKeeper:
         await self._renew()
         if self.draining:
             return
+        for name in [n for n in self.held if n not in self.releasing and self.fenced_out(n)]:
+            log.warning(
+                "lease_given_back",
+                environment=name,
+                holder=self.holder,
+                hint="a write found the lease gone while this process still renewed it (a "
+                "renewal that came late); released so that the environment is taken up again",
+            )
+            self._give_up(name)
         rows = await store.owners(self.engine)
         now = await store.current_time(self.engine)
         mine = [name for name in self.held if name not in self.releasing]

@@ -106,6 +106,11 @@ class Scheduler:
                 return True
         return False
 
+    def lease_lost(self, name: str) -> bool:
+        """Whether the environment's group stopped because a write found its lease gone."""
+        running = self.groups.get(name)
+        return running is not None and running.group.status.lease_lost
+
     async def stop_environment(self, name: str, *, grace: float) -> None:
         running = self.groups.get(name)
         await self._stop_groups([name], grace=grace)
