@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestServer
 from sync.config.model import Config
 from sync.config.tenants import Environment, Tenant
 from sync.dataverse.auth import TokenProviders
-from sync.dataverse.client import DataverseClient, RetryPolicy
+from sync.dataverse.client import DataverseClient
 from sync.dataverse.odata import collection_url
+from sync.dataverse.seams import RetryPolicy
 from sync.errors import (
     AuthError,
     ForeignLinkError,

@@ -17,7 +17,8 @@ from rich.table import Table
 from sync.config.model import Config
 from sync.config.tenants import Environment, Tenant
 from sync.dataverse.auth import TokenProviders
-from sync.dataverse.client import DataverseClient, RetryPolicy
+from sync.dataverse.client import DataverseClient
+from sync.dataverse.seams import RetryPolicy
 from sync.errors import AuthError, DvmirrorError, ExitCode
 from sync.governor.gate import Governor
 

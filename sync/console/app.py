@@ -28,7 +28,7 @@ from sync.console.replay import ReplayGuard
 from sync.console.security import add_headers
 from sync.console.sessions import SessionPolicy, cookie_storage
 from sync.console.tokens import DiscoveryClient, TokenRefused, TokenValidator
-from sync.dataverse.client import ssl_context
+from sync.dataverse.seams import ssl_context
 from sync.errors import ConfigError
 from sync.logs import get_logger
 

@@ -15,8 +15,9 @@ from functools import partial
 from typing import Any
 
 from sync.config.tenants import Environment, Tenant
-from sync.dataverse.client import BodyHook, DataverseClient, RequestGate, TokenSource
+from sync.dataverse.client import BodyHook, DataverseClient
 from sync.dataverse.odata import request_headers
+from sync.dataverse.seams import RequestGate, TokenSource
 from sync.errors import HostileResponseError
 from sync.mirror.decode_workers import DecodePool
 from sync.mirror.page import DecodedPage, NotJsonError

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.dataverse.client import RequestTally
+from sync.dataverse.seams import RequestTally
 from sync.errors import AuthError, DvmirrorError, LeaseLostError
 from sync.logs import get_logger
 from sync.mirror.job_types import JobResult

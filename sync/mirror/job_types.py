@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from sync.dataverse.client import BodyHook, RequestTally
+from sync.dataverse.client import BodyHook
+from sync.dataverse.seams import RequestTally
 from sync.mirror.discovery import JsonSource
 from sync.mirror.page import DecodedPage
 from sync.mirror.rowshape import RowShaper

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync.dataverse.client import RequestTally
+from sync.dataverse.seams import RequestTally
 from sync.errors import DvmirrorError, LeaseLostError
 from sync.logs import get_logger
 from sync.store.environment_runs import record_environment_run

@@ -25,7 +25,7 @@ from tenacity import (
 )
 
 from sync.config.alerts import Alert
-from sync.dataverse.client import ssl_context
+from sync.dataverse.seams import ssl_context
 from sync.logs import get_logger
 from sync.runtime.alerts.payloads import render
 from sync.runtime.alerts.rules import Message
